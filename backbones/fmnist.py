@@ -1,0 +1,68 @@
+"""The embedded Fashion-MNIST stack: loading the committed tokenizer and backbones, token maps.
+
+Token maps of both splits are encoded once per tokenizer and cached under
+``<cache>/tokens/<tokenizer sha256[:16]>-<split>.pt``, so a retrained tokenizer never reuses
+stale maps. The backbone trainer, the critic and adapter trainers and KA-MIG's graph builder
+all read them through :func:`token_maps`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from migbench import weights
+from migbench.backbones.transformer import MaskedTransformer, TransformerConfig
+from migbench.backbones.vq_tokenizer import VQConfig, VQTokenizer
+from migbench.data import load_split
+from migbench.paths import cache_dir
+
+TOKENIZER = "fmnist_vq"
+
+
+def _config_from_entry(entry: dict, cls: type) -> object:
+    fields = {k: tuple(v) if isinstance(v, list) else v
+              for k, v in entry["config"]["model"].items() if k != "kind"}
+    return cls(**fields)
+
+
+def load_tokenizer(name: str = TOKENIZER, folder: Path | None = None) -> VQTokenizer:
+    """The committed tokenizer ``name`` (sha256-checked), in eval mode with gradients off."""
+    state, entry = weights.load_weights(name, folder)
+    tokenizer = VQTokenizer(_config_from_entry(entry, VQConfig))
+    tokenizer.load_state_dict(state)
+    return tokenizer.eval().requires_grad_(False)
+
+
+def load_transformer(name: str, folder: Path | None = None) -> MaskedTransformer:
+    """A committed backbone ``name`` (sha256-checked), in eval mode with gradients off."""
+    state, entry = weights.load_weights(name, folder)
+    model = MaskedTransformer(_config_from_entry(entry, TransformerConfig))
+    model.load_state_dict(state)
+    return model.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def encode_all(tokenizer: VQTokenizer, images: torch.Tensor, batch: int = 1000) -> torch.Tensor:
+    """images (M, 1, 32, 32) -> ids (M, N) int16."""
+    return torch.cat([tokenizer.encode(images[i:i + batch]).to(torch.int16)
+                      for i in range(0, len(images), batch)])
+
+
+def token_maps(split: str, tokenizer_name: str = TOKENIZER, data_dir: str | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (M, N) int64 and labels (M,) of a split, cached by the tokenizer's sha256."""
+    sha = weights.manifest_entry(tokenizer_name)["sha256"]
+    path = cache_dir() / "tokens" / f"{sha[:16]}-{split}.pt"
+    if path.exists():
+        cached = torch.load(path, map_location="cpu")
+        return cached["ids"].long(), cached["labels"]
+    images, labels = load_split(split, data_dir).tensors()
+    ids = encode_all(load_tokenizer(tokenizer_name), images)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"ids": ids, "labels": labels, "tokenizer_sha256": sha}, tmp)
+    os.replace(tmp, path)
+    return ids.long(), labels

@@ -1,0 +1,128 @@
+"""A small class-conditional bidirectional transformer (MaskGIT-style token predictor).
+
+Input: image ids (B, N) with ``layout.mask_id`` at masked positions and labels (B,) (NULL_LABEL
+for the unconditional branch). The class token is prepended (``class_position="first"``),
+learned position embeddings are added, ``depth`` pre-LN blocks run, and a final LayerNorm plus a
+linear head give logits over the K image codes for the N image positions.
+
+Hook sites, each called exactly once per forward (see :func:`migbench.api.hook_sites`):
+``embed`` (B, L, d) after token+position embeddings; ``block_in.{i}`` (B, L, d) the input of
+block i; ``attn_value.{i}`` (B, L, d) the value projection of block i's attention, before the
+heads split (self-guidance adds its top-down signal here); ``block_out.{i}`` (B, L, d);
+``final_hidden`` (B, L, d) after the final norm; ``logits`` (B, N, K).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from migbench.api import HookContext, HookSet, Prediction, VocabLayout
+
+_NO_HOOKS = HookSet()
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Architecture; the defaults are the committed Fashion-MNIST backbone (about 5M parameters)."""
+
+    codebook_size: int = 512
+    num_tokens: int = 64
+    num_classes: int = 10
+    width: int = 256
+    depth: int = 6
+    heads: int = 8
+    mlp_ratio: int = 4
+    null_is_mask: bool = False  # eMIGM's "CFG with mask": the null class shares the mask embedding
+
+    def layout(self) -> VocabLayout:
+        k, c = self.codebook_size, self.num_classes
+        return VocabLayout(codebook_size=k, mask_id=k, num_classes=c, class_offset=k + 1,
+                           null_class_id=k if self.null_is_mask else k + 1 + c,
+                           vocab_size=k + 2 + c, class_position="first")
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block: x + Attn(LN(x)), then x + MLP(LN(x)). (B, L, d) -> (B, L, d)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(),
+                                 nn.Linear(mlp_ratio * width, width))
+
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        """The value projection W_v x (B, L, d) of already-normalised inputs x (B, L, d)."""
+        d = x.shape[-1]
+        return F.linear(x, self.qkv.weight[2 * d:], self.qkv.bias[2 * d:])
+
+    def forward(self, x: torch.Tensor, hooks: HookSet, ctx: HookContext, index: int) -> torch.Tensor:
+        b, length, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        v = hooks(f"attn_value.{index}", v, ctx)
+        q, k, v = (t.reshape(b, length, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
+        attn = F.scaled_dot_product_attention(q, k, v)
+        x = x + self.proj(attn.transpose(1, 2).reshape(b, length, d))
+        return x + self.mlp(self.norm2(x))
+
+
+class MaskedTransformer(nn.Module):
+    """The token predictor. ``forward(ids (B,N), labels (B,)) -> Prediction(logits (B,N,K), hidden (B,N,d))``."""
+
+    def __init__(self, config: TransformerConfig = TransformerConfig()) -> None:
+        super().__init__()
+        self.config = config
+        self.layout = config.layout()
+        self.depth, self.width = config.depth, config.width
+        self.tok_emb = nn.Embedding(self.layout.vocab_size, config.width)
+        self.pos_emb = nn.Parameter(torch.zeros(1, config.num_tokens + 1, config.width))
+        self.blocks = nn.ModuleList(Block(config.width, config.heads, config.mlp_ratio)
+                                    for _ in range(config.depth))
+        self.norm = nn.LayerNorm(config.width)
+        self.head = nn.Linear(config.width, config.codebook_size)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        nn.init.trunc_normal_(self.pos_emb, std=0.02)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+
+    @property
+    def seq_len(self) -> int:
+        return self.config.num_tokens
+
+    def describe(self) -> dict[str, object]:
+        return {"kind": "masked_transformer", **asdict(self.config)}
+
+    def token_embeddings(self) -> torch.Tensor:
+        """Input embeddings (K, d) of the K image codes."""
+        return self.tok_emb.weight[: self.layout.codebook_size]
+
+    def forward(self, ids: torch.Tensor, labels: torch.Tensor, hooks: HookSet | None = None,
+                branch: str = "main") -> Prediction:
+        if ids.dim() != 2 or ids.shape[1] != self.config.num_tokens:
+            raise ValueError(f"ids must have shape (B, {self.config.num_tokens}), got {tuple(ids.shape)}")
+        if labels.shape != ids.shape[:1]:
+            raise ValueError(f"labels must have shape ({ids.shape[0]},), got {tuple(labels.shape)}")
+        hooks = hooks if hooks is not None else _NO_HOOKS
+        ctx = HookContext(ids=ids, labels=labels, token_slice=slice(1, None), branch=branch, backbone=self)
+        seq = torch.cat([self.layout.class_ids(labels)[:, None], ids], dim=1)
+        x = hooks("embed", self.tok_emb(seq) + self.pos_emb, ctx)
+        for i, block in enumerate(self.blocks):
+            x = hooks(f"block_in.{i}", x, ctx)
+            x = hooks(f"block_out.{i}", block(x, hooks, ctx, i), ctx)
+        x = hooks("final_hidden", self.norm(x), ctx)
+        hidden = x[:, ctx.token_slice]
+        logits = hooks("logits", self.head(hidden), ctx)
+        return Prediction(logits=logits, hidden=hidden)

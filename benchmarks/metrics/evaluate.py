@@ -1,0 +1,243 @@
+"""The one evaluator: torch-fidelity metrics on uint8 samples against a hashed reference set.
+
+Features come from a torch-fidelity feature extractor (``fmnist-classifier`` by default; the
+ImageNet path uses ``inception-v3-compat``); FID, IS, KID and precision/recall are computed by
+torch-fidelity's own metric functions on those features. Reference features are cached under
+``<cache>/refs`` by the *content* hash of the reference images and the extractor's weight hash,
+never by name alone. Every result carries its provenance.
+
+Samples: uint8 (N, H, W, C), C in {1, 3}, the layout of ``samples.npz``'s ``arr_0``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch_fidelity
+from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
+from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
+from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
+from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+from torch_fidelity.utils import create_feature_extractor
+
+from migbench import weights
+from migbench.benchmarks.metrics.fmnist_classifier import (
+    EXTRACTOR_NAME,
+    FEATURE_LAYER,
+    LOGITS_LAYER,
+    FMNISTFeatureExtractor,
+)
+from migbench.benchmarks.metrics.loading import CLASSIFIER
+from migbench.data import load_split
+from migbench.paths import cache_dir
+
+PRC_REFERENCE_SIZE = 10_000  # precision/recall use at most this many reference images (ADM: 10k)
+RNG_SEED = 2020  # torch-fidelity's default seed for IS splits and KID subsets
+
+
+class EvaluationError(ValueError):
+    """Samples or references of the wrong shape, type or range, or an empty set."""
+
+
+def check_samples(images: np.ndarray, what: str = "samples") -> None:
+    """uint8 (N, H, W, C), N >= 2, C in {1, 3}; raises EvaluationError otherwise."""
+    if not isinstance(images, np.ndarray):
+        raise EvaluationError(f"{what} must be a numpy array, got {type(images).__name__}")
+    if images.dtype != np.uint8:
+        raise EvaluationError(f"{what} must be uint8 in [0, 255] (quantise with migbench.images.quantize), "
+                              f"got {images.dtype}")
+    if images.ndim != 4 or images.shape[3] not in (1, 3):
+        raise EvaluationError(f"{what} must have shape (N, H, W, C) with C in (1, 3), got {images.shape}")
+    if images.shape[0] < 2:
+        raise EvaluationError(f"{what}: need at least 2 images, got {images.shape[0]}")
+
+
+def content_hash(images: np.ndarray) -> str:
+    """sha256 over shape and bytes of a uint8 image array."""
+    digest = hashlib.sha256(str(images.shape).encode())
+    digest.update(np.ascontiguousarray(images).tobytes())
+    return digest.hexdigest()
+
+
+def _ensure_registered() -> None:
+    if EXTRACTOR_NAME not in FEATURE_EXTRACTORS_REGISTRY:
+        register_feature_extractor(EXTRACTOR_NAME, FMNISTFeatureExtractor)
+
+
+@dataclass(frozen=True)
+class Extractor:
+    """A torch-fidelity extractor with its layers for FID/KID/PR and for IS, and its weights id."""
+
+    name: str
+    feature_layer: str
+    logits_layer: str
+    weights_id: str
+    weights_path: str | None = None
+
+    @staticmethod
+    def fmnist() -> Extractor:
+        return Extractor(EXTRACTOR_NAME, FEATURE_LAYER, LOGITS_LAYER,
+                         weights.manifest_entry(CLASSIFIER)["sha256"])
+
+    @staticmethod
+    def inception(weights_path: str | None = None) -> Extractor:
+        """ImageNet-scale: ``inception-v3-compat`` (pool3 2048 for FID, unbiased logits for IS).
+
+        ``weights_path`` is a local copy of torch-fidelity's Inception weights for offline use;
+        without it torch-fidelity downloads them to $TORCH_HOME.
+        """
+        ident = weights.sha256_file(Path(weights_path)) if weights_path else "torch-fidelity-default"
+        return Extractor("inception-v3-compat", "2048", "logits_unbiased", ident, weights_path)
+
+    def describe(self) -> dict[str, str]:
+        return {"extractor": self.name, "feature_layer": self.feature_layer,
+                "logits_layer": self.logits_layer, "extractor_weights": self.weights_id}
+
+
+@lru_cache(maxsize=4)
+def _module(extractor: Extractor) -> torch.nn.Module:
+    _ensure_registered()
+    kwargs: dict[str, Any] = {"verbose": False}
+    if extractor.weights_path:
+        kwargs["feature_extractor_weights_path"] = extractor.weights_path
+    return create_feature_extractor(extractor.name, [extractor.feature_layer, extractor.logits_layer],
+                                    cuda=False, **kwargs)
+
+
+@torch.no_grad()
+def extract(images: np.ndarray, extractor: Extractor, batch_size: int = 500) -> dict[str, torch.Tensor]:
+    """Features {layer: (N, D) float64} of uint8 images (N, H, W, C), in fp32 (no autocast)."""
+    check_samples(images)
+    module = _module(extractor)
+    out: dict[str, list[torch.Tensor]] = {extractor.feature_layer: [], extractor.logits_layer: []}
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        feats = module.convert_features_tuple_to_dict(module(x.contiguous()))
+        for name in out:
+            out[name].append(feats[name].double().cpu())
+    return {name: torch.cat(parts) for name, parts in out.items()}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A reference image set: its name, images (uint8 NHWC), labels and content hash."""
+
+    name: str
+    images: np.ndarray
+    labels: np.ndarray | None
+    sha256: str
+
+
+def fmnist_images(split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A Fashion-MNIST split as the images samples are compared with: uint8 (N, 32, 32, 1), padded."""
+    ds = load_split(split, data_dir)
+    return np.pad(ds.images, ((0, 0), (2, 2), (2, 2)))[..., None], ds.labels
+
+
+def reference(name: str, data_dir: str | None = None) -> Reference:
+    """``fmnist-train`` (60k), ``fmnist-test`` (10k), or an ADM-layout ``.npz`` of images."""
+    if name in ("fmnist-train", "fmnist-test"):
+        images, labels = fmnist_images(name.split("-")[1], data_dir)
+    elif name.endswith(".npz") and Path(name).is_file():
+        from migbench.images import load_samples
+
+        images, labels = load_samples(Path(name))
+    else:
+        raise EvaluationError(f"unknown reference {name!r}: use fmnist-train, fmnist-test, or the path "
+                              "of an ADM-layout .npz of images (arr_0)")
+    check_samples(images, f"reference {name}")
+    return Reference(name, images, labels, content_hash(images))
+
+
+def reference_features(ref: Reference, extractor: Extractor) -> dict[str, torch.Tensor]:
+    """Features of ``ref``, cached by (content hash, extractor, extractor weights)."""
+    key = f"{ref.sha256[:16]}-{extractor.name}-{extractor.weights_id[:16]}"
+    path = cache_dir() / "refs" / f"{key}.pt"
+    if path.exists():
+        return torch.load(path, map_location="cpu")
+    feats = extract(ref.images, extractor)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(feats, tmp)
+    os.replace(tmp, path)
+    return feats
+
+
+def adm_statistics(path: Path) -> dict[str, np.ndarray]:
+    """``mu`` (D,) and ``sigma`` (D, D) from an ADM reference ``.npz``, as float64.
+
+    ADM/MAR stats are float32 or float64; torch-fidelity asserts equal dtypes, so both sides
+    are made float64 here.
+    """
+    with np.load(path) as data:
+        if "mu" not in data or "sigma" not in data:
+            raise EvaluationError(f"{path} has no mu/sigma arrays (ADM reference statistics)")
+        return {"mu": data["mu"].astype(np.float64), "sigma": data["sigma"].astype(np.float64)}
+
+
+def fid_from_statistics(sample_features: torch.Tensor, stats: dict[str, np.ndarray]) -> float:
+    """FID of sample features (N, D) against given statistics, via torch-fidelity."""
+    own = fid_features_to_statistics(sample_features.double())
+    own = {k: v.astype(np.float64) for k, v in own.items()}
+    return float(fid_statistics_to_metric(own, stats, False)[KEY_METRIC_FID])
+
+
+def metrics_from_features(sample: dict[str, torch.Tensor], ref: dict[str, torch.Tensor],
+                          extractor: Extractor, labels: np.ndarray | None = None,
+                          kid_subset_size: int = 1000, prc: bool = True) -> dict[str, float]:
+    """FID, IS, KID, precision/recall (torch-fidelity) and class accuracy from features."""
+    fl, ll = extractor.feature_layer, extractor.logits_layer
+    n, n_ref = len(sample[fl]), len(ref[fl])
+    out: dict[str, float] = {}
+    out["fid"] = fid_from_statistics(sample[fl], {k: v.astype(np.float64) for k, v in
+                                                  fid_features_to_statistics(ref[fl]).items()})
+    isc = isc_features_to_metric(sample[ll], splits=10, shuffle=True, rng_seed=RNG_SEED)
+    out["is_mean"], out["is_std"] = isc[KEY_METRIC_ISC_MEAN], isc[KEY_METRIC_ISC_STD]
+    kid = kid_features_to_metric(sample[fl], ref[fl], kid_subsets=100,
+                                 kid_subset_size=min(kid_subset_size, n, n_ref), rng_seed=RNG_SEED,
+                                 verbose=False)
+    out["kid_mean"], out["kid_std"] = kid[KEY_METRIC_KID_MEAN], kid[KEY_METRIC_KID_STD]
+    if prc:
+        ref_prc = ref[fl]
+        if len(ref_prc) > PRC_REFERENCE_SIZE:
+            pick = torch.randperm(len(ref_prc), generator=torch.Generator().manual_seed(RNG_SEED))
+            ref_prc = ref_prc[pick[:PRC_REFERENCE_SIZE]]
+        pr = prc_features_to_metric(sample[fl].float(), ref_prc.float(), prc_neighborhood=3,
+                                    prc_batch_size=2000, save_cpu_ram=True, verbose=False)
+        out["precision"], out["recall"] = pr[KEY_METRIC_PRECISION], pr[KEY_METRIC_RECALL]
+    if labels is not None and extractor.name == EXTRACTOR_NAME:
+        if len(labels) != n:
+            raise EvaluationError(f"{len(labels)} labels for {n} samples")
+        out["class_accuracy"] = float((sample[ll].argmax(1).numpy() == labels).mean())
+    return out
+
+
+def evaluate(images: np.ndarray, labels: np.ndarray | None = None, ref: str = "fmnist-train",
+             extractor: Extractor | None = None, data_dir: str | None = None,
+             prc: bool = True) -> dict[str, Any]:
+    """Every metric of ``images`` against reference ``ref``, with provenance."""
+    check_samples(images)
+    extractor = extractor or Extractor.fmnist()
+    reference_set = reference(ref, data_dir)
+    metrics = metrics_from_features(extract(images, extractor), reference_features(reference_set, extractor),
+                                    extractor, labels, prc=prc)
+    return {"metrics": metrics, "provenance": provenance(extractor, reference_set, len(images))}
+
+
+def provenance(extractor: Extractor, ref: Reference, n: int) -> dict[str, Any]:
+    """Everything that must match for two rows to be comparable."""
+    return {"evaluator": "torch-fidelity", "evaluator_version": torch_fidelity.__version__,
+            **extractor.describe(), "reference": ref.name, "reference_sha256": ref.sha256,
+            "reference_n": int(len(ref.images)), "n": int(n), "kid_subsets": 100,
+            "prc_reference_n": int(min(len(ref.images), PRC_REFERENCE_SIZE)), "prc_neighborhood": 3,
+            "isc_splits": 10, "torch": torch.__version__}

@@ -1,0 +1,191 @@
+"""`migbench report SUITE`: Markdown tables, FID-IS curves and grids, from results/ only.
+
+Rows are grouped by provenance (evaluator, extractor weights, reference content, N): numbers of
+different groups are never put in one table or plot. Over seeds, every metric is shown as the
+mean with a 95% Student-t interval, drawn as error bars.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy import stats  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+from migbench.benchmarks.results import flatten, read_rows, results_dir  # noqa: E402
+from migbench.paths import repo_root  # noqa: E402
+
+METRICS = ("fid", "is_mean", "kid_mean", "precision", "recall", "class_accuracy")
+HEADERS = {"fid": "FID ↓", "is_mean": "IS ↑", "kid_mean": "KID×10³ ↓", "precision": "precision ↑",
+           "recall": "recall ↑", "class_accuracy": "class acc ↑"}
+
+
+def interval(values: pd.Series) -> tuple[float, float]:
+    """Mean and half-width of the 95% Student-t interval (0 for a single value)."""
+    values = values.dropna()
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, 0.0
+    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+    return mean, half
+
+
+def aggregate(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """One record per (label, swept values): metric means, 95% half-widths, costs, seeds."""
+    flat = pd.DataFrame([flatten(r) for r in rows])
+    swept_cols = sorted({k for r in rows for k in r["swept"]})
+    for col in swept_cols:
+        flat[col] = flat[col].astype(object).where(flat[col].notna(), "")
+    out = []
+    for key, group in flat.groupby(["label", *swept_cols], sort=False, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        record: dict[str, Any] = dict(zip(["label", *swept_cols], key, strict=True))
+        swept = {c: record[c] for c in swept_cols if record[c] != ""}
+        record["swept"] = ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in swept.items()) or "-"
+        record["swept_value"] = next(iter(swept.values()), None) if len(swept) == 1 else record["swept"]
+        for metric in METRICS:
+            if metric in group:
+                record[metric], record[metric + "_ci"] = interval(group[metric])
+        for col in ("nfe", "images_per_s", "extra_params_online", "extra_params_precomputed"):
+            record[col] = float(group[col].mean())
+        record["seeds"] = int(group["seed"].nunique())
+        record["run_hash"] = group["run_hash"].iloc[0]
+        out.append(record)
+    return pd.DataFrame(out)
+
+
+def _fmt(record: pd.Series, metric: str) -> str:
+    if metric not in record or pd.isna(record[metric]):
+        return "-"
+    scale = 1000.0 if metric == "kid_mean" else 1.0
+    digits = 2 if metric in ("fid", "is_mean", "kid_mean") else 3
+    text = f"{record[metric] * scale:.{digits}f}"
+    if record.get(metric + "_ci", 0.0):
+        text += f" ± {record[metric + '_ci'] * scale:.{digits}f}"
+    return text
+
+
+def metrics_table(table: pd.DataFrame) -> str:
+    headers = ["run", "swept", *[HEADERS[m] for m in METRICS if m in table], "NFE", "images/s",
+               "extra params (online / precomputed)", "seeds"]
+    body = []
+    for _, r in table.iterrows():
+        body.append([r["label"], r["swept"], *[_fmt(r, m) for m in METRICS if m in table],
+                     f"{r['nfe']:g}", f"{r['images_per_s']:.0f}",
+                     f"{int(r['extra_params_online']):,} / {int(r['extra_params_precomputed']):,}",
+                     r["seeds"]])
+    return tabulate(body, headers=headers, tablefmt="github")
+
+
+def best_per_run(table: pd.DataFrame) -> pd.DataFrame:
+    return table.loc[table.groupby("label", sort=False)["fid"].idxmin()]
+
+
+def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
+    """Points no other point beats on both FID (lower) and IS (higher)."""
+    keep = []
+    for i, r in table.iterrows():
+        dominated = ((table["fid"] <= r["fid"]) & (table["is_mean"] >= r["is_mean"]) &
+                     ((table["fid"] < r["fid"]) | (table["is_mean"] > r["is_mean"]))).any()
+        if not dominated:
+            keep.append(i)
+    return table.loc[keep].sort_values("fid")
+
+
+def plot_fid_is(table: pd.DataFrame, floors: dict[str, Any] | None, path: Path, title: str) -> None:
+    """IS on x, FID on y; a line per run label, points labelled by the swept value, best FID starred."""
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    for label, group in table.groupby("label", sort=False):
+        group = group.sort_values("swept_value", key=lambda s: pd.to_numeric(s, errors="coerce"))
+        line = ax.errorbar(group["is_mean"], group["fid"], xerr=group.get("is_mean_ci"),
+                           yerr=group.get("fid_ci"), marker="o", ms=4, capsize=2, label=label)
+        color = line[0].get_color()
+        for _, r in group.iterrows():
+            ax.annotate(str(r["swept_value"]), (r["is_mean"], r["fid"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7, color=color)
+        best = group.loc[group["fid"].idxmin()]
+        ax.plot(best["is_mean"], best["fid"], marker="*", ms=14, color=color, mec="black", zorder=5)
+    if floors:
+        for kind, style in (("data", ":"), ("tokenizer", "--")):
+            fid = floors[kind]["metrics"]["fid"]
+            ax.axhline(fid, color="grey", ls=style, lw=1)
+            ax.annotate(f"{kind} floor {fid:.2f}", (ax.get_xlim()[0], fid), fontsize=7, color="grey",
+                        xytext=(2, 2), textcoords="offset points")
+    ax.set_xlabel("Inception-style score (IS, higher is better)")
+    ax.set_ylabel("FID (lower is better)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _floors_table(floors: dict[str, Any]) -> str:
+    body = []
+    for kind in ("data", "tokenizer"):
+        m = floors[kind]["metrics"]
+        body.append([f"{kind} floor", f"{m['fid']:.2f}", f"{m['is_mean']:.2f}", f"{m['kid_mean'] * 1000:.2f}",
+                     f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m.get('class_accuracy', float('nan')):.3f}"])
+    return tabulate(body, headers=["", "FID", "IS", "KID×10³", "precision", "recall", "class acc"],
+                    tablefmt="github")
+
+
+def report(suite: str, results_root: Path | None = None, reports_root: Path | None = None) -> Path:
+    """Render ``reports/<suite>/`` from ``results/<suite>/``; returns the Markdown path."""
+    folder = results_dir(suite, results_root)
+    rows = read_rows(folder)
+    if not rows:
+        raise FileNotFoundError(f"no results in {folder}; run `migbench sweep {suite}` first")
+    out = (reports_root or repo_root() / "reports") / suite
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "grids").mkdir(parents=True)
+    floors_path = folder / "floors.json"
+    floors = json.loads(floors_path.read_text()) if floors_path.exists() else None
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["provenance_key"], []).append(row)
+    lines = [f"# {suite}", "", f"Generated by `migbench report {suite}` from `results/{suite}/` "
+             f"({len(rows)} rows). Metrics: mean ± 95% interval over seeds where a suite has several.", ""]
+    for key, group_rows in groups.items():
+        p = group_rows[0]["provenance"]
+        table = aggregate(group_rows)
+        tag = "" if len(groups) == 1 else f"_{key}"
+        floors_here = floors if floors and floors["data"]["provenance"]["reference_sha256"] == p["reference_sha256"] \
+            and floors["data"]["provenance"]["n"] == p["n"] else None
+        lines += [f"## Provenance group `{key}`", "",
+                  f"N = {p['n']} samples per point against `{p['reference']}` (sha256 {p['reference_sha256'][:12]}, "
+                  f"{p['reference_n']} images); {p['evaluator']} {p['evaluator_version']}, extractor "
+                  f"`{p['extractor']}` (FID/KID/PR layer `{p['feature_layer']}`, IS layer `{p['logits_layer']}`, "
+                  f"weights {p['extractor_weights'][:12]}); torch {p['torch']}, git {p['git_revision'][:12]}, "
+                  f"{p['device']}, {p['processes']} process(es).", ""]
+        if floors_here:
+            lines += ["### Quality floors", "", _floors_table(floors_here), "",
+                      "Data floor: real test images at the same N; tokenizer floor: their VQ reconstructions.", ""]
+        plot_name = f"fid_is{tag}.png"
+        plot_fid_is(table, floors_here, out / plot_name, f"{suite}: FID vs IS (N={p['n']})")
+        best = best_per_run(table)
+        lines += ["### Best FID per run", "", metrics_table(best), "", f"![FID-IS curves]({plot_name})", "",
+                  "### Pareto front (FID ↓, IS ↑)", "", metrics_table(pareto_front(table)), "",
+                  "### All points", "", metrics_table(table), "", "### Samples at each run's best FID", ""]
+        for _, r in best.iterrows():
+            grid = folder / "grids" / f"{r['run_hash']}.png"
+            if grid.exists():
+                name = f"{r['label']}{tag}.png".replace("/", "_").replace("+", "_")
+                shutil.copy(grid, out / "grids" / name)
+                lines += [f"**{r['label']}** ({r['swept']}, FID {r['fid']:.2f})", "",
+                          f"![{r['label']}](grids/{name})", ""]
+    path = out / "README.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

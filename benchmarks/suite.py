@@ -1,0 +1,152 @@
+"""Suites: TOML files that say what to sweep. Strict: an unknown key fails with a suggestion.
+
+    name = "fmnist_quick"            # defaults to the file name
+    description = "..."
+    backbone = "fmnist"              # a registered backbone (a run may override it)
+    n = 1000                         # samples per point
+    seeds = [0]                      # one point per seed; several seeds give 95% intervals
+    reference = "fmnist-train"
+    batch_size = 250
+    set = { "maskgit.steps" = 8 }    # overrides for every run
+
+    [[runs]]
+    label = "maskgit"                # one line per label in the FID-IS plot
+    methods = ["maskgit"]
+    set = { "maskgit.cfg_scale" = 0.0 }
+    grid = { "maskgit.choice_temperature" = [1.0, 2.0, 4.5] }   # Cartesian product of all keys
+
+Every point's knobs are checked against the method configs when the suite is loaded, so a typo
+fails before any sampling starts.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from migbench import registry
+from migbench.config import closest
+from migbench.recipe import Recipe, resolve
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
+TOP_KEYS = ("name", "description", "backbone", "n", "seeds", "reference", "batch_size", "set", "runs")
+RUN_KEYS = ("label", "methods", "set", "grid", "backbone")
+
+
+class SuiteError(ValueError):
+    """A suite file that cannot be run as written."""
+
+
+@dataclass(frozen=True)
+class Point:
+    """One sweep point: a recipe on a backbone at one seed, and the grid values that made it."""
+
+    label: str
+    backbone: str
+    recipe: Recipe
+    swept: tuple[tuple[str, Any], ...]
+    overrides: tuple[tuple[str, Any], ...]
+    seed: int
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    backbone: str
+    n: int
+    seeds: tuple[int, ...]
+    reference: str
+    batch_size: int
+    points: tuple[Point, ...] = field(repr=False)
+    path: Path | None = None
+
+
+def _check_keys(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    for key in table:
+        if key not in allowed:
+            raise SuiteError(f"{where}: unknown key {key!r}{closest(key, list(allowed))}; "
+                             f"allowed: {', '.join(allowed)}")
+
+
+def _require(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise SuiteError(f"{where} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def suite_path(name_or_path: str) -> Path:
+    """A suite by name (``benchmarks/suites/<name>.toml``) or by path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" and path.exists():
+        return path
+    candidate = SUITES_DIR / f"{name_or_path}.toml"
+    if candidate.exists():
+        return candidate
+    known = sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
+    raise SuiteError(f"no suite {name_or_path!r}{closest(name_or_path, known)}; known: {', '.join(known)}")
+
+
+def load_suite(name_or_path: str) -> Suite:
+    path = suite_path(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as err:
+        raise SuiteError(f"{path}: {err}") from err
+    return parse_suite(raw, path)
+
+
+def parse_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
+    where = str(path) if path else "suite"
+    _check_keys(raw, TOP_KEYS, where)
+    name = _require(raw.get("name", path.stem if path else "suite"), str, f"{where}: name")
+    backbone = _require(raw.get("backbone", "fmnist"), str, f"{where}: backbone")
+    n = _require(raw.get("n", 1000), int, f"{where}: n")
+    seeds = tuple(_require(s, int, f"{where}: seeds[]") for s in _require(raw.get("seeds", [0]), list, f"{where}: seeds"))
+    batch_size = _require(raw.get("batch_size", 250), int, f"{where}: batch_size")
+    if n < 2 or batch_size < 1 or not seeds:
+        raise SuiteError(f"{where}: need n >= 2, batch_size >= 1 and at least one seed")
+    common = _require(raw.get("set", {}), dict, f"{where}: set")
+    runs = _require(raw.get("runs", []), list, f"{where}: runs")
+    if not runs:
+        raise SuiteError(f"{where}: no [[runs]]")
+    points: list[Point] = []
+    labels: set[str] = set()
+    for i, run in enumerate(runs):
+        run_where = f"{where}: runs[{i}]"
+        _check_keys(_require(run, dict, run_where), RUN_KEYS, run_where)
+        label = _require(run.get("label"), str, f"{run_where}.label")
+        if label in labels:
+            raise SuiteError(f"{run_where}: label {label!r} used twice")
+        labels.add(label)
+        methods = _require(run.get("methods", ["maskgit"]), list, f"{run_where}.methods")
+        run_backbone = _require(run.get("backbone", backbone), str, f"{run_where}.backbone")
+        if run_backbone not in registry.BACKBONES:
+            raise SuiteError(f"{run_where}: unknown backbone {run_backbone!r}"
+                             f"{closest(run_backbone, list(registry.BACKBONES))}")
+        fixed = {**common, **_require(run.get("set", {}), dict, f"{run_where}.set")}
+        grid = _require(run.get("grid", {}), dict, f"{run_where}.grid")
+        keys = list(grid)
+        values = [_require(grid[k], list, f"{run_where}.grid.{k}") for k in keys]
+        for combo in itertools.product(*values) if keys else [()]:
+            swept = tuple(zip(keys, combo, strict=True))
+            overrides = {**fixed, **dict(swept)}
+            try:
+                recipe = resolve(methods, overrides)
+            except (KeyError, ValueError) as err:
+                raise SuiteError(f"{run_where} ({label}): {err.args[0] if err.args else err}") from err
+            for seed in seeds:
+                points.append(Point(label, run_backbone, recipe, swept,
+                                    tuple(sorted(overrides.items())), seed))
+    return Suite(name=name, description=str(raw.get("description", "")), backbone=backbone, n=n,
+                 seeds=seeds, reference=_require(raw.get("reference", "fmnist-train"), str,
+                                                 f"{where}: reference"),
+                 batch_size=batch_size, points=tuple(points), path=path)

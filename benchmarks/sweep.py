@@ -1,0 +1,169 @@
+"""`migbench sweep SUITE`: run every pending point of a suite, one result row per point.
+
+A point is skipped when its run hash (resolved recipe, backbone weight hashes, n, seed, batch
+size, reference, evaluator and extractor weights, sampler code version) already has a row.
+Sampling is sharded over the processes of an ``accelerate launch`` (CPU or GPU): each process
+samples its batches (:mod:`migbench.generate`), the main process gathers, evaluates, appends the
+row and draws a grid. ``--processes P`` relaunches the sweep under ``accelerate launch``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import migbench
+from migbench import registry
+from migbench.benchmarks.metrics.evaluate import Extractor, evaluate
+from migbench.benchmarks.results import append_row, read_rows, repair, results_dir, write_csv
+from migbench.benchmarks.suite import Point, Suite, load_suite
+from migbench.config import stable_hash
+from migbench.data import CLASS_NAMES
+from migbench.generate import Generation, generate, merge
+from migbench.images import save_grid, save_samples
+from migbench.weights import git_revision
+
+
+def run_hash(point: Point, suite: Suite, weight_hashes: dict[str, str], evaluator: dict[str, str]) -> str:
+    """Identity of a point's result: equal hashes give equal rows."""
+    return stable_hash({"recipe": point.recipe.describe(), "backbone": point.backbone,
+                        "weights": weight_hashes, "n": suite.n, "seed": point.seed,
+                        "batch_size": suite.batch_size, "reference": suite.reference,
+                        "evaluator": evaluator, "sampler_version": migbench.SAMPLER_VERSION})
+
+
+def provenance_key(provenance: dict[str, Any]) -> str:
+    """Hash of what makes two rows comparable (evaluator, extractor, reference, N)."""
+    keys = ("evaluator", "evaluator_version", "extractor", "feature_layer", "extractor_weights",
+            "reference_sha256", "n")
+    return stable_hash({k: provenance[k] for k in keys}, length=10)
+
+
+def _distributed() -> tuple[Any, int, int]:
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return state, state.process_index, state.num_processes
+
+
+def _gather(state: Any, part: Generation) -> list[Generation]:
+    if state.num_processes == 1:
+        return [part]
+    from accelerate.utils import gather_object
+
+    return gather_object([part])
+
+
+def relaunch(args: list[str], processes: int) -> int:
+    """Run ``migbench sweep`` under ``accelerate launch`` with ``processes`` processes."""
+    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    if accelerate is None:
+        raise RuntimeError("`accelerate` is not on PATH; install it (pip install accelerate)")
+    launch = [accelerate, "launch", "--num_processes", str(processes), "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no"]
+    if not torch.cuda.is_available():
+        launch += ["--cpu"]
+    elif processes > 1:
+        launch += ["--multi_gpu"]
+    env = {**os.environ, "MIGBENCH_LAUNCHED": "1"}
+    return subprocess.call([*launch, "-m", "migbench.cli", "sweep", *args], env=env)
+
+
+def sweep(suite_name: str, *, results_root: Path | None = None, floors: bool = True,
+          keep_samples: bool = False, progress: bool = True, limit: int | None = None) -> Path:
+    """Run the pending points of ``suite_name``; returns the results folder."""
+    suite = load_suite(suite_name)
+    state, rank, world = _distributed()
+    device = state.device
+    folder = results_dir(suite.name, results_root)
+    if state.is_main_process:
+        folder.mkdir(parents=True, exist_ok=True)
+        dropped = repair(folder)
+        if dropped:
+            print(f"dropped {dropped} incomplete line(s) from {folder}/results.jsonl")
+    state.wait_for_everyone()
+    extractor = Extractor.fmnist()
+    stacks: dict[str, Any] = {}
+    done = {row["run_hash"] for row in read_rows(folder)}
+    todo = []
+    for point in suite.points:
+        if point.backbone not in stacks:
+            stacks[point.backbone] = registry.backbone(point.backbone)()
+        h = run_hash(point, suite, stacks[point.backbone].weight_hashes, extractor.describe())
+        if h not in done:
+            todo.append((point, h))
+            done.add(h)
+    todo = todo[:limit] if limit is not None else todo
+    if state.is_main_process:
+        print(f"suite {suite.name}: {len(suite.points)} points, {len(suite.points) - len(todo)} done, "
+              f"{len(todo)} to run on {world} process(es)")
+        if floors and todo:
+            _write_floors(folder, suite)
+    bar = tqdm(todo, desc=f"sweep {suite.name}", unit="point", disable=not (progress and state.is_main_process))
+    for point, h in bar:
+        bar.set_postfix_str(f"{point.label} {dict(point.swept)} seed={point.seed}")
+        stack = stacks[point.backbone]
+        part = generate(stack, point.recipe, suite.n, point.seed, batch_size=suite.batch_size,
+                        device=device, process_index=rank, num_processes=world,
+                        progress=progress and state.is_main_process)
+        parts = _gather(state, part)
+        if state.is_main_process:
+            result = merge(parts)
+            _record(folder, suite, point, h, stack, result, extractor, str(device), world, keep_samples)
+        state.wait_for_everyone()
+    if state.is_main_process:
+        write_csv(folder)
+    return folder
+
+
+def _write_floors(folder: Path, suite: Suite) -> None:
+    from migbench.benchmarks.metrics.floors import floors as compute_floors
+
+    path = folder / "floors.json"
+    result = compute_floors(suite.n, suite.reference)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _record(folder: Path, suite: Suite, point: Point, h: str, stack: Any, result: Generation,
+            extractor: Extractor, device: str, world: int, keep_samples: bool) -> None:
+    evaluation = evaluate(result.images, result.labels, suite.reference, extractor)
+    save_grid(folder / "grids" / f"{h}.png", result.images, result.labels, CLASS_NAMES)
+    if keep_samples:
+        save_samples(folder / "samples" / f"{h}.npz", result.images, result.labels)
+    provenance = {**evaluation["provenance"], "weights": stack.weight_hashes, "seed": point.seed,
+                  "git_revision": git_revision(), "device": device, "processes": world,
+                  "python": platform.python_version(), "migbench": migbench.__version__,
+                  "sampler_version": migbench.SAMPLER_VERSION}
+    row = {"suite": suite.name, "label": point.label, "backbone": point.backbone,
+           "methods": list(point.recipe.methods), "swept": dict(point.swept),
+           "overrides": dict(point.overrides), "recipe": point.recipe.describe(), "n": suite.n,
+           "seed": point.seed, "batch_size": suite.batch_size, "reference": suite.reference,
+           "run_hash": h, "samples_sha256": sample_fingerprint(result), "metrics": evaluation["metrics"],
+           "cost": {"nfe_per_image": result.nfe_per_image,
+                    "images_per_second": round(result.images_per_second, 2),
+                    "sampling_seconds": round(result.sampling_seconds, 2),
+                    "extra_parameters": result.extra_parameters},
+           "provenance": provenance, "provenance_key": provenance_key(provenance),
+           "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    append_row(folder, row)
+
+
+def sample_fingerprint(result: Generation) -> str:
+    """sha256 of the samples and labels (equal for any number of processes)."""
+    digest = hashlib.sha256(np.ascontiguousarray(result.images).tobytes())
+    digest.update(np.ascontiguousarray(result.labels).tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,137 @@
+"""MaskGIT confidence sampling (Chang et al., CVPR 2022) with classifier-free guidance: the base.
+
+Every sampler starts from this method; it holds the four slots weakly, so a method such as
+``halton`` or ``token_critic`` can take one over. Per step k of T (Google's maskgit code):
+
+- reveal schedule: after step k, floor(N gamma(1 - (k+1)/T)) tokens stay masked, at least one
+  revealed per step, all by the last (:func:`migbench.schedules.masked_after_steps`); gamma is
+  cosine by default, or arccos (valeoai), linear, exp, or explicit per-step ratios (AutoNAT);
+- tokens ~ softmax(l / T_soft) at masked positions ("divisor", Google/TiTok). valeoai's
+  ``sm_temp`` multiplies the logits instead ("multiplier": softmax(l * T_soft));
+- confidence = log p(chosen) + tau_k * Gumbel, tau_k = tau0 (1 - (k+1)/T) ("linear", Google);
+  open-muse compounds the decay ("compound"); decoded tokens keep +inf confidence and are never
+  re-masked; the lowest-confidence masked positions stay masked;
+- CFG: l = (1 + w_k) l_c - w_k l_u (eq. 1 of :mod:`migbench.guidance`) with w_k constant, a
+  linear ramp w k/T (MUSE/TiTok) or power-cosine (MDT). ``cfg_convention="muse"`` reads
+  ``cfg_scale`` as MUSE/MAR's w' in u + w'(c - u), i.e. w = w' - 1.
+
+Neutral setting: this method *is* the baseline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from migbench.api import NULL_LABEL
+from migbench.config import check_choices, knob
+from migbench.guidance import GuidanceTerm, StepInfo
+from migbench.rng import gumbel
+from migbench.sampler import SampleState, SamplerBuilder
+from migbench.schedules import MASK_SCHEDULES, choice_temperature, guidance_scale, masked_after_steps
+
+
+@dataclass(frozen=True)
+class MaskGITConfig:
+    """Knobs of the base sampler; defaults follow Google's MaskGIT (T=8, cosine, tau0=4.5)."""
+
+    steps: int = knob(8, "number of sampling steps T")
+    schedule: str = knob("cosine", "reveal schedule gamma", tuple(MASK_SCHEDULES))
+    ratios: tuple[float, ...] = knob((), "explicit mask ratio after each step (AutoNAT); overrides schedule")
+    temperature: float = knob(1.0, "softmax temperature of token sampling")
+    temperature_mode: str = knob("divisor", "softmax(l / T) or valeoai's softmax(l * T)",
+                                 ("divisor", "multiplier"))
+    choice_temperature: float = knob(4.5, "tau0, Gumbel scale of the confidence")
+    choice_anneal: str = knob("linear", "tau decay: Google linear or open-muse compound",
+                              ("linear", "compound", "constant"))
+    cfg_scale: float = knob(0.0, "classifier-free guidance scale w (0 = off, no extra pass)")
+    cfg_schedule: str = knob("constant", "CFG scale over steps", ("constant", "linear", "power-cosine"))
+    cfg_convention: str = knob("maskgit", "maskgit: (1+w)c - wu; muse: u + w(c-u)", ("maskgit", "muse"))
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if self.steps < 1:
+            raise ValueError(f"maskgit.steps must be >= 1, got {self.steps}")
+        if self.temperature <= 0:
+            raise ValueError(f"maskgit.temperature must be > 0, got {self.temperature}")
+        if self.ratios and len(self.ratios) != self.steps:
+            raise ValueError(f"maskgit.ratios has {len(self.ratios)} values for {self.steps} steps")
+
+
+@dataclass(frozen=True)
+class RevealSchedule:
+    """MaskGIT's schedule slot: StepInfo per step with t_k = 1 - k/T, s_k = 1 - (k+1)/T."""
+
+    steps: int
+    schedule: str | tuple[float, ...]
+
+    def plan(self, num_tokens: int) -> list[StepInfo]:
+        after = masked_after_steps(self.schedule, self.steps, num_tokens)
+        before = [num_tokens, *after[:-1]]
+        return [StepInfo(step=k, num_steps=self.steps, t=1 - k / self.steps, s=1 - (k + 1) / self.steps,
+                         masked_before=before[k], masked_after=after[k], num_tokens=num_tokens)
+                for k in range(self.steps)]
+
+
+def categorical(logits: torch.Tensor, state: SampleState) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample ids (B, N) from softmax(logits (B, N, K)); return them and their log-probabilities."""
+    logp = torch.log_softmax(logits, dim=-1)
+    tokens = (logp + gumbel(logp.shape, state.generator, logp.device)).argmax(dim=-1)
+    return tokens, logp.gather(-1, tokens[..., None]).squeeze(-1)
+
+
+def keep_decoded(candidates: torch.Tensor, scores: torch.Tensor, state: SampleState) -> torch.Tensor:
+    """MaskGIT's selector: the ``masked_after`` lowest-scoring *masked* positions stay masked."""
+    scores = scores.masked_fill(~state.masked, float("inf"))
+    return candidates.masked_fill(lowest(scores, state.info.masked_after), state.backbone.layout.mask_id)
+
+
+def lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """(B, N) bool marking the ``count`` lowest scores of each row."""
+    out = torch.zeros_like(scores, dtype=torch.bool)
+    if count > 0:
+        out.scatter_(1, scores.topk(count, dim=1, largest=False).indices, True)
+    return out
+
+
+class MaskGIT:
+    """The base method: reveal schedule, temperature, confidence + annealed Gumbel, keep, CFG."""
+
+    name = "maskgit"
+    config_cls = MaskGITConfig
+    trained = False
+
+    @staticmethod
+    def neutral_config() -> MaskGITConfig:
+        return MaskGITConfig()
+
+    @staticmethod
+    def install(builder: SamplerBuilder, config: MaskGITConfig) -> None:
+        name = MaskGIT.name
+        schedule = config.ratios if config.ratios else config.schedule
+        builder.claim("schedule", RevealSchedule(config.steps, schedule), name, weak=True)
+        builder.claim("token_sampler", categorical, name, weak=True)
+        builder.claim("selector", keep_decoded, name, weak=True)
+
+        def confidence(candidates: torch.Tensor, logp: torch.Tensor, state: SampleState) -> torch.Tensor:
+            tau = choice_temperature(config.choice_temperature, state.info.step,
+                                     state.info.num_steps, config.choice_anneal)
+            if tau == 0.0:
+                return logp
+            return logp + tau * gumbel(logp.shape, state.generator, logp.device)
+
+        builder.claim("scorer", confidence, name, weak=True)
+        if config.temperature != 1.0:
+            t = config.temperature
+            scale = 1.0 / t if config.temperature_mode == "divisor" else t
+            builder.add_processor(lambda logits, state: logits * scale, name)
+        if config.cfg_scale != 0.0 or config.cfg_convention == "muse":
+            w = config.cfg_scale - 1.0 if config.cfg_convention == "muse" else config.cfg_scale
+
+            def unconditional(ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                return ids, torch.full_like(labels, NULL_LABEL)
+
+            builder.add_guidance(GuidanceTerm(
+                name="cfg", owner=name, inputs=unconditional,
+                scale_at=lambda info: guidance_scale(config.cfg_schedule, w, info.step, info.num_steps)))

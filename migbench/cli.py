@@ -1,0 +1,281 @@
+"""The `migbench` command line: data, train, fit, sample, eval, sweep, report, info, demo."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from migbench.data import DatasetMissingError, load_split
+
+    try:
+        for split in ("train", "test"):
+            ds = load_split(split, args.data_dir, allow_download=not args.quiet)
+            if not args.quiet:
+                print(f"{split}: {len(ds)} images from {ds.source}")
+    except DatasetMissingError as err:
+        if not args.quiet:
+            print(err, file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    command = "migbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    run_dir = Path(args.run_dir or f"runs/{args.what}")
+    if args.what == "tokenizer":
+        from migbench.backbones.train_tokenizer import TokenizerRecipe, train_tokenizer
+
+        recipe = TokenizerRecipe(**({"steps": args.steps} if args.steps else {}))
+        train_tokenizer(run_dir, recipe=recipe, data_dir=args.data_dir, command=command)
+    elif args.what == "backbone":
+        from migbench.backbones.train_backbone import BackboneRecipe, train_backbone
+
+        recipe = BackboneRecipe.named(args.recipe, steps=args.steps)
+        train_backbone(run_dir, recipe=recipe, data_dir=args.data_dir, command=command)
+    elif args.what == "classifier":
+        from migbench.benchmarks.train_classifier import ClassifierRecipe, train_classifier
+
+        recipe = ClassifierRecipe(**({"steps": args.steps} if args.steps else {}))
+        train_classifier(run_dir, recipe=recipe, data_dir=args.data_dir, command=command)
+    print(f"weights and manifest entry written; training log in {run_dir}/train.log")
+    return 0
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    import json
+    import platform
+    import time
+
+    import torch
+
+    from migbench import registry
+    from migbench.data import CLASS_NAMES
+    from migbench.generate import generate
+    from migbench.images import save_grid, save_samples
+    from migbench.recipe import parse_overrides, resolve
+
+    recipe = resolve(args.methods, parse_overrides(args.set))
+    started = time.perf_counter()
+    stack = registry.backbone(args.backbone)()
+    result = generate(stack, recipe, args.n, args.seed, batch_size=args.batch_size,
+                      device=args.device, bf16=not args.no_bf16)
+    out = Path(args.out)
+    save_samples(out / "samples.npz", result.images, result.labels)
+    save_grid(out / "grid.png", result.images, result.labels, CLASS_NAMES)
+    meta = {"backbone": stack.name, "recipe": recipe.describe(), "n": args.n, "seed": args.seed,
+            "batch_size": args.batch_size, "nfe_per_image": result.nfe_per_image,
+            "extra_parameters": result.extra_parameters,
+            "sampling_seconds": round(result.sampling_seconds, 3),
+            "images_per_second": round(result.images_per_second, 2),
+            "wall_seconds": round(time.perf_counter() - started, 3), "weights": stack.weight_hashes,
+            "device": str(args.device), "bf16": not args.no_bf16,
+            "versions": {"torch": torch.__version__, "python": platform.python_version()}}
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"{args.n} samples of {recipe.label()} on {stack.name}: "
+          f"{result.images_per_second:.1f} images/s, NFE/image {result.nfe_per_image['total']:g}")
+    print(f"wrote {out / 'samples.npz'}, {out / 'grid.png'}, {out / 'meta.json'}")
+    return 0
+
+
+def _print_metrics(title: str, metrics: dict[str, float]) -> None:
+    from tabulate import tabulate
+
+    print(title)
+    print(tabulate([[k, f"{v:.4f}"] for k, v in metrics.items()], headers=["metric", "value"]))
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from migbench.benchmarks.metrics.evaluate import evaluate
+    from migbench.images import load_png_folder, load_samples
+
+    path = Path(args.samples)
+    if path.is_dir():
+        images, labels = load_png_folder(path)
+    elif path.is_file():
+        images, labels = load_samples(path)
+    else:
+        print(f"migbench eval: {path} is neither a samples .npz nor a folder of PNGs", file=sys.stderr)
+        return 2
+    result = evaluate(images, labels, ref=args.ref, data_dir=args.data_dir, prc=not args.no_prc)
+    _print_metrics(f"{path} ({len(images)} images) against {args.ref}", result["metrics"])
+    out = Path(args.out) if args.out else (path if path.is_dir() else path.parent) / "eval.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+def _cmd_floors(args: argparse.Namespace) -> int:
+    from migbench.benchmarks.metrics.floors import floors
+
+    result = floors(args.n, args.ref, args.seed, args.data_dir)
+    for kind in ("data", "tokenizer"):
+        _print_metrics(f"{kind} floor: N={args.n} {result['source_split']} images"
+                       f"{' (VQ reconstructions)' if kind == 'tokenizer' else ''} vs {args.ref}",
+                       result[kind]["metrics"])
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from migbench import registry, weights
+    from migbench.config import describe_knobs
+
+    for name in registry.METHODS:
+        cls = registry.method(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        print(f"method {name}: {doc}")
+        rows = [[r["knob"], r["type"], repr(r["default"]), "" if r["choices"] is None else "|".join(map(str, r["choices"])),
+                 r["help"]] for r in describe_knobs(cls.config_cls)]
+        print(tabulate(rows, headers=["knob", "type", "default", "choices", "meaning"]))
+        print()
+    print("backbones:", ", ".join(registry.BACKBONES))
+    manifest = weights.read_manifest()
+    rows = [[n, e["file"], e["sha256"][:12], json_compact(e["metrics"])] for n, e in sorted(manifest.items())]
+    print(tabulate(rows, headers=["weights", "file", "sha256", "metrics"]))
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import os
+
+    from migbench.benchmarks.sweep import relaunch, sweep
+
+    if args.processes > 1 and not os.environ.get("MIGBENCH_LAUNCHED"):
+        forwarded = [args.suite, *(["--no-floors"] if args.no_floors else []),
+                     *(["--keep-samples"] if args.keep_samples else []),
+                     *(["--results", args.results] if args.results else [])]
+        return relaunch(forwarded, args.processes)
+    folder = sweep(args.suite, results_root=Path(args.results) if args.results else None,
+                   floors=not args.no_floors, keep_samples=args.keep_samples)
+    print(f"results in {folder}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from migbench.benchmarks.report import report
+
+    path = report(args.suite, results_root=Path(args.results) if args.results else None,
+                  reports_root=Path(args.reports) if args.reports else None)
+    print(f"report written to {path}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from migbench.benchmarks.report import report
+    from migbench.benchmarks.sweep import sweep
+
+    started = time.monotonic()
+    folder = sweep(args.suite)
+    path = report(args.suite)
+    print()
+    print(path.read_text(encoding="utf-8").split("### Pareto front")[0])
+    print(f"demo finished in {time.monotonic() - started:.0f} s: results in {folder}, report in {path} "
+          f"(plot {path.parent / 'fid_is.png'})")
+    return 0
+
+
+def _cmd_regress(args: argparse.Namespace) -> int:
+    from migbench.benchmarks.regression import BASELINE, check
+
+    failures = check(update=args.update)
+    if args.update:
+        print(f"baseline written to {BASELINE}")
+        return 0
+    for failure in failures:
+        print("REGRESSION:", failure)
+    print("regression check passed" if not failures else f"{len(failures)} regression(s)")
+    return 1 if failures else 0
+
+
+def json_compact(d: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in d.items())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="migbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="check that Fashion-MNIST can be found, and where")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--quiet", action="store_true", help="no output, no download; exit code only")
+    p.set_defaults(func=_cmd_data)
+
+    p = sub.add_parser("train", help="train a component of the embedded Fashion-MNIST stack")
+    p.add_argument("what", choices=["tokenizer", "backbone", "classifier"])
+    p.add_argument("--recipe", default="maskgit", help="backbone recipe: maskgit or emigm")
+    p.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
+    p.add_argument("--run-dir", default=None, help="checkpoint/log folder (default runs/WHAT)")
+    p.add_argument("--data-dir", default=None)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("sample", help="sample images with a methods list; writes samples.npz, grid.png, meta.json")
+    p.add_argument("--backbone", default="fmnist")
+    p.add_argument("--methods", default="maskgit", help="comma-separated list, e.g. halton or ka_mig,self_guidance")
+    p.add_argument("--set", action="append", default=[], metavar="METHOD.KNOB=VALUE",
+                   help="override a knob (repeatable), e.g. --set maskgit.cfg_scale=2")
+    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-bf16", action="store_true", help="sample in fp32 instead of bf16 autocast")
+    p.add_argument("--out", default="out/sample")
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("eval", help="FID, IS, KID, precision/recall and class accuracy of samples")
+    p.add_argument("samples", help="a samples.npz (ADM layout) or a folder of PNGs")
+    p.add_argument("--ref", default="fmnist-train", help="fmnist-train, fmnist-test, or an images .npz")
+    p.add_argument("--out", default=None, help="JSON output (default: eval.json beside the samples)")
+    p.add_argument("--no-prc", action="store_true", help="skip precision/recall")
+    p.add_argument("--data-dir", default=None)
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("floors", help="data and tokenizer quality floors at N images")
+    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--ref", default="fmnist-train")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    p.set_defaults(func=_cmd_floors)
+
+    p = sub.add_parser("sweep", help="run the pending points of a suite (resumable)")
+    p.add_argument("suite", help="suite name (benchmarks/suites/NAME.toml) or path")
+    p.add_argument("--processes", type=int, default=1, help="shard sampling over P accelerate processes")
+    p.add_argument("--results", default=None, help="results root (default results/)")
+    p.add_argument("--no-floors", action="store_true", help="skip the quality floors")
+    p.add_argument("--keep-samples", action="store_true", help="also save each point's samples.npz")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("report", help="render reports/SUITE from results/SUITE")
+    p.add_argument("suite")
+    p.add_argument("--results", default=None)
+    p.add_argument("--reports", default=None, help="reports root (default reports/)")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("demo", help="the quick benchmark: sweep + report (what `make demo` runs)")
+    p.add_argument("--suite", default="fmnist_quick")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("regress", help="run the CI regression suite and compare with its baseline")
+    p.add_argument("--update", action="store_true", help="rewrite the baseline instead of checking")
+    p.set_defaults(func=_cmd_regress)
+
+    p = sub.add_parser("info", help="registered methods with their knobs, backbones, and weights")
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Method configs: frozen dataclasses with documented knobs, strict overrides, run hashes."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from typing import Any
+
+
+def knob(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
+    """A config field with its documentation (shown by `migbench info`) and allowed values."""
+    kwargs: dict[str, Any] = {"metadata": {"help": help, "choices": choices}}
+    if isinstance(default, (list, dict, set)):
+        raise TypeError("use tuples for sequence defaults")
+    return dataclasses.field(default=default, **kwargs)
+
+
+def check_choices(config: Any) -> None:
+    """Raise ValueError when a field with ``choices`` holds another value."""
+    for f in dataclasses.fields(config):
+        choices = f.metadata.get("choices")
+        value = getattr(config, f.name)
+        if choices is not None and value not in choices:
+            raise ValueError(f"{type(config).__name__}.{f.name} = {value!r}; choose from {list(choices)}")
+
+
+def closest(name: str, options: list[str]) -> str:
+    """' (did you mean X?)' for the closest option, or ''."""
+    match = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Convert ``value`` (possibly a CLI string) to the field type ``annotation``."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            return None
+        return _coerce(value, args[0], where)
+    if origin is tuple:
+        item = typing.get_args(annotation)[0]
+        if isinstance(value, str):
+            value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+        return tuple(_coerce(v, item, where) for v in value)
+    try:
+        if annotation is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if annotation is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if annotation is float:
+            return float(value)
+        if annotation is str:
+            return str(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}: cannot read {value!r} as {annotation.__name__}") from err
+    return value
+
+
+def apply_overrides(config: Any, overrides: dict[str, Any], prefix: str) -> Any:
+    """A copy of ``config`` with ``overrides`` (field -> value) applied and checked."""
+    hints = typing.get_type_hints(type(config))
+    names = [f.name for f in dataclasses.fields(config)]
+    changes = {}
+    for key, value in overrides.items():
+        if key not in names:
+            raise KeyError(f"unknown knob {prefix}.{key}{closest(key, names)}; "
+                           f"knobs of {prefix}: {', '.join(names)}")
+        changes[key] = _coerce(value, hints[key], f"{prefix}.{key}")
+    new = dataclasses.replace(config, **changes)
+    check_choices(new)
+    return new
+
+
+def describe_knobs(config_cls: type) -> list[dict[str, Any]]:
+    """Name, type, default, choices and help of every knob of a config class."""
+    hints = typing.get_type_hints(config_cls)
+    rows = []
+    for f in dataclasses.fields(config_cls):
+        annotation = hints[f.name]
+        rows.append({"knob": f.name, "type": getattr(annotation, "__name__", str(annotation)),
+                     "default": f.default, "choices": f.metadata.get("choices"),
+                     "help": f.metadata.get("help", "")})
+    return rows
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """sha256 of the canonical JSON of ``obj`` (dataclasses and tuples flattened)."""
+    def plain(x: Any) -> Any:
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            return {k: plain(v) for k, v in dataclasses.asdict(x).items()}
+        if isinstance(x, dict):
+            return {str(k): plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+    text = json.dumps(plain(obj), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]

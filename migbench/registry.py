@@ -1,0 +1,35 @@
+"""Literal name -> "module:attr" tables, imported lazily (listing loads no method code)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from migbench.config import closest
+
+METHODS: dict[str, str] = {
+    "maskgit": "migbench.methods.maskgit:MaskGIT",
+    "halton": "migbench.methods.halton:Halton",
+}
+
+BACKBONES: dict[str, str] = {
+    "fmnist": "migbench.backbones.stacks:fmnist",
+    "toy": "migbench.backbones.stacks:toy",
+}
+
+
+def _load(table: dict[str, str], kind: str, name: str) -> Any:
+    if name not in table:
+        raise KeyError(f"unknown {kind} {name!r}{closest(name, list(table))}; known: {', '.join(table)}")
+    module, attr = table[name].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def method(name: str) -> Any:
+    """The method class registered as ``name``."""
+    return _load(METHODS, "method", name)
+
+
+def backbone(name: str) -> Any:
+    """The stack factory registered as ``name`` (call it to load the stack)."""
+    return _load(BACKBONES, "backbone", name)

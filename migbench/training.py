@@ -1,0 +1,139 @@
+"""The one training loop every migbench model uses: resumable, step-seeded, bf16, accelerate.
+
+Every random draw of step ``k`` comes from ``step_generator(seed, k)`` and every batch from
+``batch_indices(n, batch, seed, k)``, so a run resumed from a checkpoint at step k produces the
+same weights as an uninterrupted run. Checkpoints are written atomically (temp file + rename)
+every ``checkpoint_every_s`` seconds and at the end; a crash loses at most that much work.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+StepFn = Callable[[torch.nn.Module, int, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
+
+
+def step_generator(seed: int, step: int) -> torch.Generator:
+    """A CPU generator whose state depends only on (seed, step)."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
+    """Indices (batch_size,) of training step ``step``: epochs are seeded permutations, drop-last."""
+    if batch_size > num_items:
+        raise ValueError(f"batch_size {batch_size} exceeds the {num_items} training items")
+    per_epoch = num_items // batch_size
+    epoch, offset = divmod(step, per_epoch)
+    perm = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
+    return perm[offset * batch_size:(offset + 1) * batch_size]
+
+
+def warmup_cosine(step: int, total: int, warmup: int, peak: float, floor: float = 0.0) -> float:
+    """Learning rate: linear warm-up to ``peak`` over ``warmup`` steps, then cosine to ``floor``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class TrainLoop:
+    """Configuration of one training run."""
+
+    name: str
+    total_steps: int
+    seed: int
+    run_dir: Path
+    lr_at: Callable[[int], float]
+    bf16: bool = True
+    checkpoint_every_s: float = 180.0
+    log_every: int = 50
+    grad_clip: float | None = 1.0
+    stop_after: int | None = None  # testing aid: stop (with a checkpoint) before this step
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / "train.log"
+
+    def run(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step_fn: StepFn,
+            extra_state: Callable[[], dict] | None = None) -> torch.nn.Module:
+        """Train ``model`` to ``total_steps``, resuming from ``checkpoint_path`` if present.
+
+        ``step_fn(model, step, generator)`` returns (loss, metrics) for one batch; it runs under
+        bf16 autocast when ``bf16``. Returns the unwrapped model.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                                  mixed_precision="bf16" if self.bf16 else "no")
+        start = self._resume(model, optimizer)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        model.train()
+        end = self.total_steps if self.stop_after is None else min(self.total_steps, self.stop_after)
+        last_save = time.monotonic()
+        bar = tqdm(range(start, end), initial=start, total=self.total_steps, desc=self.name,
+                   disable=not accelerator.is_main_process, mininterval=2.0)
+        with open(self.log_path, "a", encoding="utf-8") as log:
+            for step in bar:
+                for group in optimizer.param_groups:
+                    group["lr"] = self.lr_at(step)
+                torch.manual_seed(self.seed * 1_000_003 + step)
+                with accelerator.autocast():
+                    loss, metrics = step_fn(model, step, step_generator(self.seed, step))
+                optimizer.zero_grad(set_to_none=True)
+                accelerator.backward(loss)
+                if self.grad_clip is not None:
+                    accelerator.clip_grad_norm_(model.parameters(), self.grad_clip)
+                optimizer.step()
+                if step % self.log_every == 0 or step == end - 1:
+                    row = {"step": step, "loss": float(loss.detach()), "lr": self.lr_at(step), **metrics}
+                    self.history.append(row)
+                    log.write(json.dumps(row) + "\n")
+                    log.flush()
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in row.items() if k != "step"})
+                if time.monotonic() - last_save > self.checkpoint_every_s:
+                    self._save(accelerator, model, optimizer, step + 1, extra_state)
+                    last_save = time.monotonic()
+        self._save(accelerator, model, optimizer, end, extra_state)
+        return accelerator.unwrap_model(model)
+
+    def _resume(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+        if not self.checkpoint_path.exists():
+            return 0
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        return int(state["step"])
+
+    def _save(self, accelerator: Accelerator, model: torch.nn.Module,
+              optimizer: torch.optim.Optimizer, step: int,
+              extra_state: Callable[[], dict] | None) -> None:
+        if not accelerator.is_main_process:
+            return
+        state = {"model": accelerator.unwrap_model(model).state_dict(),
+                 "optimizer": optimizer.state_dict(), "step": step,
+                 **(extra_state() if extra_state else {})}
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint_path)
+
+    def finished(self) -> bool:
+        """Whether the checkpoint on disk has reached ``total_steps``."""
+        if not self.checkpoint_path.exists():
+            return False
+        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        return int(state["step"]) >= self.total_steps

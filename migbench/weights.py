@@ -1,0 +1,122 @@
+"""The committed weights folder and its manifest.
+
+Every trained component lives as ``<name>.safetensors`` in one folder beside ``manifest.json``,
+whose entry records the file, its sha256, the command that made it, the wall time, the key
+metrics, the model config and the git revision. Loading verifies the sha256 first.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from migbench.paths import repo_root, weights_dir
+
+MANIFEST = "manifest.json"
+
+
+class WeightsError(RuntimeError):
+    """A weights file is missing, unlisted, or does not match its manifest hash."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def git_revision() -> str:
+    """The checkout's commit (with ``-dirty`` when it has uncommitted changes), or "unknown"."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo_root(), capture_output=True,
+                             text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=repo_root(), capture_output=True, text=True, timeout=10).stdout
+        return rev + ("-dirty" if dirty.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def read_manifest(folder: Path | None = None) -> dict[str, dict[str, Any]]:
+    path = (folder or weights_dir()) / MANIFEST
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _write_manifest(manifest: dict[str, dict[str, Any]], folder: Path) -> None:
+    path = folder / MANIFEST
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_weights(name: str, state: dict[str, torch.Tensor], *, half: bool = True,
+                 folder: Path | None = None) -> Path:
+    """Write ``<name>.safetensors`` (floating tensors as fp16 when ``half``); returns its path.
+
+    The manifest entry is written separately by :func:`record`, after the metrics have been
+    measured on the weights exactly as saved.
+    """
+    folder = folder or weights_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: (v.detach().half() if half and v.is_floating_point() else v.detach()).contiguous()
+               for k, v in state.items()}
+    path = folder / f"{name}.safetensors"
+    save_file(tensors, str(path))
+    return path
+
+
+def record(name: str, *, command: str, wall_seconds: float, metrics: dict[str, float],
+           config: dict[str, Any], folder: Path | None = None) -> dict[str, Any]:
+    """Add or replace the manifest entry of ``name`` (its file must already be written)."""
+    folder = folder or weights_dir()
+    path = folder / f"{name}.safetensors"
+    entry = {"file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
+             "command": command, "wall_seconds": round(wall_seconds, 1), "metrics": metrics,
+             "config": config, "git_revision": git_revision(),
+             "torch": torch.__version__,
+             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    manifest = read_manifest(folder)
+    manifest[name] = entry
+    _write_manifest(manifest, folder)
+    return entry
+
+
+def manifest_entry(name: str, folder: Path | None = None) -> dict[str, Any]:
+    folder = folder or weights_dir()
+    manifest = read_manifest(folder)
+    if name not in manifest:
+        known = ", ".join(sorted(manifest)) or "none"
+        raise WeightsError(f"no weights named {name!r} in {folder / MANIFEST} (known: {known}); "
+                           f"train them with `migbench train ...` or `migbench fit ...`.")
+    return manifest[name]
+
+
+def load_weights(name: str, folder: Path | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The fp32 state dict of ``name`` and its manifest entry, after checking the sha256."""
+    folder = folder or weights_dir()
+    entry = manifest_entry(name, folder)
+    path = folder / entry["file"]
+    if not path.exists():
+        raise WeightsError(f"{path} is listed in the manifest but missing")
+    actual = sha256_file(path)
+    if actual != entry["sha256"]:
+        raise WeightsError(f"{path} has sha256 {actual}, but the manifest expects {entry['sha256']}: "
+                           "the file was changed or corrupted; retrain it or restore it from git.")
+    return load_file_unchecked(path), entry
+
+
+def load_file_unchecked(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file as an fp32 state dict, with no manifest check (for freshly saved files)."""
+    return {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}

@@ -1,0 +1,61 @@
+"""Sampling speed of the committed backbone: images/s, achieved GFLOP/s, and loop overhead.
+
+Run with `make bench`. Overhead = sampler wall time / wall time of the same backbone passes
+alone (same batch, same autocast) - 1: what the loop (log-softmax, categorical sampling, Gumbel
+confidence, top-k selection) adds to the network.
+"""
+
+import time
+
+import pytest
+import torch
+
+from migbench.backbones.stacks import fmnist
+from migbench.generate import autocast
+from migbench.recipe import build_sampler, resolve
+from migbench.rng import batch_generator
+
+pytestmark = pytest.mark.benchmark
+BATCH, STEPS = 250, 8
+
+
+def flops_per_pass(backbone) -> float:
+    """Matmul FLOPs of one forward per image: blocks (24 d^2 per token + attention) and the head."""
+    d, depth, length = backbone.width, backbone.depth, backbone.seq_len + 1
+    blocks = depth * (24 * d * d * length + 4 * length * length * d)
+    return blocks + 2 * d * backbone.layout.codebook_size * backbone.seq_len
+
+
+@pytest.fixture(scope="module")
+def setup():
+    stack = fmnist()
+    sampler = build_sampler(resolve("maskgit", {"maskgit.steps": STEPS}), stack.backbone)
+    labels = torch.arange(BATCH) % 10
+    return stack, sampler, labels
+
+
+def backbone_only(stack, labels) -> float:
+    ids = torch.full((BATCH, 64), stack.backbone.layout.mask_id)
+    start = time.perf_counter()
+    with torch.no_grad(), autocast(torch.device("cpu"), True):
+        for _ in range(STEPS):
+            stack.backbone(ids, labels)
+    return time.perf_counter() - start
+
+
+def test_sampling_speed(benchmark, setup) -> None:
+    stack, sampler, labels = setup
+
+    def run():
+        with autocast(torch.device("cpu"), True):
+            return sampler(labels, batch_generator(0, 0))
+
+    benchmark.pedantic(run, rounds=3, warmup_rounds=1)
+    sampler_s = benchmark.stats.stats.min
+    net_s = min(backbone_only(stack, labels) for _ in range(3))
+    benchmark.extra_info.update({
+        "images_per_s": BATCH / sampler_s,
+        "gflop_per_s": flops_per_pass(stack.backbone) * BATCH * STEPS / sampler_s / 1e9,
+        "loop_overhead": sampler_s / net_s - 1.0,
+    })
+    print(benchmark.extra_info)

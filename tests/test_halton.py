@@ -1,0 +1,24 @@
+"""Halton order against hand values and upstream's reveal counts."""
+
+import numpy as np
+
+from migbench.methods.halton import halton_order, halton_sequence, revealed_after_step
+
+
+def test_van_der_corput() -> None:
+    assert halton_sequence(2, 4) == [0.5, 0.25, 0.75, 0.125]
+    assert np.allclose(halton_sequence(3, 4), [1 / 3, 2 / 3, 1 / 9, 4 / 9])
+
+
+def test_order_covers_grid_and_starts_as_upstream() -> None:
+    order = halton_order(8, 8)
+    assert sorted(order) == list(range(64))
+    # first points (1/2, 1/3), (1/4, 2/3), (3/4, 1/9) -> rows 4, 2, 6; cols 2, 5, 0
+    assert order[:3] == (4 * 8 + 2, 2 * 8 + 5, 6 * 8 + 0)
+
+
+def test_reveal_counts() -> None:
+    # r_k = max(k+1, int(64 (1 - arccos((k+1)/8) / (pi/2)))): ratio 1/8 -> 1 - 0.9202 = 0.0798 -> 5
+    assert revealed_after_step(0, 8, 64) == 5
+    assert revealed_after_step(7, 8, 64) == 64
+    assert revealed_after_step(0, 64, 64) == 1

@@ -1,0 +1,163 @@
+"""Harness: strict suites, resumable sweeps surviving SIGKILL, 1 vs 2 processes, reports."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from migbench.benchmarks.report import aggregate, interval, pareto_front, report
+from migbench.benchmarks.results import RESULTS_FILE, append_row, read_rows, repair
+from migbench.benchmarks.suite import SuiteError, load_suite, parse_suite
+
+TOY_SUITE = """
+backbone = "toy"
+n = {n}
+seeds = [0]
+batch_size = 8
+reference = "{ref}"
+
+[[runs]]
+label = "maskgit"
+methods = ["maskgit"]
+grid = {{ "maskgit.choice_temperature" = [0.5, 1.0, 2.0] }}
+
+[[runs]]
+label = "halton"
+methods = ["halton"]
+grid = {{ "halton.sm_temp_max" = [1.0, 1.5] }}
+"""
+
+
+def toy_suite(tmp_path: Path, n: int = 16) -> Path:
+    ref = tmp_path / "ref.npz"
+    rng = np.random.default_rng(0)
+    np.savez(ref, arr_0=rng.integers(0, 256, (40, 32, 32, 1), dtype=np.uint8), arr_1=np.arange(40) % 10)
+    path = tmp_path / "toy_suite.toml"
+    path.write_text(TOY_SUITE.format(n=n, ref=ref))
+    return path
+
+
+def run_cli(*args: str, env_extra: dict | None = None, **kw) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "migbench.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_typo_in_suite_suggests_the_key(tmp_path) -> None:
+    with pytest.raises(SuiteError, match="did you mean 'grid'"):
+        parse_suite({"runs": [{"label": "a", "grdi": {}}]})
+    with pytest.raises(SuiteError, match="did you mean 'seeds'"):
+        parse_suite({"seed": [0], "runs": [{"label": "a"}]})
+    with pytest.raises(SuiteError, match="did you mean 'choice_temperature'"):
+        parse_suite({"runs": [{"label": "a", "grid": {"maskgit.choice_temprature": [1.0]}}]})
+    with pytest.raises(SuiteError, match="used twice"):
+        parse_suite({"runs": [{"label": "a"}, {"label": "a"}]})
+    with pytest.raises(SuiteError, match="fmnist_quick"):
+        load_suite("fmnist_quik")
+
+
+def test_suite_expands_grid_times_seeds(tmp_path) -> None:
+    suite = load_suite(str(toy_suite(tmp_path)))
+    assert len(suite.points) == 5
+    assert suite.points[0].swept == (("maskgit.choice_temperature", 0.5),)
+    assert all(p.recipe.config("maskgit").steps == 8 for p in suite.points)
+
+
+def test_committed_suites_parse() -> None:
+    for name in ("fmnist_quick", "ci_regression"):
+        assert load_suite(name).points
+
+
+def test_partial_line_is_dropped(tmp_path) -> None:
+    append_row(tmp_path, {"a": 1})
+    with open(tmp_path / RESULTS_FILE, "a") as f:
+        f.write('{"a": 2, "b"')
+    assert read_rows(tmp_path) == [{"a": 1}]
+    assert repair(tmp_path) == 1
+    assert (tmp_path / RESULTS_FILE).read_text() == '{"a": 1}\n'
+
+
+def test_sweep_survives_sigkill(tmp_path) -> None:
+    suite = toy_suite(tmp_path, n=40)
+    results = tmp_path / "results"
+    proc = run_cli("sweep", str(suite), "--results", str(results), "--no-floors")
+    lines = results / "toy_suite" / RESULTS_FILE
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if lines.exists() and lines.read_text().count("\n") >= 1:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stdout.read()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with open(lines, "a") as f:  # what a kill in the middle of a write would leave
+        f.write('{"run_hash": "torn')
+    done_before = len(read_rows(lines.parent))
+    assert 1 <= done_before < 5
+    rerun = run_cli("sweep", str(suite), "--results", str(results), "--no-floors")
+    out, _ = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, out
+    rows = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert len(rows) == 5 and len({r["run_hash"] for r in rows}) == 5
+    assert (results / "toy_suite" / "results.csv").exists()
+
+
+def test_one_and_two_processes_agree(tmp_path) -> None:
+    suite = toy_suite(tmp_path)
+    outputs = {}
+    for processes in (1, 2):
+        root = tmp_path / f"p{processes}"
+        proc = run_cli("sweep", str(suite), "--results", str(root), "--no-floors",
+                       "--processes", str(processes))
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, out
+        rows = read_rows(root / "toy_suite")
+        assert len(rows) == 5 and {r["provenance"]["processes"] for r in rows} == {processes}
+        outputs[processes] = {r["run_hash"]: (r["samples_sha256"], r["metrics"]) for r in rows}
+    assert outputs[1] == outputs[2]
+
+
+def fake_row(label, value, seed, fid, is_mean, key="k1"):
+    return {"label": label, "backbone": "fmnist", "seed": seed, "n": 100, "run_hash": f"{label}{value}{seed}",
+            "swept": {"maskgit.choice_temperature": value},
+            "metrics": {"fid": fid, "is_mean": is_mean, "kid_mean": 0.01, "precision": 0.5,
+                        "recall": 0.5, "class_accuracy": 0.9},
+            "cost": {"nfe_per_image": {"total": 8.0}, "images_per_second": 50.0,
+                     "extra_parameters": {}},
+            "provenance_key": key,
+            "provenance": {"n": 100, "reference": "fmnist-test", "reference_sha256": "ab" * 32,
+                           "reference_n": 10000, "evaluator": "torch-fidelity", "evaluator_version": "0.4.0",
+                           "extractor": "fmnist-classifier", "feature_layer": "features",
+                           "logits_layer": "logits", "extractor_weights": "cd" * 32, "torch": "2",
+                           "git_revision": "abc", "device": "cpu", "processes": 1}}
+
+
+def test_report_from_fixture(tmp_path) -> None:
+    folder = tmp_path / "results" / "fixture"
+    rows = [fake_row("maskgit", t, s, fid=10 + t + s, is_mean=5 - t / 10 + s / 10)
+            for t in (1.0, 2.0) for s in (0, 1)]
+    rows.append(fake_row("halton", 1.0, 0, fid=20.0, is_mean=3.0))
+    for row in rows:
+        append_row(folder, row)
+    path = report("fixture", results_root=tmp_path / "results", reports_root=tmp_path / "reports")
+    text = path.read_text()
+    assert (path.parent / "fid_is.png").stat().st_size > 10_000
+    assert "| maskgit | choice_temperature=1.0" in text and "11.50 ± 6.35" in text
+    table = aggregate(rows)
+    assert list(pareto_front(table)["label"]) == ["maskgit"]
+    assert interval(pd.Series([10.5])) == (10.5, 0.0)
+
+
+def test_report_splits_provenance_groups(tmp_path) -> None:
+    folder = tmp_path / "results" / "mixed"
+    append_row(folder, fake_row("maskgit", 1.0, 0, 10.0, 5.0, key="k1"))
+    append_row(folder, fake_row("maskgit", 1.0, 0, 12.0, 5.0, key="k2"))
+    text = report("mixed", results_root=tmp_path / "results", reports_root=tmp_path / "reports").read_text()
+    assert "Provenance group `k1`" in text and "Provenance group `k2`" in text
