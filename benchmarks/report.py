@@ -141,6 +141,45 @@ def _floors_table(floors: dict[str, Any]) -> str:
                     tablefmt="github")
 
 
+PAPERS_DIR = Path(__file__).resolve().parent / "papers"
+
+
+def load_papers(folder: Path = PAPERS_DIR) -> list[dict[str, Any]]:
+    """Every ``benchmarks/papers/*.toml`` (published numbers with their protocol)."""
+    from migbench.benchmarks.suite import tomllib
+
+    return [{"file": p.name, **tomllib.loads(p.read_text(encoding="utf-8"))} for p in sorted(folder.glob("*.toml"))]
+
+
+def _change(base: float, new: float) -> str:
+    return f"{(new - base) / base * 100:+.1f}%" if base else "-"
+
+
+def paper_comparisons(suite: str, best: pd.DataFrame, papers: list[dict[str, Any]]) -> str:
+    """Each paper's claimed relative change beside the change measured here (best FID per run)."""
+    body = []
+    measured = {r["label"]: r for _, r in best.iterrows()}
+    for paper in papers:
+        rows = {r["label"]: r for r in paper.get("rows", [])}
+        for c in paper.get("comparisons", []):
+            if c.get("our_suite") != suite:
+                continue
+            metric = c.get("metric", "fid")
+            key = "is_mean" if metric == "is" else metric
+            base, new = rows[c["baseline"]], rows[c["method"]]
+            claimed = _change(base[metric], new[metric]) if metric in base and metric in new else "-"
+            if c["our_baseline"] in measured and c["our_method"] in measured:
+                ours = _change(measured[c["our_baseline"]][key], measured[c["our_method"]][key])
+            else:
+                ours = "not run yet"
+            body.append([paper["file"], c["claim"], f"{c['baseline']} → {c['method']}", metric.upper(),
+                         claimed, f"{c['our_baseline']} → {c['our_method']}", ours])
+    if not body:
+        return ""
+    return tabulate(body, headers=["paper", "claim", "paper rows", "metric", "paper change",
+                                   "our runs", "our change"], tablefmt="github")
+
+
 def report(suite: str, results_root: Path | None = None, reports_root: Path | None = None) -> Path:
     """Render ``reports/<suite>/`` from ``results/<suite>/``; returns the Markdown path."""
     folder = results_dir(suite, results_root)
@@ -178,7 +217,14 @@ def report(suite: str, results_root: Path | None = None, reports_root: Path | No
         best = best_per_run(table)
         lines += ["### Best FID per run", "", metrics_table(best), "", f"![FID-IS curves]({plot_name})", "",
                   "### Pareto front (FID ↓, IS ↑)", "", metrics_table(pareto_front(table)), "",
-                  "### All points", "", metrics_table(table), "", "### Samples at each run's best FID", ""]
+                  "### All points", "", metrics_table(table), ""]
+        comparisons = paper_comparisons(suite, best, load_papers())
+        if comparisons:
+            lines += ["### Papers' claims beside our measurements", "",
+                      "Relative change of the metric from the paper's baseline row to its method row, and from "
+                      "our baseline run to our method run (best FID point of each). Different data, models and "
+                      "N: compare directions and rough sizes, not values.", "", comparisons, ""]
+        lines += ["### Samples at each run's best FID", ""]
         for _, r in best.iterrows():
             grid = folder / "grids" / f"{r['run_hash']}.png"
             if grid.exists():

@@ -25,6 +25,7 @@ import torch
 from migbench.config import knob
 from migbench.guidance import StepInfo
 from migbench.sampler import SampleState, SamplerBuilder
+from migbench.schedules import time_grid
 
 
 @dataclass(frozen=True)
@@ -73,11 +74,12 @@ def revealed_after_step(step: int, num_steps: int, num_tokens: int) -> int:
 class HaltonSchedule:
     steps: int
 
-    def plan(self, num_tokens: int) -> list[StepInfo]:
+    def plan(self, num_tokens: int, generator: torch.Generator | None = None) -> list[StepInfo]:
         after = [num_tokens - min(num_tokens, revealed_after_step(k, self.steps, num_tokens))
                  for k in range(self.steps)]
         before = [num_tokens, *after[:-1]]
-        return [StepInfo(step=k, num_steps=self.steps, t=1 - k / self.steps, s=1 - (k + 1) / self.steps,
+        grid = time_grid(self.steps)
+        return [StepInfo(step=k, num_steps=self.steps, t=grid[k], s=grid[k + 1],
                          masked_before=before[k], masked_after=after[k], num_tokens=num_tokens)
                 for k in range(self.steps)]
 

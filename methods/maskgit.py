@@ -29,7 +29,7 @@ from migbench.config import check_choices, knob
 from migbench.guidance import GuidanceTerm, StepInfo
 from migbench.rng import gumbel
 from migbench.sampler import SampleState, SamplerBuilder
-from migbench.schedules import MASK_SCHEDULES, choice_temperature, guidance_scale, masked_after_steps
+from migbench.schedules import MASK_SCHEDULES, choice_temperature, guidance_scale, masked_after_steps, time_grid
 
 
 @dataclass(frozen=True)
@@ -61,15 +61,16 @@ class MaskGITConfig:
 
 @dataclass(frozen=True)
 class RevealSchedule:
-    """MaskGIT's schedule slot: StepInfo per step with t_k = 1 - k/T, s_k = 1 - (k+1)/T."""
+    """MaskGIT's schedule slot: reveal counts of the mask schedule on eMIGM's time grid (t_k, s_k)."""
 
     steps: int
     schedule: str | tuple[float, ...]
 
-    def plan(self, num_tokens: int) -> list[StepInfo]:
+    def plan(self, num_tokens: int, generator: torch.Generator | None = None) -> list[StepInfo]:
         after = masked_after_steps(self.schedule, self.steps, num_tokens)
         before = [num_tokens, *after[:-1]]
-        return [StepInfo(step=k, num_steps=self.steps, t=1 - k / self.steps, s=1 - (k + 1) / self.steps,
+        grid = time_grid(self.steps)
+        return [StepInfo(step=k, num_steps=self.steps, t=grid[k], s=grid[k + 1],
                          masked_before=before[k], masked_after=after[k], num_tokens=num_tokens)
                 for k in range(self.steps)]
 

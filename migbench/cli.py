@@ -61,8 +61,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     recipe = resolve(args.methods, parse_overrides(args.set))
     started = time.perf_counter()
     stack = registry.backbone(args.backbone)()
+    labels = None
+    if args.classes:
+        classes = torch.tensor([int(c) for c in args.classes.split(",")])
+        labels = classes[torch.arange(args.n) % len(classes)]
     result = generate(stack, recipe, args.n, args.seed, batch_size=args.batch_size,
-                      device=args.device, bf16=not args.no_bf16)
+                      device=args.device, bf16=not args.no_bf16, labels=labels)
     out = Path(args.out)
     save_samples(out / "samples.npz", result.images, result.labels)
     save_grid(out / "grid.png", result.images, result.labels, CLASS_NAMES)
@@ -223,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KNOB=VALUE",
                    help="override a knob (repeatable), e.g. --set maskgit.cfg_scale=2")
     p.add_argument("--n", type=int, default=100)
+    p.add_argument("--classes", default=None, help="comma-separated class ids to cycle through (default all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--device", default="cpu")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from migbench.api import NULL_LABEL
 from migbench.backbones.stacks import Stack
 from migbench.data import balanced_labels
 from migbench.images import quantize
@@ -58,6 +59,9 @@ def generate(stack: Stack, recipe: Recipe, n: int, seed: int, *, batch_size: int
     all_labels = balanced_labels(n, stack.backbone.layout.num_classes) if labels is None else labels
     if all_labels.shape != (n,):
         raise ValueError(f"labels must have shape ({n},), got {tuple(all_labels.shape)}")
+    num_classes = stack.backbone.layout.num_classes
+    if int(all_labels.min()) < NULL_LABEL or int(all_labels.max()) >= num_classes:
+        raise ValueError(f"labels must be class ids in [0, {num_classes}) or {NULL_LABEL} (unconditional)")
     backbone = stack.backbone.to(device)
     tokenizer = stack.tokenizer.to(device)
     sampler = build_sampler(recipe, backbone)

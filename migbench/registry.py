@@ -10,6 +10,8 @@ from migbench.config import closest
 METHODS: dict[str, str] = {
     "maskgit": "migbench.methods.maskgit:MaskGIT",
     "halton": "migbench.methods.halton:Halton",
+    "emigm": "migbench.methods.emigm:EMIGM",
+    "cfg_interval": "migbench.methods.emigm:CFGInterval",
 }
 
 BACKBONES: dict[str, str] = {

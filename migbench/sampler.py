@@ -3,7 +3,8 @@
 A sampler is built from a list of methods; each method's ``install(builder, config)`` adds
 hooks at backbone sites, guidance terms, logit processors, or takes one of four slots:
 
-- ``schedule``:  ``plan(num_tokens) -> list[StepInfo]``, how many tokens stay masked per step;
+- ``schedule``:  ``plan(num_tokens, generator) -> list[StepInfo]``, how many tokens stay masked
+  after each step;
 - ``token_sampler``: ``(logits (B,N,K), state) -> (tokens (B,N), logp (B,N))``;
 - ``scorer``: ``(candidates (B,N), logp (B,N), state) -> scores (B,N)``, higher = keep;
 - ``selector``: ``(candidates, scores, state) -> ids (B,N)`` after the step, ``mask_id`` where
@@ -64,7 +65,12 @@ class SampleState:
 
 
 class Schedule(Protocol):
-    def plan(self, num_tokens: int) -> list[StepInfo]: ...
+    """The ``schedule`` slot: every step's :class:`StepInfo`, decided before the first step.
+
+    ``generator`` is the batch's generator, for schedules whose counts are random but shared by
+    the batch (eMIGM's ancestral reveal)."""
+
+    def plan(self, num_tokens: int, generator: torch.Generator) -> list[StepInfo]: ...
 
 
 TokenSampler = Callable[[torch.Tensor, SampleState], tuple[torch.Tensor, torch.Tensor]]
@@ -191,7 +197,7 @@ class Sampler:
         masked = torch.ones_like(ids, dtype=torch.bool)
         passes = {"backbone": 0}
         memory: dict[str, Any] = {}
-        for info in self.schedule.plan(n):
+        for info in self.schedule.plan(n, generator):
             state = SampleState(ids=ids, masked=masked, labels=labels, info=info,
                                 generator=generator, backbone=self.backbone, nfe=passes, memory=memory)
             scales = [(term, term.scale_at(info)) for term in self.terms]

@@ -59,6 +59,14 @@ def masked_after_steps(schedule: str | Sequence[float], num_steps: int, num_toke
     return counts
 
 
+TIME_EPS = 1e-5
+
+
+def time_grid(num_steps: int) -> list[float]:
+    """eMIGM's grid linspace(1, 1e-5, T + 1): step k goes from t_k to s_k = t_{k+1} > 0."""
+    return [1.0 - (1.0 - TIME_EPS) * k / num_steps for k in range(num_steps + 1)]
+
+
 def choice_temperature(tau0: float, step: int, num_steps: int, anneal: str = "linear") -> float:
     """Gumbel scale of the confidence at step k (0-based).
 
