@@ -24,6 +24,7 @@ demo: data
 	$(PY) -m migbench.cli demo
 
 test: data
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 bench: data

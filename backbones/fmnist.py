@@ -12,10 +12,10 @@ import os
 from pathlib import Path
 
 import torch
-
-from migbench import weights
 from migbench.backbones.transformer import MaskedTransformer, TransformerConfig
 from migbench.backbones.vq_tokenizer import VQConfig, VQTokenizer
+
+from migbench import weights
 from migbench.data import load_split
 from migbench.paths import cache_dir
 

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-
-from migbench import weights
 from migbench.backbones.fmnist import TOKENIZER, load_tokenizer, load_transformer
 from migbench.backbones.transformer import MaskedTransformer, TransformerConfig
 from migbench.backbones.vq_tokenizer import VQConfig, VQTokenizer
+
+from migbench import weights
 
 
 @dataclass

@@ -6,8 +6,11 @@ Per sample: t ~ U(0, 1) (clamped below at ``t_min``), mask ceil(gamma(t) N) rand
 (Chang et al. 2022). AdamW, warm-up + cosine learning rate, bf16 autocast, resumable.
 
 Recipes: ``maskgit`` (cosine schedule) is the default backbone ``fmnist_maskgit``; ``emigm``
-(exp schedule, t clamped at 0.2, "CFG with mask": the null class is the mask token) trains
-``fmnist_emigm`` for eMIGM's comparison.
+follows eMIGM's released training scripts (exp schedule, t clamped at 0.2, loss weight w = 1,
+"CFG with mask": the null class is the mask token) and trains ``fmnist_emigm``.
+``loss_weight = "elbo"`` weights each sample's loss by gamma'(t)/gamma(t) (eMIGM's ELBO option).
+Deviation from eMIGM's code, kept on purpose: t is drawn per sample (upstream: one t per batch,
+then one Bernoulli mask shuffled per sample), and exactly ceil(gamma(t) N) tokens are masked.
 """
 
 from __future__ import annotations
@@ -19,12 +22,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from migbench.backbones.fmnist import TOKENIZER, token_maps
+from migbench.backbones.transformer import MaskedTransformer, TransformerConfig
 
 from migbench import weights
 from migbench.api import NULL_LABEL
-from migbench.backbones.fmnist import TOKENIZER, token_maps
-from migbench.backbones.transformer import MaskedTransformer, TransformerConfig
-from migbench.schedules import MASK_SCHEDULES
+from migbench.schedules import MASK_SCHEDULES, elbo_weight
 from migbench.training import TrainLoop, batch_indices, warmup_cosine
 
 
@@ -35,6 +38,7 @@ class BackboneRecipe:
     name: str = "fmnist_maskgit"
     mask_schedule: str = "cosine"
     t_min: float = 0.0
+    loss_weight: str = "unit"
     null_is_mask: bool = False
     label_smoothing: float = 0.1
     class_dropout: float = 0.1
@@ -44,6 +48,12 @@ class BackboneRecipe:
     warmup: int = 100
     weight_decay: float = 0.05
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mask_schedule not in MASK_SCHEDULES:
+            raise ValueError(f"unknown mask schedule {self.mask_schedule!r}; choose from {sorted(MASK_SCHEDULES)}")
+        if self.loss_weight not in ("unit", "elbo"):
+            raise ValueError(f"loss_weight must be 'unit' or 'elbo', got {self.loss_weight!r}")
 
     @staticmethod
     def named(recipe: str, steps: int | None = None) -> BackboneRecipe:
@@ -55,24 +65,36 @@ class BackboneRecipe:
         return recipes[recipe] if steps is None else replace(recipes[recipe], steps=steps)
 
 
+def sample_times(batch: int, t_min: float, generator: torch.Generator) -> torch.Tensor:
+    """t (B,) ~ U(0, 1) clamped below at ``t_min`` (eMIGM's clamp_t_min)."""
+    return torch.rand(batch, generator=generator).clamp_min(t_min)
+
+
 def sample_mask(batch: int, num_tokens: int, schedule: str, t_min: float,
-                generator: torch.Generator) -> torch.Tensor:
-    """(B, N) bool training mask: per row ceil(gamma(t) N) random positions, t ~ U(t_min, 1)."""
+                generator: torch.Generator, t: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, N) bool training mask: per row ceil(gamma(t) N) random positions (at least one)."""
     gamma = MASK_SCHEDULES[schedule]
-    t = torch.rand(batch, generator=generator).clamp_min(t_min)
+    t = sample_times(batch, t_min, generator) if t is None else t
     counts = torch.tensor([min(num_tokens, max(1, math.ceil(gamma(float(v)) * num_tokens))) for v in t])
     ranks = torch.rand(batch, num_tokens, generator=generator).argsort(dim=1).argsort(dim=1)
     return ranks < counts[:, None]
 
 
 def masked_loss(model: MaskedTransformer, ids: torch.Tensor, labels: torch.Tensor,
-                mask: torch.Tensor, label_smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy and accuracy over the masked positions of ``mask`` (B, N)."""
+                mask: torch.Tensor, label_smoothing: float, weights: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cross-entropy over the masked positions of ``mask`` (B, N), and accuracy there.
+
+    ``weights`` (B,) scale each sample's tokens (ELBO weighting); the sum is divided by the
+    number of masked tokens, so unit weights give the plain mean.
+    """
     inputs = ids.masked_fill(mask, model.layout.mask_id)
     logits = model(inputs, labels, branch="train").logits.float()
-    loss = F.cross_entropy(logits[mask], ids[mask], label_smoothing=label_smoothing)
+    per_token = F.cross_entropy(logits[mask], ids[mask], label_smoothing=label_smoothing, reduction="none")
+    if weights is not None:
+        per_token = per_token * weights[:, None].expand_as(mask)[mask]
     accuracy = (logits[mask].argmax(-1) == ids[mask]).float().mean()
-    return loss, accuracy
+    return per_token.mean(), accuracy
 
 
 @torch.no_grad()
@@ -110,8 +132,11 @@ def train_backbone(run_dir: Path, recipe: BackboneRecipe = BackboneRecipe(),
         idx = batch_indices(len(ids), recipe.batch_size, recipe.seed, step)
         x, y = ids[idx], labels[idx].clone()
         y[torch.rand(len(y), generator=gen) < recipe.class_dropout] = NULL_LABEL
-        mask = sample_mask(len(x), x.shape[1], recipe.mask_schedule, recipe.t_min, gen)
-        loss, acc = masked_loss(net, x, y, mask, recipe.label_smoothing)
+        t = sample_times(len(x), recipe.t_min, gen)
+        mask = sample_mask(len(x), x.shape[1], recipe.mask_schedule, recipe.t_min, gen, t)
+        weights = (torch.tensor([elbo_weight(recipe.mask_schedule, float(v)) for v in t])
+                   if recipe.loss_weight == "elbo" else None)
+        loss, acc = masked_loss(net, x, y, mask, recipe.label_smoothing, weights)
         return loss, {"masked_accuracy": float(acc)}
 
     loop = TrainLoop(name=f"train {recipe.name}", total_steps=recipe.steps, seed=recipe.seed,
@@ -120,14 +145,10 @@ def train_backbone(run_dir: Path, recipe: BackboneRecipe = BackboneRecipe(),
     model = loop.run(model, optimizer, step_fn)
     if not commit or (stop_after is not None and stop_after < recipe.steps):
         return model
-    folder = weights.weights_dir()
-    weights.save_weights(recipe.name, model.state_dict(), folder=folder)
-    saved = MaskedTransformer(config)
-    saved.load_state_dict(weights.load_file_unchecked(folder / f"{recipe.name}.safetensors"))
     test_ids, test_labels = token_maps("test", TOKENIZER, data_dir)
-    metrics = validation_metrics(saved, test_ids, test_labels, recipe)
-    weights.record(recipe.name, command=command, wall_seconds=time.monotonic() - started,
-                   metrics=metrics, folder=folder,
-                   config={"model": saved.describe(), "recipe": asdict(recipe),
-                           "tokenizer_sha256": weights.manifest_entry(TOKENIZER)["sha256"]})
-    return saved.eval().requires_grad_(False)
+    saved = weights.publish(
+        recipe.name, model, lambda: MaskedTransformer(config),
+        lambda m: validation_metrics(m, test_ids, test_labels, recipe), command=command, started=started,
+        config={"model": model.describe(), "recipe": asdict(recipe),
+                "tokenizer_sha256": weights.manifest_entry(TOKENIZER)["sha256"]})
+    return saved.requires_grad_(False)

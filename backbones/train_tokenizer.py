@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from migbench.backbones.vq_tokenizer import VQConfig, VQTokenizer
 
 from migbench import weights
-from migbench.backbones.vq_tokenizer import VQConfig, VQTokenizer
 from migbench.data import load_split
 from migbench.training import TrainLoop, batch_indices, warmup_cosine
 
@@ -73,17 +73,8 @@ def train_tokenizer(run_dir: Path, name: str = "fmnist_vq", recipe: TokenizerRec
     tokenizer = loop.run(tokenizer, optimizer, step_fn)
     if not commit or (stop_after is not None and stop_after < recipe.steps):
         return tokenizer
-    folder = weights.weights_dir()
-    weights.save_weights(name, tokenizer.state_dict(), folder=folder)
-    saved = load_tokenizer_from_state(weights.load_file_unchecked(folder / f"{name}.safetensors"), config)
     test_images, _ = load_split("test", data_dir).tensors()
-    metrics = tokenizer_metrics(saved, test_images)
-    weights.record(name, command=command, wall_seconds=time.monotonic() - started, metrics=metrics,
-                   config={"model": saved.describe(), "recipe": asdict(recipe)}, folder=folder)
-    return saved
-
-
-def load_tokenizer_from_state(state: dict[str, torch.Tensor], config: VQConfig) -> VQTokenizer:
-    tokenizer = VQTokenizer(config)
-    tokenizer.load_state_dict(state)
-    return tokenizer.eval().requires_grad_(False)
+    saved = weights.publish(name, tokenizer, lambda: VQTokenizer(config),
+                            lambda m: tokenizer_metrics(m, test_images), command=command, started=started,
+                            config={"model": tokenizer.describe(), "recipe": asdict(recipe)})
+    return saved.requires_grad_(False)

@@ -18,10 +18,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from migbench.benchmarks.results import flatten, read_rows, results_dir  # noqa: E402
 from scipy import stats  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from migbench.benchmarks.results import flatten, read_rows, results_dir  # noqa: E402
 from migbench.paths import repo_root  # noqa: E402
 
 METRICS = ("fid", "is_mean", "kid_mean", "precision", "recall", "class_accuracy")
@@ -178,6 +178,31 @@ def paper_comparisons(suite: str, best: pd.DataFrame, papers: list[dict[str, Any
         return ""
     return tabulate(body, headers=["paper", "claim", "paper rows", "metric", "paper change",
                                    "our runs", "our change"], tablefmt="github")
+
+
+README_MARK = "<!-- {suite}:begin -->", "<!-- {suite}:end -->"
+
+
+def update_readme(suite: str, readme: Path, results_root: Path | None = None) -> None:
+    """Replace the block between ``<!-- SUITE:begin -->`` and ``<!-- SUITE:end -->`` in ``readme``
+    with the suite's best-FID table, floors and FID-IS plot (rendered by :func:`report`)."""
+    rows = read_rows(results_dir(suite, results_root))
+    if not rows:
+        raise FileNotFoundError(f"no results for {suite}")
+    begin, end = (m.format(suite=suite) for m in README_MARK)
+    text = readme.read_text(encoding="utf-8")
+    if begin not in text or end not in text:
+        raise ValueError(f"{readme} has no {begin} ... {end} block")
+    p = rows[0]["provenance"]
+    floors_path = results_dir(suite, results_root) / "floors.json"
+    block = [begin, "", f"Best FID per run of `{suite}` (N = {p['n']} per point against `{p['reference']}`, "
+             f"{p['extractor']} features; full report: [reports/{suite}](reports/{suite}/README.md)):", "",
+             metrics_table(best_per_run(aggregate(rows))), ""]
+    if floors_path.exists():
+        block += [_floors_table(json.loads(floors_path.read_text())), ""]
+    block += [f"![FID-IS curves of {suite}](reports/{suite}/fid_is.png)", "", end]
+    start, stop = text.index(begin), text.index(end) + len(end)
+    readme.write_text(text[:start] + "\n".join(block) + text[stop:], encoding="utf-8")
 
 
 def report(suite: str, results_root: Path | None = None, reports_root: Path | None = None) -> Path:

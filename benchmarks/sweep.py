@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,13 +23,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from migbench.benchmarks.metrics.evaluate import Extractor, evaluate
+from migbench.benchmarks.results import append_row, read_rows, repair, results_dir, write_csv
+from migbench.benchmarks.suite import Point, Suite, load_suite
 from tqdm.auto import tqdm
 
 import migbench
 from migbench import registry
-from migbench.benchmarks.metrics.evaluate import Extractor, evaluate
-from migbench.benchmarks.results import append_row, read_rows, repair, results_dir, write_csv
-from migbench.benchmarks.suite import Point, Suite, load_suite
 from migbench.config import stable_hash
 from migbench.data import CLASS_NAMES
 from migbench.generate import Generation, generate, merge
@@ -66,17 +67,22 @@ def _gather(state: Any, part: Generation) -> list[Generation]:
     return gather_object([part])
 
 
+def free_port() -> int:
+    """An unused TCP port on the loopback interface (for the processes' rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def relaunch(args: list[str], processes: int) -> int:
     """Run ``migbench sweep`` under ``accelerate launch`` with ``processes`` processes."""
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
     if accelerate is None:
         raise RuntimeError("`accelerate` is not on PATH; install it (pip install accelerate)")
-    launch = [accelerate, "launch", "--num_processes", str(processes), "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no"]
-    if not torch.cuda.is_available():
-        launch += ["--cpu"]
-    elif processes > 1:
-        launch += ["--multi_gpu"]
+    # accelerate's --cpu launcher starts a single process; its multi-process launcher
+    # (torch.distributed.run) works on CPU too: PartialState(cpu=True) then picks gloo.
+    launch = [accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
     env = {**os.environ, "MIGBENCH_LAUNCHED": "1"}
     return subprocess.call([*launch, "-m", "migbench.cli", "sweep", *args], env=env)
 

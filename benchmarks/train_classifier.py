@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-from migbench import weights
 from migbench.benchmarks.metrics.fmnist_classifier import FMNISTClassifier
 from migbench.benchmarks.metrics.loading import CLASSIFIER
+
+from migbench import weights
 from migbench.data import load_split
 from migbench.training import TrainLoop, batch_indices, warmup_cosine
 
@@ -69,14 +69,10 @@ def train_classifier(run_dir: Path, recipe: ClassifierRecipe = ClassifierRecipe(
     net = loop.run(net, optimizer, step_fn)
     if stop_after is not None and stop_after < recipe.steps:
         return net
-    folder = weights.weights_dir()
-    weights.save_weights(CLASSIFIER, net.state_dict(), half=False, folder=folder)
-    saved = FMNISTClassifier()
-    saved.load_state_dict(weights.load_file_unchecked(folder / f"{CLASSIFIER}.safetensors"))
     test_images, test_labels = load_split("test", data_dir).tensors()
-    metrics = {"test_accuracy": round(accuracy(saved, test_images, test_labels), 4)}
-    weights.record(CLASSIFIER, command=command, wall_seconds=time.monotonic() - started,
-                   metrics=metrics, folder=folder,
-                   config={"model": {"kind": "fmnist_classifier", "feature_dim": 256},
-                           "recipe": asdict(recipe)})
-    return saved.eval()
+    saved = weights.publish(
+        CLASSIFIER, net, FMNISTClassifier,
+        lambda m: {"test_accuracy": round(accuracy(m, test_images, test_labels), 4)},
+        command=command, started=started, half=False,
+        config={"model": {"kind": "fmnist_classifier", "feature_dim": 256}, "recipe": asdict(recipe)})
+    return saved

@@ -32,7 +32,7 @@ import torch
 
 from migbench.config import check_choices, knob
 from migbench.guidance import StepInfo
-from migbench.sampler import SampleState, SamplerBuilder
+from migbench.sampler import SamplerBuilder, SampleState
 from migbench.schedules import MASK_SCHEDULES, mask_ratio, time_grid
 
 CFG_SCHEDULES: dict[str, Callable[[float], float]] = {

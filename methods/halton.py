@@ -24,7 +24,7 @@ import torch
 
 from migbench.config import knob
 from migbench.guidance import StepInfo
-from migbench.sampler import SampleState, SamplerBuilder
+from migbench.sampler import SamplerBuilder, SampleState
 from migbench.schedules import time_grid
 
 
@@ -107,10 +107,10 @@ class Halton:
         def ranks(state: SampleState) -> torch.Tensor:
             """(B, N) position ranks in the (possibly rolled) order; smaller = earlier."""
             if "halton_rank" not in state.memory:
-                b, n = state.ids.shape
-                shift = (torch.randint(0, n, (b, 1), generator=state.generator, device=state.ids.device)
-                         if config.randomize else torch.zeros(b, 1, dtype=torch.long))
-                state.memory["halton_rank"] = (rank.to(state.ids.device)[None] + shift) % n
+                (b, n), device = state.ids.shape, state.ids.device
+                shift = (torch.randint(0, n, (b, 1), generator=state.generator, device=device)
+                         if config.randomize else torch.zeros(b, 1, dtype=torch.long, device=device))
+                state.memory["halton_rank"] = (rank.to(device)[None] + shift) % n
             return state.memory["halton_rank"]
 
         def scorer(candidates: torch.Tensor, logp: torch.Tensor, state: SampleState) -> torch.Tensor:

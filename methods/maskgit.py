@@ -28,8 +28,14 @@ from migbench.api import NULL_LABEL
 from migbench.config import check_choices, knob
 from migbench.guidance import GuidanceTerm, StepInfo
 from migbench.rng import gumbel
-from migbench.sampler import SampleState, SamplerBuilder
-from migbench.schedules import MASK_SCHEDULES, choice_temperature, guidance_scale, masked_after_steps, time_grid
+from migbench.sampler import SamplerBuilder, SampleState
+from migbench.schedules import (
+    MASK_SCHEDULES,
+    choice_temperature,
+    guidance_scale,
+    masked_after_steps,
+    time_grid,
+)
 
 
 @dataclass(frozen=True)

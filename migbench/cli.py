@@ -45,6 +45,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from migbench import registry
+
+    method = registry.method(args.method)
+    if not hasattr(method, "fit"):
+        print(f"migbench fit: method {args.method!r} has nothing to train", file=sys.stderr)
+        return 2
+    command = "migbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    options = {k: v for k, v in (("steps", args.steps), ("label", args.label)) if v is not None}
+    method.fit(Path(args.run_dir or f"runs/{args.method}"), command, **options)
+    print(f"weights and manifest entry written; training log in {args.run_dir or f'runs/{args.method}'}/train.log")
+    return 0
+
+
 def _cmd_sample(args: argparse.Namespace) -> int:
     import json
     import platform
@@ -163,11 +177,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from migbench.benchmarks.report import report
+    from migbench.benchmarks.report import report, update_readme
+    from migbench.paths import repo_root
 
-    path = report(args.suite, results_root=Path(args.results) if args.results else None,
-                  reports_root=Path(args.reports) if args.reports else None)
+    results = Path(args.results) if args.results else None
+    path = report(args.suite, results_root=results, reports_root=Path(args.reports) if args.reports else None)
     print(f"report written to {path}")
+    if args.update_readme:
+        update_readme(args.suite, repo_root() / "README.md", results)
+        print(f"README.md block of {args.suite} updated")
     return 0
 
 
@@ -221,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=_cmd_train)
 
+    p = sub.add_parser("fit", help="train a method's own components (critic, adapter, graph modules)")
+    p.add_argument("method", help="a method with trainable parts, e.g. token_critic")
+    p.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
+    p.add_argument("--label", default=None, help="token_critic: mask (paper) or differs (lucidrains)")
+    p.add_argument("--run-dir", default=None, help="checkpoint/log folder (default runs/METHOD)")
+    p.set_defaults(func=_cmd_fit)
+
     p = sub.add_parser("sample", help="sample images with a methods list; writes samples.npz, grid.png, meta.json")
     p.add_argument("--backbone", default="fmnist")
     p.add_argument("--methods", default="maskgit", help="comma-separated list, e.g. halton or ka_mig,self_guidance")
@@ -262,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite")
     p.add_argument("--results", default=None)
     p.add_argument("--reports", default=None, help="reports root (default reports/)")
+    p.add_argument("--update-readme", action="store_true",
+                   help="also refresh the suite's <!-- SUITE:begin/end --> block in README.md")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("demo", help="the quick benchmark: sweep + report (what `make demo` runs)")

@@ -12,6 +12,7 @@ METHODS: dict[str, str] = {
     "halton": "migbench.methods.halton:Halton",
     "emigm": "migbench.methods.emigm:EMIGM",
     "cfg_interval": "migbench.methods.emigm:CFGInterval",
+    "token_critic": "migbench.methods.token_critic:TokenCriticMethod",
 }
 
 BACKBONES: dict[str, str] = {

@@ -111,10 +111,6 @@ class SamplerBuilder:
                                     f"{owner!r} may not claim it weakly")
         self._slots[slot] = _Claim(owner, value, weak)
 
-    def slot_owner(self, slot: str) -> str | None:
-        held = self._slots.get(slot)
-        return held.owner if held else None
-
     def add_hook(self, site: str, hook: Hook, owner: str,
                  branches: tuple[str, ...] | str = ALL_BRANCHES) -> None:
         """Run ``hook`` at backbone ``site`` on the named branches (default: every branch)."""
@@ -152,7 +148,6 @@ class Sampler:
     def __init__(self, builder: SamplerBuilder) -> None:
         self.backbone = builder.backbone
         slots = {name: claim.value for name, claim in builder._slots.items()}
-        self.slot_owners = {name: claim.owner for name, claim in builder._slots.items()}
         self.schedule: Schedule = slots["schedule"]
         self.token_sampler: TokenSampler = slots["token_sampler"]
         self.scorer: Scorer = slots["scorer"]
@@ -171,8 +166,9 @@ class Sampler:
         return {**per, "total": sum(per.values())}
 
     def _independent(self, ids: torch.Tensor, labels: torch.Tensor,
-                     active: list[GuidanceTerm]) -> dict[str, torch.Tensor]:
-        """Main and the independent reference branches; same-hook branches share one call."""
+                     active: list[GuidanceTerm]) -> dict[str, Prediction]:
+        """Main and the independent reference branches; same-hook branches share one call
+        (whose ``HookContext.branch`` names the group's first branch)."""
         inputs = {"main": (ids, labels)}
         inputs.update({t.name: t.inputs(ids, labels) for t in active if t.inputs is not None})
         groups: dict[tuple, list[str]] = {}

@@ -31,6 +31,23 @@ def mask_ratio(schedule: str, t: float) -> float:
     return min(1.0, max(0.0, MASK_SCHEDULES[schedule](t)))
 
 
+ELBO_WEIGHTS: dict[str, Callable[[float], float]] = {
+    "cosine": lambda t: math.pi / 2 * math.tan(math.pi / 2 * (1.0 - t)),
+    "linear": lambda t: 1.0 / t,
+    "exp": lambda t: 5.0 * math.exp(-5.0 * t) / (1.0 - math.exp(-5.0 * t)),
+    "poly-0.5": lambda t: 0.5 / t,
+    "log": lambda t: (_E5 - 1.0) / ((1.0 + (_E5 - 1.0) * t) * math.log1p((_E5 - 1.0) * t)),
+}
+ELBO_EPS = 1e-3
+
+
+def elbo_weight(schedule: str, t: float) -> float:
+    """The masked-diffusion ELBO weight gamma'(t)/gamma(t) at t~ = (1 - 1e-3) t + 1e-3 (eMIGM eq. / code)."""
+    if schedule not in ELBO_WEIGHTS:
+        raise ValueError(f"no ELBO weight for schedule {schedule!r}; choose from {sorted(ELBO_WEIGHTS)}")
+    return ELBO_WEIGHTS[schedule]((1.0 - ELBO_EPS) * t + ELBO_EPS)
+
+
 def masked_after_steps(schedule: str | Sequence[float], num_steps: int, num_tokens: int) -> list[int]:
     """How many tokens stay masked after each of ``num_steps`` steps (MaskGIT's rule).
 

@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +117,24 @@ def load_weights(name: str, folder: Path | None = None) -> tuple[dict[str, torch
         raise WeightsError(f"{path} has sha256 {actual}, but the manifest expects {entry['sha256']}: "
                            "the file was changed or corrupted; retrain it or restore it from git.")
     return load_file_unchecked(path), entry
+
+
+def publish(name: str, model: torch.nn.Module, fresh: Callable[[], torch.nn.Module],
+            measure: Callable[[torch.nn.Module], dict[str, float]], *, command: str, started: float,
+            config: dict[str, Any], half: bool = True, folder: Path | None = None) -> torch.nn.Module:
+    """Save a trained model, reload it into ``fresh()``, measure it, record the manifest entry.
+
+    The metrics are those of the weights exactly as saved (fp16 round trip included). ``started``
+    is the ``time.monotonic()`` at which training began. Returns the reloaded model in eval mode.
+    """
+    folder = folder or weights_dir()
+    save_weights(name, model.state_dict(), half=half, folder=folder)
+    saved = fresh()
+    saved.load_state_dict(load_file_unchecked(folder / f"{name}.safetensors"))
+    saved.eval()
+    record(name, command=command, wall_seconds=time.monotonic() - started, metrics=measure(saved),
+           config=config, folder=folder)
+    return saved
 
 
 def load_file_unchecked(path: Path) -> dict[str, torch.Tensor]:

@@ -4,11 +4,11 @@ from collections import Counter
 
 import pytest
 import torch
-
-from migbench.api import NULL_LABEL, HookSet, Tokenizer, VocabLayout, hook_sites
 from migbench.backbones.stacks import toy
 from migbench.backbones.transformer import MaskedTransformer, TransformerConfig
 from migbench.backbones.vq_tokenizer import VQConfig, VQTokenizer
+
+from migbench.api import NULL_LABEL, HookSet, Tokenizer, VocabLayout, hook_sites
 
 
 @pytest.fixture(scope="module")

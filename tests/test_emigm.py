@@ -4,10 +4,7 @@ import math
 
 import pytest
 import torch
-
 from migbench.backbones.stacks import toy
-from migbench.generate import generate
-from migbench.guidance import StepInfo
 from migbench.methods.emigm import (
     CFG_SCHEDULES,
     AncestralSchedule,
@@ -15,6 +12,9 @@ from migbench.methods.emigm import (
     interval_scale,
     transfer_probability,
 )
+
+from migbench.generate import generate
+from migbench.guidance import StepInfo
 from migbench.recipe import resolve
 from migbench.schedules import time_grid
 

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-
 from migbench.benchmarks.metrics import evaluate as ev
 from migbench.benchmarks.metrics import loading
 from migbench.benchmarks.metrics.fmnist_classifier import (
@@ -13,6 +12,7 @@ from migbench.benchmarks.metrics.fmnist_classifier import (
     LOGITS_LAYER,
     FMNISTClassifier,
 )
+
 from migbench.images import quantize
 
 FAKE = ev.Extractor(EXTRACTOR_NAME, FEATURE_LAYER, LOGITS_LAYER, "random-test-weights")

@@ -1,7 +1,6 @@
 """Halton order against hand values and upstream's reveal counts."""
 
 import numpy as np
-
 from migbench.methods.halton import halton_order, halton_sequence, revealed_after_step
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from migbench.benchmarks.report import aggregate, interval, pareto_front, report
 from migbench.benchmarks.results import RESULTS_FILE, append_row, read_rows, repair
 from migbench.benchmarks.suite import SuiteError, load_suite, parse_suite
@@ -161,3 +160,16 @@ def test_report_splits_provenance_groups(tmp_path) -> None:
     append_row(folder, fake_row("maskgit", 1.0, 0, 12.0, 5.0, key="k2"))
     text = report("mixed", results_root=tmp_path / "results", reports_root=tmp_path / "reports").read_text()
     assert "Provenance group `k1`" in text and "Provenance group `k2`" in text
+
+
+def test_update_readme_replaces_only_the_block(tmp_path) -> None:
+    from migbench.benchmarks.report import update_readme
+
+    folder = tmp_path / "results" / "fixture"
+    append_row(folder, fake_row("maskgit", 1.0, 0, 10.0, 5.0))
+    readme = tmp_path / "README.md"
+    readme.write_text("head\n<!-- fixture:begin -->\nold\n<!-- fixture:end -->\ntail\n")
+    update_readme("fixture", readme, tmp_path / "results")
+    text = readme.read_text()
+    assert text.startswith("head\n<!-- fixture:begin -->") and text.endswith("<!-- fixture:end -->\ntail\n")
+    assert "old" not in text and "| maskgit |" in text and "fid_is.png" in text

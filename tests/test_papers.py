@@ -1,10 +1,10 @@
 """Published-number files parse, and every comparison names rows and runs that exist."""
 
-from migbench import registry
+import pandas as pd
 from migbench.benchmarks.report import load_papers, paper_comparisons
 from migbench.benchmarks.suite import load_suite
 
-import pandas as pd
+from migbench import registry
 
 
 def test_papers_are_consistent() -> None:

@@ -21,14 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch_fidelity
-from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
-from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
-from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
-from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, prc_features_to_metric
-from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
-from torch_fidelity.utils import create_feature_extractor
-
-from migbench import weights
 from migbench.benchmarks.metrics.fmnist_classifier import (
     EXTRACTOR_NAME,
     FEATURE_LAYER,
@@ -36,6 +28,30 @@ from migbench.benchmarks.metrics.fmnist_classifier import (
     FMNISTFeatureExtractor,
 )
 from migbench.benchmarks.metrics.loading import CLASSIFIER
+from torch_fidelity.metric_fid import (
+    KEY_METRIC_FID,
+    fid_features_to_statistics,
+    fid_statistics_to_metric,
+)
+from torch_fidelity.metric_isc import (
+    KEY_METRIC_ISC_MEAN,
+    KEY_METRIC_ISC_STD,
+    isc_features_to_metric,
+)
+from torch_fidelity.metric_kid import (
+    KEY_METRIC_KID_MEAN,
+    KEY_METRIC_KID_STD,
+    kid_features_to_metric,
+)
+from torch_fidelity.metric_prc import (
+    KEY_METRIC_PRECISION,
+    KEY_METRIC_RECALL,
+    prc_features_to_metric,
+)
+from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+from torch_fidelity.utils import create_feature_extractor
+
+from migbench import weights
 from migbench.data import load_split
 from migbench.paths import cache_dir
 

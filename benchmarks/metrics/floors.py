@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from migbench import weights
 from migbench.backbones.fmnist import TOKENIZER, load_tokenizer
 from migbench.benchmarks.metrics.evaluate import Extractor, evaluate, fmnist_images, reference
+
+from migbench import weights
 from migbench.config import stable_hash
 from migbench.data import NUM_CLASSES
 from migbench.images import quantize

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from migbench import weights
 from migbench.benchmarks.metrics.fmnist_classifier import FMNISTClassifier
+
+from migbench import weights
 
 CLASSIFIER = "fmnist_classifier"
 

@@ -9,8 +9,8 @@ import time
 
 import pytest
 import torch
-
 from migbench.backbones.stacks import fmnist
+
 from migbench.generate import autocast
 from migbench.recipe import build_sampler, resolve
 from migbench.rng import batch_generator
