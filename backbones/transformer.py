@@ -122,7 +122,8 @@ class MaskedTransformer(nn.Module):
         for i, block in enumerate(self.blocks):
             x = hooks(f"block_in.{i}", x, ctx)
             x = hooks(f"block_out.{i}", block(x, hooks, ctx, i), ctx)
+        last_block = x
         x = hooks("final_hidden", self.norm(x), ctx)
         hidden = x[:, ctx.token_slice]
         logits = hooks("logits", self.head(hidden), ctx)
-        return Prediction(logits=logits, hidden=hidden)
+        return Prediction(logits=logits, hidden=hidden, last_block=last_block)

@@ -110,10 +110,18 @@ def hook_sites(depth: int) -> list[str]:
 
 @dataclass
 class Prediction:
-    """One backbone pass: ``logits`` (B, N, K) over image codes; ``hidden`` (B, N, d) final hidden."""
+    """One backbone pass: ``logits`` (B, N, K) over image codes; ``hidden`` (B, N, d) final hidden
+    (after the final norm); ``last_block`` (B, L, d) the last block's output before the final norm,
+    every position (self-guidance's TOAST selection reads it)."""
 
     logits: torch.Tensor
     hidden: torch.Tensor
+    last_block: torch.Tensor | None = None
+
+    def rows(self, start: int, stop: int) -> Prediction:
+        """The prediction of batch rows [start, stop)."""
+        last = None if self.last_block is None else self.last_block[start:stop]
+        return Prediction(self.logits[start:stop], self.hidden[start:stop], last)
 
 
 @runtime_checkable

@@ -13,6 +13,7 @@ METHODS: dict[str, str] = {
     "emigm": "migbench.methods.emigm:EMIGM",
     "cfg_interval": "migbench.methods.emigm:CFGInterval",
     "token_critic": "migbench.methods.token_critic:TokenCriticMethod",
+    "self_guidance": "migbench.methods.self_guidance:SelfGuidance",
 }
 
 BACKBONES: dict[str, str] = {

@@ -181,7 +181,7 @@ class Sampler:
                                  torch.cat([inputs[n][1] for n in names]),
                                  hooks=self.hooks[names[0]], branch=names[0])
             for i, name in enumerate(names):
-                out[name] = Prediction(pred.logits[i * b:(i + 1) * b], pred.hidden[i * b:(i + 1) * b])
+                out[name] = pred.rows(i * b, (i + 1) * b)
         return out
 
     @torch.no_grad()

@@ -25,12 +25,15 @@ def stack():
 def toy_trained_parts(monkeypatch):
     """Trained methods load random components that fit the toy backbone instead of committed ones."""
     from migbench.backbones.transformer import TransformerConfig
-    from migbench.methods import token_critic
+    from migbench.methods import self_guidance, token_critic
+    from migbench.methods.self_guidance.adapter import TOASTAdapter
     from migbench.methods.token_critic.critic import TokenCritic
 
     torch.manual_seed(0)
     critic = TokenCritic(TransformerConfig(codebook_size=16, width=32, depth=2, heads=2)).eval()
     monkeypatch.setattr(token_critic, "load_critic", lambda name: critic)
+    adapter = TOASTAdapter(num_classes=10, width=32, depth=2, factor=4).eval()
+    monkeypatch.setattr(self_guidance, "load_adapter", lambda name: adapter)
 
 
 def sample(stack, methods, overrides=None, n=12, seed=0, neutral=(), **kw):

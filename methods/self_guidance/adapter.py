@@ -1,0 +1,154 @@
+"""H_phi: TOAST-style feature selection and top-down feedback on a frozen backbone.
+
+Follows the official self-guidance code (JiwanHur/UnlockMGM ``MaskGitTransformerTOAST``):
+
+- class anchor a_c (B, 1, d): a factorised token generator with ``factor`` slices,
+  sum_f w_f (p_f + c_f) -> LayerNorm -> Linear (upstream ``cls_anchor_gen``, factor 16);
+- selection: x = (h * clamp(cos(h, a_c), 0, 1)) @ T, h (B, L, d) the last block's output of the
+  main pass (every position), T (d, d) initialised to the identity (``top_down_transform``);
+- feedback: one block per layer, two bias-free d x d linears; from the top layer down,
+  (x, td_l) = (W1 x, W2 W1 x);
+- second pass: every input id is [MASK], the class slot included (``use_blank_second``), and each
+  layer's attention value becomes W_v LN(x_l) + W_v td_l. Upstream's value projection has no bias;
+  ours has one, so td_l is added through the weight only (W_v td_l, no second bias);
+- TOAST's feedback loss: sum_l || W1_l sg(out_l) - sg(in_l) ||^2 over the second pass's block
+  inputs/outputs, weight 0.1 (``var_loss``).
+
+Only this module trains; the backbone (and its head) stay frozen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from migbench.api import NULL_LABEL, HookContext, HookSet
+
+
+class ClassAnchor(nn.Module):
+    """labels (B,) -> anchors (B, 1, d). NULL_LABEL uses an extra learned row."""
+
+    def __init__(self, num_classes: int, width: int, factor: int = 16) -> None:
+        super().__init__()
+        self.num_classes, self.width, self.factor = num_classes, width, factor
+        self.position = nn.Parameter(torch.zeros(1, width * factor))
+        self.classes = nn.Embedding(num_classes + 1, width * factor)
+        self.factors = nn.Parameter(torch.zeros(factor))
+        self.norm = nn.LayerNorm(width)
+        self.proj = nn.Linear(width, width)
+        for weight in (self.position, self.classes.weight, self.factors):
+            nn.init.trunc_normal_(weight, std=0.02)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        rows = torch.where(labels == NULL_LABEL, torch.full_like(labels, self.num_classes), labels)
+        parts = (self.position + self.classes(rows)).view(-1, 1, self.width, self.factor)
+        return self.proj(self.norm((parts * self.factors).sum(-1)))
+
+
+class FeedbackBlock(nn.Module):
+    """(x (..., d)) -> (W1 x, W2 W1 x): the next top-down state and this layer's signal."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.first = nn.Linear(width, width, bias=False)
+        self.second = nn.Linear(width, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.first(x)
+        return x, self.second(x)
+
+
+class TOASTAdapter(nn.Module):
+    """Selection + feedback for a ``depth``-block backbone of width ``width``."""
+
+    def __init__(self, num_classes: int, width: int, depth: int, factor: int = 16) -> None:
+        super().__init__()
+        self.anchor = ClassAnchor(num_classes, width, factor)
+        self.top_down_transform = nn.Parameter(torch.eye(width))
+        self.decoders = nn.ModuleList(FeedbackBlock(width) for _ in range(depth))
+        for block in self.decoders:
+            for linear in (block.first, block.second):
+                nn.init.trunc_normal_(linear.weight, std=0.02)
+
+    def select(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """(h * clamp(cos(h, a_c), 0, 1)) @ T for h (B, L, d)."""
+        anchor = self.anchor(labels)
+        weight = (F.normalize(hidden, dim=-1) @ F.normalize(anchor, dim=-1).transpose(1, 2)).clamp(0, 1)
+        return (hidden * weight) @ self.top_down_transform
+
+    def feedback(self, selected: torch.Tensor) -> list[torch.Tensor]:
+        """Top-down signals td_0 .. td_{depth-1}, each (B, L, d), computed from the top layer down."""
+        signals: list[torch.Tensor] = [selected] * len(self.decoders)
+        x = selected
+        for layer in range(len(self.decoders) - 1, -1, -1):
+            x, signals[layer] = self.decoders[layer](x)
+        return signals
+
+    def feedback_loss(self, block_inputs: list[torch.Tensor], block_outputs: list[torch.Tensor]) -> torch.Tensor:
+        """TOAST's var_loss (unweighted): sum_l mse(W1_l sg(out_l), sg(in_l))."""
+        return sum(F.mse_loss(block(out.detach())[0], inp.detach())
+                   for block, inp, out in zip(self.decoders, block_inputs, block_outputs, strict=True))
+
+
+@dataclass
+class AuxiliaryPass:
+    """Hooks of the second (all-[MASK]) pass; ``signals`` are set before each call.
+
+    ``record`` keeps the pass's block inputs/outputs for the feedback loss (training only).
+    """
+
+    depth: int
+    signals: list[torch.Tensor] = field(default_factory=list)
+    record: bool = False
+    block_inputs: list[torch.Tensor] = field(default_factory=list)
+    block_outputs: list[torch.Tensor] = field(default_factory=list)
+
+    def install(self, add: Callable[[str, Callable], None]) -> None:
+        """Register the hooks through ``add(site, hook)``."""
+        add("embed", self._blank_class_slot)
+        for i in range(self.depth):
+            add(f"attn_value.{i}", self._value_hook(i))
+            add(f"block_in.{i}", self._record(self.block_inputs))
+            add(f"block_out.{i}", self._record(self.block_outputs))
+
+    def hooks(self) -> HookSet:
+        hooks = HookSet()
+        self.install(lambda site, hook: hooks.add(site, hook, "self_guidance"))
+        return hooks
+
+    @staticmethod
+    def _blank_class_slot(x: torch.Tensor, ctx: HookContext) -> torch.Tensor:
+        """use_blank_second: the class slot becomes [MASK] too (same position embedding)."""
+        backbone = ctx.backbone
+        slot = 0 if backbone.layout.class_position == "first" else x.shape[1] - 1
+        mask_embedding = backbone.tok_emb.weight[backbone.layout.mask_id] + backbone.pos_emb[0, slot]
+        x = x.clone()
+        x[:, slot] = mask_embedding.to(x.dtype)
+        return x
+
+    def _value_hook(self, index: int) -> Callable[[torch.Tensor, HookContext], torch.Tensor]:
+        def add_signal(v: torch.Tensor, ctx: HookContext) -> torch.Tensor:
+            width = v.shape[-1]
+            weight = ctx.backbone.blocks[index].qkv.weight[2 * width:]
+            return v + F.linear(self.signals[index].to(v.dtype), weight.to(v.dtype))
+        return add_signal
+
+    def _record(self, store: list[torch.Tensor]) -> Callable[[torch.Tensor, HookContext], torch.Tensor]:
+        def keep(x: torch.Tensor, ctx: HookContext) -> torch.Tensor:
+            if self.record:
+                store.append(x)
+            return x
+        return keep
+
+
+def auxiliary_logits(backbone: nn.Module, adapter: TOASTAdapter, aux: AuxiliaryPass, hooks: HookSet,
+                     labels: torch.Tensor, last_block: torch.Tensor) -> torch.Tensor:
+    """l_aux (B, N, K): the all-[MASK] pass steered by the adapter's top-down signals."""
+    aux.signals = adapter.feedback(adapter.select(last_block, labels))
+    blank = torch.full((labels.shape[0], backbone.seq_len), backbone.layout.mask_id,
+                       dtype=torch.long, device=labels.device)
+    return backbone(blank, labels, hooks, branch="self_guidance").logits

@@ -1,0 +1,95 @@
+"""Self-guidance: guided logits, the adapter at initialisation, the training batch, NFE."""
+
+import pytest
+import torch
+from migbench.backbones.stacks import toy
+from migbench.methods import self_guidance
+from migbench.methods.self_guidance.adapter import AuxiliaryPass, TOASTAdapter, auxiliary_logits
+from migbench.methods.self_guidance.train import correction_loss, corrupted_batch, substitution_mask
+
+from migbench.api import NULL_LABEL
+from migbench.generate import generate
+from migbench.recipe import build_sampler, resolve
+
+
+@pytest.fixture
+def adapter(monkeypatch):
+    torch.manual_seed(0)
+    module = TOASTAdapter(num_classes=10, width=32, depth=2, factor=4).eval()
+    monkeypatch.setattr(self_guidance, "load_adapter", lambda name: module)
+    return module
+
+
+def test_adapter_at_initialisation(adapter) -> None:
+    assert torch.equal(adapter.top_down_transform, torch.eye(32))
+    h = torch.randn(3, 65, 32)
+    labels = torch.tensor([0, 4, NULL_LABEL])
+    anchor = adapter.anchor(labels)
+    assert anchor.shape == (3, 1, 32)
+    cos = torch.nn.functional.cosine_similarity(h, anchor.expand_as(h), dim=-1).clamp(0, 1)
+    torch.testing.assert_close(adapter.select(h, labels), h * cos[..., None])
+    signals = adapter.feedback(adapter.select(h, labels))
+    first, second = adapter.decoders[1].first, adapter.decoders[1].second
+    torch.testing.assert_close(signals[1], second(first(adapter.select(h, labels))))
+    assert len(signals) == 2 and all(s.shape == h.shape for s in signals)
+
+
+def test_guided_logits_are_two_l_minus_aux_at_s_one(adapter) -> None:
+    stack = toy()
+    sampler = build_sampler(resolve("self_guidance", {"maskgit.steps": 1}), stack.backbone)
+    seen = {}
+    sampler.token_sampler = lambda logits, state: (seen.setdefault("l", logits),
+                                                   (logits.argmax(-1), logits.max(-1).values))[1]
+    labels = torch.tensor([1, 2])
+    sampler(labels, torch.Generator().manual_seed(0))
+    ids = torch.full((2, 64), stack.backbone.layout.mask_id)
+    main = stack.backbone(ids, labels)
+    aux = AuxiliaryPass(2)
+    aux_logits = auxiliary_logits(stack.backbone, adapter, aux, aux.hooks(), labels, main.last_block)
+    torch.testing.assert_close(seen["l"], 2 * main.logits - aux_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_auxiliary_pass_blanks_the_class_slot(adapter) -> None:
+    """Only the anchor sees the class: with one anchor for all, the aux pass ignores labels."""
+    stack = toy()
+    aux = AuxiliaryPass(2)
+    last = torch.randn(1, 65, 32).expand(2, -1, -1)
+    with torch.no_grad():
+        adapter.anchor.classes.weight.copy_(adapter.anchor.classes.weight[0].expand_as(adapter.anchor.classes.weight))
+    out = auxiliary_logits(stack.backbone, adapter, aux, aux.hooks(), torch.tensor([1, 7]), last)
+    torch.testing.assert_close(out[0], out[1])
+
+
+def test_nfe_two_per_step_and_zero_scale_skips(adapter) -> None:
+    on = generate(toy(), resolve("self_guidance", {"maskgit.steps": 5}), 4, 0, batch_size=4, progress=False)
+    assert on.nfe_per_image["backbone"] == 10
+    assert on.extra_parameters["self_guidance"]["online"] == sum(p.numel() for p in adapter.parameters())
+    off = generate(toy(), resolve("self_guidance", {"maskgit.steps": 5, "self_guidance.scale": 0.0}), 4, 0,
+                   batch_size=4, progress=False)
+    assert off.nfe_per_image["backbone"] == 5
+
+
+def test_substitution_rate_and_positions() -> None:
+    masked = torch.zeros(4, 64, dtype=torch.bool)
+    masked[0, :54] = True     # 10 visible -> 3
+    masked[1, :63] = True     # 1 visible -> at least 1
+    masked[2] = True          # none visible -> none
+    sub = substitution_mask(masked, 0.3, torch.Generator().manual_seed(0))
+    assert sub.sum(1).tolist() == [3, 1, 0, 19]   # round(0.3 * 64) = 19
+    assert not (sub & masked).any()
+
+
+def test_training_loss_only_at_substituted_positions(adapter) -> None:
+    stack = toy()
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randint(0, 16, (6, 64), generator=gen)
+    labels = torch.arange(6)
+    canvas, substituted = corrupted_batch(stack.backbone, x0, labels, gen)
+    assert ((canvas == stack.backbone.layout.mask_id) & substituted).sum() == 0
+    aux = AuxiliaryPass(2)
+    adapter.train()
+    loss, metrics = correction_loss(stack.backbone, adapter, aux, aux.hooks(), x0, labels, canvas,
+                                    substituted, 0.1)
+    loss.backward()
+    assert adapter.top_down_transform.grad is not None and metrics["feedback"] > 0
+    assert all(p.grad is None for p in stack.backbone.parameters())
