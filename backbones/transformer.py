@@ -125,5 +125,6 @@ class MaskedTransformer(nn.Module):
         last_block = x
         x = hooks("final_hidden", self.norm(x), ctx)
         hidden = x[:, ctx.token_slice]
+        ctx.extras["hidden"] = hidden  # a logits hook may apply its own head (KA-MIG's fine-tuned one)
         logits = hooks("logits", self.head(hidden), ctx)
         return Prediction(logits=logits, hidden=hidden, last_block=last_block)

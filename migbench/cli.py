@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import shlex
 import sys
 from pathlib import Path
@@ -54,6 +55,11 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         return 2
     command = "migbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     options = {k: v for k, v in (("steps", args.steps), ("label", args.label)) if v is not None}
+    accepted = inspect.signature(method.fit).parameters
+    unknown = [k for k in options if k not in accepted]
+    if unknown:
+        print(f"migbench fit {args.method}: no option {', '.join('--' + k for k in unknown)}", file=sys.stderr)
+        return 2
     method.fit(Path(args.run_dir or f"runs/{args.method}"), command, **options)
     print(f"weights and manifest entry written; training log in {args.run_dir or f'runs/{args.method}'}/train.log")
     return 0

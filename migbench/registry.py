@@ -14,6 +14,7 @@ METHODS: dict[str, str] = {
     "cfg_interval": "migbench.methods.emigm:CFGInterval",
     "token_critic": "migbench.methods.token_critic:TokenCriticMethod",
     "self_guidance": "migbench.methods.self_guidance:SelfGuidance",
+    "ka_mig": "migbench.methods.ka_mig:KAMIG",
 }
 
 BACKBONES: dict[str, str] = {

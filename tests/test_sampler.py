@@ -35,6 +35,18 @@ def toy_trained_parts(monkeypatch):
     adapter = TOASTAdapter(num_classes=10, width=32, depth=2, factor=4).eval()
     monkeypatch.setattr(self_guidance, "load_adapter", lambda name: adapter)
 
+    from migbench.methods import ka_mig
+    from migbench.methods.ka_mig.fusion import KAMIGModule
+    from migbench.methods.ka_mig.graphs import normalise
+
+    backbone = toy().backbone
+    module = KAMIGModule(backbone.width, backbone.depth, backbone.head, normalise(torch.rand(16, 16)),
+                         normalise(torch.rand(16, 16)), torch.rand(10, 64, 16) > 0.5).eval()
+    with torch.no_grad():
+        for layer in [*module.positive, *module.negative]:
+            torch.nn.init.normal_(layer.weight, std=0.05)
+    monkeypatch.setattr(ka_mig, "load_module", lambda name, graphs, backbone: module.requires_grad_(False))
+
 
 def sample(stack, methods, overrides=None, n=12, seed=0, neutral=(), **kw):
     return generate(stack, resolve(methods, overrides or {}, neutral=neutral), n, seed,

@@ -1,0 +1,117 @@
+"""KA-MIG (Liang et al., "Improved Masked Image Generation with Knowledge-Augmented Token
+Representations", AAAI 2026; official code KA-MIG @0b4ceb1).
+
+Three token knowledge graphs (:mod:`.graphs`: co-occurrence, semantic similarity, class-position
+incompatibility) are encoded by two 3-layer GCNs over the frozen backbone's code embeddings and a
+negative prior (:mod:`.encoder`), and fused into the frozen backbone before every block through
+zero-initialised projections (:mod:`.fusion`): positive terms at visible tokens, the negative
+prior subtracted at masked positions (the paper; ``negative_positions = "all"`` is the official
+code). The graph modules and a copy of the output head are fine-tuned (``migbench fit ka_mig``,
+:mod:`.train`). At inference C_co, C_s and P^c are constants (``precompute = true``, the default)
+or recomputed in every pass (``precompute = false``; same logits).
+
+Neutral setting: ``enabled = false`` (the trained head differs from the backbone's, so switching
+graphs off alone is not the baseline; zero-initialised fusion is, and is tested).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from migbench.methods.ka_mig.fusion import KAMIGModule, Switches
+from migbench.methods.ka_mig.graphs import Graph
+
+from migbench import weights
+from migbench.api import HookContext
+from migbench.config import check_choices, knob
+from migbench.sampler import SamplerBuilder
+
+
+@dataclass(frozen=True)
+class KAMIGConfig:
+    cooccurrence: bool = knob(True, "use the co-occurrence graph G_co")
+    semantic: bool = knob(True, "use the semantic-similarity graph G_s")
+    incompatibility: bool = knob(True, "subtract the class-position incompatibility prior P^c")
+    negative_positions: str = knob("masked", "where P^c is subtracted: masked (paper) or all (official code)",
+                                   ("masked", "all"))
+    precompute: bool = knob(True, "use precomputed C_co, C_s, P^c (same logits as online)")
+    weights: str = knob("fmnist_ka_mig", "fine-tuned KA-MIG module (a manifest name)")
+    graphs: str = knob("fmnist_ka_mig_graphs", "the three graphs (a manifest name)")
+    enabled: bool = knob(True, "false installs nothing (the neutral setting)")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+
+    def switches(self) -> Switches:
+        return Switches(self.cooccurrence, self.semantic, self.incompatibility, self.negative_positions)
+
+
+def graphs_from_state(state: dict[str, torch.Tensor]) -> tuple[Graph, Graph, torch.Tensor]:
+    return (Graph(state["co_edge_index"].long(), state["co_edge_weight"].float()),
+            Graph(state["s_edge_index"].long(), state["s_edge_weight"].float()),
+            state["incompatible"].bool())
+
+
+@lru_cache(maxsize=2)
+def _load(name: str, graphs: str, sha256: str, backbone: torch.nn.Module) -> KAMIGModule:
+    co, sem, incompatible = graphs_from_state(weights.load_weights(graphs)[0])
+    module = KAMIGModule(backbone.width, backbone.depth, backbone.head, co, sem, incompatible)
+    module.load_state_dict(weights.load_weights(name)[0])
+    return module.eval().requires_grad_(False)
+
+
+def load_module(name: str, graphs: str, backbone: torch.nn.Module) -> KAMIGModule:
+    """The committed KA-MIG module for ``backbone`` (sha256-checked, cached)."""
+    return _load(name, graphs, weights.manifest_entry(name)["sha256"], backbone)
+
+
+class KAMIG:
+    """KA-MIG: knowledge-graph token representations fused into a frozen backbone."""
+
+    name = "ka_mig"
+    config_cls = KAMIGConfig
+    trained = True
+
+    @staticmethod
+    def neutral_config() -> KAMIGConfig:
+        return KAMIGConfig(enabled=False)
+
+    @staticmethod
+    def install(builder: SamplerBuilder, config: KAMIGConfig) -> None:
+        if not config.enabled:
+            return
+        backbone = builder.backbone
+        module = load_module(config.weights, config.graphs, backbone).to(next(backbone.parameters()).device)
+        layout = backbone.layout
+        if config.precompute:
+            with torch.no_grad():
+                fixed = module.constants(backbone.token_embeddings().float())
+            online, precomputed = module.precomputed_sizes(layout.num_classes, backbone.seq_len)
+
+            def constants(ctx: HookContext) -> tuple[torch.Tensor, ...]:
+                return fixed
+        else:
+            online, precomputed = module.online_parameters(), 0
+
+            def constants(ctx: HookContext) -> tuple[torch.Tensor, ...]:
+                if "ka_mig" not in ctx.extras:  # once per forward, shared by every block's hook
+                    ctx.extras["ka_mig"] = module.constants(ctx.backbone.token_embeddings())
+                return ctx.extras["ka_mig"]
+        builder.add_parameters(KAMIG.name, online=online, precomputed=precomputed)
+        for site, hook in module.hooks(config.switches(), constants).items():
+            builder.add_hook(site, hook, KAMIG.name)
+
+    @staticmethod
+    def fit(run_dir: Path, command: str, steps: int | None = None, graphs_only: bool = False) -> None:
+        from dataclasses import replace
+
+        from migbench.methods.ka_mig.train import KAMIGRecipe, build_graphs, train_ka_mig
+
+        recipe = KAMIGRecipe() if steps is None else replace(KAMIGRecipe(), steps=steps)
+        if graphs_only:
+            build_graphs(recipe, command=command)
+        else:
+            train_ka_mig(run_dir, recipe, command=command)

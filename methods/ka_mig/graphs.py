@@ -1,0 +1,127 @@
+"""KA-MIG's three token knowledge graphs, built from the training set's token maps.
+
+Nodes are the K image codes. Following the official KA-MIG graph notebooks and shipped files
+(reference note ka_mig.md section 2):
+
+- **co-occurrence G_co**: count[a, b] += 1 for every in-bounds 8-neighbour b of a on each h x w
+  token grid (symmetric, diagonal included); then zero the diagonal, keep per row the top
+  max(1, int(nnz_row * ratio)) counts (ratio 0.05 matches the shipped graph; the notebook shows
+  0.01), add self loops of weight 1 and normalise w * deg^-1/2[row] * deg^-1/2[col] with
+  deg = the *unweighted* number of out-edges (self loop included);
+- **semantic similarity G_s**: per token, a histogram over the N positions, min-max normalised
+  per row, softmaxed; Jensen-Shannon divergence between tokens; each token keeps its 2 nearest
+  tokens (diagonal excluded) as directed edges i -> j weighted exp(-5 JS); same normalisation;
+- **class-position incompatibility G_p**: for each class c and position i, the tokens never
+  seen there in class c (no construction code is released; this is the paper's definition).
+
+Edges are (source, target) pairs: a node aggregates from the nodes that list it (PyG's
+source-to-target flow).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+
+
+@dataclass(frozen=True)
+class Graph:
+    """edge_index (2, E) int64 (source, target), edge_weight (E,) float32."""
+
+    edge_index: torch.Tensor
+    edge_weight: torch.Tensor
+
+
+def cooccurrence_counts(grids: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """(K, K) int64 counts of 8-neighbour pairs over token grids (M, h, w)."""
+    m, h, w = grids.shape
+    counts = torch.zeros(num_tokens * num_tokens, dtype=torch.int64)
+    for dy, dx in NEIGHBOURS:
+        ys, yn = slice(max(0, -dy), h - max(0, dy)), slice(max(0, dy), h - max(0, -dy))
+        xs, xn = slice(max(0, -dx), w - max(0, dx)), slice(max(0, dx), w - max(0, -dx))
+        pairs = grids[:, ys, xs].reshape(-1).long() * num_tokens + grids[:, yn, xn].reshape(-1).long()
+        counts += torch.bincount(pairs, minlength=num_tokens * num_tokens)
+    return counts.view(num_tokens, num_tokens)
+
+
+def prune_rows(matrix: torch.Tensor, ratio: float) -> torch.Tensor:
+    """Zero the diagonal, then keep per row the top max(1, int(nnz * ratio)) positive entries."""
+    matrix = matrix.clone().double()
+    matrix.fill_diagonal_(0)
+    out = torch.zeros_like(matrix)
+    for row in range(matrix.shape[0]):
+        nnz = int((matrix[row] > 0).sum())
+        if nnz == 0:
+            continue
+        keep = matrix[row].topk(max(1, int(nnz * ratio))).indices
+        out[row, keep] = matrix[row, keep]
+    return out
+
+
+def normalise(matrix: torch.Tensor) -> Graph:
+    """Dense (K, K) -> sparse with self loops (weight 1) and w deg^-1/2[row] deg^-1/2[col],
+    deg = unweighted out-degree (self loop included)."""
+    matrix = matrix.clone().double()
+    matrix.fill_diagonal_(1.0)
+    source, target = matrix.nonzero(as_tuple=True)
+    degree = torch.bincount(source, minlength=matrix.shape[0]).double()
+    weight = matrix[source, target] * degree[source].rsqrt() * degree[target].rsqrt()
+    return Graph(torch.stack([source, target]), weight.float())
+
+
+def cooccurrence_graph(grids: torch.Tensor, num_tokens: int, ratio: float = 0.05) -> Graph:
+    return normalise(prune_rows(cooccurrence_counts(grids, num_tokens), ratio))
+
+
+def position_histograms(ids: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """(K, N) counts of each token at each position over token maps (M, N)."""
+    n = ids.shape[1]
+    flat = ids.long() * n + torch.arange(n)
+    return torch.bincount(flat.reshape(-1), minlength=num_tokens * n).view(num_tokens, n).double()
+
+
+def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Pairwise JS divergence (K, K') of row distributions p (K, N) and q (K', N), natural log."""
+    m = (p[:, None] + q[None]) / 2
+
+    def kl(a: torch.Tensor) -> torch.Tensor:
+        return (a * (a.clamp_min(1e-300).log() - m.clamp_min(1e-300).log())).sum(-1)
+
+    return 0.5 * (kl(p[:, None].expand_as(m)) + kl(q[None].expand_as(m)))
+
+
+def semantic_graph(ids: torch.Tensor, num_tokens: int, neighbours: int = 2, alpha: float = 5.0) -> Graph:
+    hist = position_histograms(ids, num_tokens)
+    low, high = hist.min(1, keepdim=True).values, hist.max(1, keepdim=True).values
+    scaled = torch.where(high > low, (hist - low) / (high - low).clamp_min(1e-12), torch.zeros_like(hist))
+    dist = scaled.softmax(dim=1)
+    js = js_divergence(dist, dist)
+    js.fill_diagonal_(float("inf"))
+    nearest = js.topk(neighbours, largest=False).indices
+    dense = torch.zeros(num_tokens, num_tokens, dtype=torch.float64)
+    rows = torch.arange(num_tokens)[:, None].expand_as(nearest)
+    dense[rows, nearest] = torch.exp(-alpha * js[rows, nearest])
+    return normalise(dense)
+
+
+def incompatibility(ids: torch.Tensor, labels: torch.Tensor, num_classes: int, num_tokens: int) -> torch.Tensor:
+    """(C, N, K) bool: token k never seen at position i in class c."""
+    n = ids.shape[1]
+    seen = torch.zeros(num_classes * n * num_tokens, dtype=torch.bool)
+    flat = (labels.long()[:, None] * n + torch.arange(n)) * num_tokens + ids.long()
+    seen[flat.reshape(-1)] = True
+    return ~seen.view(num_classes, n, num_tokens)
+
+
+def content_hash(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names, shapes, dtypes and bytes of ``tensors`` (sorted by name)."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].contiguous().cpu()
+        digest.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,157 @@
+"""KA-MIG: each graph on hand-made grids, GCN normalisation, zero-init fusion, online vs precomputed."""
+
+import math
+
+import pytest
+import torch
+from migbench.backbones.stacks import toy
+from migbench.methods.ka_mig.encoder import GCNConv, NegativePrior
+from migbench.methods.ka_mig.fusion import KAMIGModule, Switches
+from migbench.methods.ka_mig.graphs import (
+    Graph,
+    cooccurrence_counts,
+    incompatibility,
+    js_divergence,
+    normalise,
+    prune_rows,
+    semantic_graph,
+)
+
+from migbench.api import NULL_LABEL, HookSet
+
+
+def test_cooccurrence_counts_on_a_2x2_grid() -> None:
+    grid = torch.tensor([[[0, 1], [1, 2]]])  # every cell neighbours the other three
+    assert cooccurrence_counts(grid, 3).tolist() == [[0, 2, 1], [2, 2, 2], [1, 2, 0]]
+
+
+def test_counts_use_the_8_neighbourhood_in_bounds() -> None:
+    grid = torch.zeros(1, 3, 3, dtype=torch.long)
+    grid[0, 1, 1] = 1  # centre token sees 8 zeros; each corner zero sees 3 cells, edges 5
+    counts = cooccurrence_counts(grid, 2)
+    assert counts[1, 0] == 8 and counts[0, 1] == 8
+    assert counts[0, 0] == 4 * 2 + 4 * 4  # corners: 2 zero neighbours; edge cells: 4 zero neighbours
+
+
+def test_prune_keeps_top_ratio_and_drops_diagonal() -> None:
+    m = torch.tensor([[9.0, 5.0, 3.0, 1.0], [2.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [4.0, 6.0, 0.0, 7.0]])
+    pruned = prune_rows(m, 0.5)
+    assert pruned[0].tolist() == [0.0, 5.0, 0.0, 0.0]      # nnz 3 off-diagonal -> int(1.5) = 1
+    assert pruned[1].tolist() == [2.0, 0.0, 0.0, 0.0]      # max(1, int(0.5)) = 1
+    assert pruned[2].tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert pruned[3].tolist() == [0.0, 6.0, 0.0, 0.0]      # diagonal 7 dropped, nnz 2 -> 1
+
+
+def test_normalisation_uses_unweighted_out_degree() -> None:
+    graph = normalise(torch.tensor([[0.0, 6.0, 0.0], [0.0, 0.0, 0.0], [3.0, 3.0, 0.0]]))
+    weights = {(int(s), int(t)): float(w) for s, t, w in zip(*graph.edge_index, graph.edge_weight, strict=True)}
+    # out-degrees with self loops: node 0: 2, node 1: 1, node 2: 3
+    assert weights[(0, 1)] == pytest.approx(6 / math.sqrt(2 * 1))
+    assert weights[(2, 0)] == pytest.approx(3 / math.sqrt(3 * 2))
+    assert weights[(1, 1)] == pytest.approx(1.0)
+    assert weights[(2, 2)] == pytest.approx(1 / 3)
+
+
+def test_js_and_semantic_top2() -> None:
+    p = torch.tensor([[0.5, 0.5], [1.0, 0.0]], dtype=torch.float64)
+    js = js_divergence(p, p)
+    # JS([.5,.5],[1,0]) = 0.5 [KL(p||m) + KL(q||m)], m = [.75, .25]
+    expected = 0.5 * (0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25) + math.log(1 / 0.75))
+    assert js[0, 1].item() == pytest.approx(expected) and js[0, 0].item() == pytest.approx(0.0, abs=1e-12)
+    # tokens 0 and 1 always at position 0, token 2 at position 1, token 3 at position 2
+    ids = torch.tensor([[0, 2, 3], [1, 2, 3], [0, 2, 3]])
+    graph = semantic_graph(ids, 4)
+    edges = {(int(s), int(t)) for s, t in zip(*graph.edge_index, strict=True) if s != t}
+    assert (0, 1) in edges and (1, 0) in edges
+    assert sum(1 for s, _ in edges if s == 0) == 2  # exactly two neighbours per token
+    w01 = [float(w) for s, t, w in zip(*graph.edge_index, graph.edge_weight, strict=True) if (s, t) == (0, 1)][0]
+    assert w01 == pytest.approx(1.0 / 3.0)  # exp(-5 * 0) / sqrt(3 * 3)
+
+
+def test_incompatibility() -> None:
+    ids = torch.tensor([[0, 1], [2, 1], [0, 0]])
+    labels = torch.tensor([0, 0, 1])
+    never = incompatibility(ids, labels, num_classes=2, num_tokens=3)
+    assert never[0, 0].tolist() == [False, True, False]  # class 0, position 0 saw tokens 0 and 2
+    assert never[0, 1].tolist() == [True, False, True]
+    assert never[1, 1].tolist() == [False, True, True]
+
+
+def test_gcnconv_matches_hand_computation() -> None:
+    conv = GCNConv(1, 1)
+    with torch.no_grad():
+        conv.lin.weight.fill_(1.0)
+        conv.bias.fill_(0.5)
+    graph = Graph(torch.tensor([[0], [1]]), torch.tensor([2.0]))  # one edge 0 -> 1, weight 2
+    edges = GCNConv.normalised_edges(graph, 2)
+    out = conv(torch.tensor([[1.0], [10.0]]), edges)
+    # self loops weight 1 added; in-degree: node 0: 1, node 1: 1 + 2 = 3
+    assert out[0, 0].item() == pytest.approx(1.0 + 0.5)
+    assert out[1, 0].item() == pytest.approx(2 / math.sqrt(1 * 3) * 1.0 + 10.0 / 3 + 0.5)
+
+
+def make_module(stack, seed=0):
+    torch.manual_seed(seed)
+    k, n = 16, 64
+    co = normalise(torch.rand(k, k))
+    sem = normalise((torch.rand(k, k) > 0.8).double())
+    incompatible = torch.rand(10, n, k) > 0.5
+    backbone = stack.backbone
+    return KAMIGModule(backbone.width, backbone.depth, backbone.head, co, sem, incompatible).eval()
+
+
+def run(stack, module, switches, ids, labels, precomputed=True):
+    const = module.constants(stack.backbone.token_embeddings())
+    hooks = HookSet()
+    fn = (lambda ctx: const) if precomputed else (lambda ctx: module.constants(ctx.backbone.token_embeddings()))
+    for site, hook in module.hooks(switches, fn).items():
+        hooks.add(site, hook, "ka_mig")
+    return stack.backbone(ids, labels, hooks).logits
+
+
+def test_zero_initialised_fusion_reproduces_the_backbone_exactly() -> None:
+    stack = toy()
+    ids = torch.randint(0, 16, (3, 64))
+    ids[:, ::3] = stack.backbone.layout.mask_id
+    labels = torch.tensor([0, 5, NULL_LABEL])
+    with torch.no_grad():
+        assert torch.equal(run(stack, make_module(stack), Switches(), ids, labels), stack.backbone(ids, labels).logits)
+
+
+def test_online_equals_precomputed_and_placement() -> None:
+    stack = toy()
+    module = make_module(stack)
+    with torch.no_grad():
+        for layer in [*module.positive, *module.negative]:
+            torch.nn.init.normal_(layer.weight, std=0.1)
+    ids = torch.randint(0, 16, (2, 64))
+    ids[:, :20] = stack.backbone.layout.mask_id
+    labels = torch.tensor([3, NULL_LABEL])
+    with torch.no_grad():
+        torch.testing.assert_close(run(stack, module, Switches(), ids, labels, True),
+                                   run(stack, module, Switches(), ids, labels, False))
+    hooks = module.hooks(Switches(), lambda ctx: module.constants(stack.backbone.token_embeddings()))
+    fuse = hooks["block_in.0"]
+    from migbench.api import HookContext
+
+    ctx = HookContext(ids=ids, labels=labels, token_slice=slice(1, None), branch="main", backbone=stack.backbone)
+    x = torch.zeros(2, 65, 32)
+    with torch.no_grad():
+        delta = fuse(x, ctx)[:, 1:]
+        only_positive = module.hooks(Switches(incompatibility=False),
+                                     lambda c: module.constants(stack.backbone.token_embeddings()))["block_in.0"](x, ctx)[:, 1:]
+        all_positions = module.hooks(Switches(cooccurrence=False, semantic=False, negative_positions="all"),
+                                     lambda c: module.constants(stack.backbone.token_embeddings()))["block_in.0"](x, ctx)[:, 1:]
+    masked = ids == stack.backbone.layout.mask_id
+    assert only_positive[masked].abs().max() == 0 and only_positive[~masked].abs().max() > 0
+    negative_only = delta - only_positive
+    assert negative_only[0][~masked[0]].abs().max() == 0 and negative_only[0][masked[0]].abs().max() > 0
+    assert negative_only[1].abs().max() == 0  # the null class has no prior
+    assert all_positions[0][~masked[0]].abs().max() > 0
+    assert fuse(x, ctx)[:, 0].abs().max() == 0  # the class token gets nothing
+
+
+def test_negative_prior_rows_average_incompatible_tokens() -> None:
+    incompatible = torch.tensor([[[True, False, True]]])
+    weights = NegativePrior.weights(incompatible)
+    assert weights.tolist() == [[[0.5, 0.0, 0.5]]]
