@@ -1,6 +1,7 @@
 """Stacks: a tokenizer and a backbone that belong together, with their weight hashes.
 
 ``fmnist`` is the committed MaskGIT-trained Fashion-MNIST stack (the default everywhere);
+``fmnist_emigm`` the same size trained with eMIGM's choices;
 ``toy`` is a tiny randomly initialised stack (fixed seed, no weights) for contract tests.
 """
 
@@ -37,6 +38,11 @@ def committed(backbone_name: str, stack_name: str) -> Stack:
 def fmnist() -> Stack:
     """The default: ``fmnist_vq`` + ``fmnist_maskgit`` (MaskGIT recipe)."""
     return committed("fmnist_maskgit", "fmnist")
+
+
+def fmnist_emigm() -> Stack:
+    """``fmnist_vq`` + ``fmnist_emigm`` (eMIGM recipe: exp schedule, t >= 0.2, CFG with mask)."""
+    return committed("fmnist_emigm", "fmnist_emigm")
 
 
 def toy(seed: int = 0, codebook_size: int = 16, null_is_mask: bool = False) -> Stack:

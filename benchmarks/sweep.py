@@ -9,7 +9,7 @@ row and draws a grid. ``--processes P`` relaunches the sweep under ``accelerate 
 
 from __future__ import annotations
 
-import datetime as _dt
+import datetime
 import hashlib
 import json
 import os
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from migbench.benchmarks.metrics.evaluate import Extractor, evaluate
 from migbench.benchmarks.results import append_row, read_rows, repair, results_dir, write_csv
-from migbench.benchmarks.suite import Point, Suite, load_suite
+from migbench.benchmarks.suite import Point, Suite, SuiteError, load_suite
 from tqdm.auto import tqdm
 
 import migbench
@@ -34,11 +34,25 @@ from migbench.config import stable_hash
 from migbench.data import CLASS_NAMES
 from migbench.generate import Generation, generate, merge
 from migbench.images import save_grid, save_samples
-from migbench.weights import git_revision
+from migbench.recipe import Recipe
+from migbench.weights import git_revision, read_manifest
+
+
+def method_weight_hashes(recipe: Recipe) -> dict[str, str]:
+    """sha256 of every manifest entry a method config names (``weights``, ``graphs``)."""
+    found = {}
+    manifest = read_manifest()
+    for config in recipe.configs:
+        for key in ("weights", "graphs"):
+            name = getattr(config, key, None)
+            if isinstance(name, str):
+                found[name] = manifest.get(name, {}).get("sha256", "missing")
+    return found
 
 
 def run_hash(point: Point, suite: Suite, weight_hashes: dict[str, str], evaluator: dict[str, str]) -> str:
-    """Identity of a point's result: equal hashes give equal rows."""
+    """Identity of a point's result: equal hashes give equal rows. ``weight_hashes`` holds the
+    stack's and every method's weights (retraining a critic or adapter reruns its points)."""
     return stable_hash({"recipe": point.recipe.describe(), "backbone": point.backbone,
                         "weights": weight_hashes, "n": suite.n, "seed": point.seed,
                         "batch_size": suite.batch_size, "reference": suite.reference,
@@ -55,7 +69,8 @@ def provenance_key(provenance: dict[str, Any]) -> str:
 def _distributed() -> tuple[Any, int, int]:
     from accelerate import PartialState
 
-    state = PartialState(cpu=not torch.cuda.is_available())
+    # the other processes wait while the main one evaluates: allow hours, not the 30-min default
+    state = PartialState(cpu=not torch.cuda.is_available(), timeout=datetime.timedelta(hours=6))
     return state, state.process_index, state.num_processes
 
 
@@ -104,10 +119,7 @@ def sweep(suite_name: str, *, results_root: Path | None = None, floors: bool = T
     stacks: dict[str, Any] = {}
     done = {row["run_hash"] for row in read_rows(folder)}
     todo = []
-    for point in suite.points:
-        if point.backbone not in stacks:
-            stacks[point.backbone] = registry.backbone(point.backbone)()
-        h = run_hash(point, suite, stacks[point.backbone].weight_hashes, extractor.describe())
+    for point, h in suite_hashes(suite, stacks, extractor):
         if h not in done:
             todo.append((point, h))
             done.add(h)
@@ -116,7 +128,10 @@ def sweep(suite_name: str, *, results_root: Path | None = None, floors: bool = T
         print(f"suite {suite.name}: {len(suite.points)} points, {len(suite.points) - len(todo)} done, "
               f"{len(todo)} to run on {world} process(es)")
         if floors and todo:
-            _write_floors(folder, suite)
+            try:
+                _write_floors(folder, suite)
+            except ValueError as err:
+                print(f"quality floors skipped: {err}")
     bar = tqdm(todo, desc=f"sweep {suite.name}", unit="point", disable=not (progress and state.is_main_process))
     for point, h in bar:
         bar.set_postfix_str(f"{point.label} {dict(point.swept)} seed={point.seed}")
@@ -132,6 +147,26 @@ def sweep(suite_name: str, *, results_root: Path | None = None, floors: bool = T
     if state.is_main_process:
         write_csv(folder)
     return folder
+
+
+def suite_hashes(suite: Suite, stacks: dict[str, Any], extractor: Extractor) -> list[tuple[Point, str]]:
+    """Every point of ``suite`` with its run hash (``stacks`` caches the loaded stacks)."""
+    out = []
+    for point in suite.points:
+        if point.backbone not in stacks:
+            stacks[point.backbone] = registry.backbone(point.backbone)()
+        hashes = {**stacks[point.backbone].weight_hashes, **method_weight_hashes(point.recipe)}
+        out.append((point, run_hash(point, suite, hashes, extractor.describe())))
+    return out
+
+
+def current_hashes(suite_name: str) -> set[str] | None:
+    """Run hashes of the suite as it is defined now (None if no such suite file exists)."""
+    try:
+        suite = load_suite(suite_name)
+    except SuiteError:
+        return None
+    return {h for _, h in suite_hashes(suite, {}, Extractor.fmnist())}
 
 
 def _write_floors(folder: Path, suite: Suite) -> None:
@@ -150,7 +185,8 @@ def _record(folder: Path, suite: Suite, point: Point, h: str, stack: Any, result
     save_grid(folder / "grids" / f"{h}.png", result.images, result.labels, CLASS_NAMES)
     if keep_samples:
         save_samples(folder / "samples" / f"{h}.npz", result.images, result.labels)
-    provenance = {**evaluation["provenance"], "weights": stack.weight_hashes, "seed": point.seed,
+    provenance = {**evaluation["provenance"], "weights": {**stack.weight_hashes, **method_weight_hashes(point.recipe)},
+                  "seed": point.seed,
                   "git_revision": git_revision(), "device": device, "processes": world,
                   "python": platform.python_version(), "migbench": migbench.__version__,
                   "sampler_version": migbench.SAMPLER_VERSION}
@@ -164,7 +200,7 @@ def _record(folder: Path, suite: Suite, point: Point, h: str, stack: Any, result
                     "sampling_seconds": round(result.sampling_seconds, 2),
                     "extra_parameters": result.extra_parameters},
            "provenance": provenance, "provenance_key": provenance_key(provenance),
-           "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+           "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     append_row(folder, row)
 
 

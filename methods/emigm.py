@@ -20,6 +20,9 @@ Two methods, following the released code (ML-GSAI/eMIGM ``models/emigm.py: sampl
   constant f = 1, linear x, power x^2, cubic x^3, exp 1 - e^{-5x}, cosine cos(pi/2 (1 - x))
   (upstream: 1 + (cfg - 1) f(x) in its convention). Neutral setting: (0, 1] with ``constant``.
   Released 16-step evaluation: exp schedule, constant cfg 4, interval (0.1, 0.3] -> 19 NFE.
+  The interval is on *time*, shared by every sampler (all use the grid linspace(1, 1e-5, T+1)),
+  not on the mask ratio: under eMIGM's exp schedule (0.1, 0.3] means post-step mask ratios in
+  (0.39, 0.78]; under MaskGIT's cosine schedule the same interval covers ratios (0.16, 0.45].
 """
 
 from __future__ import annotations

@@ -108,6 +108,8 @@ class MaskGIT:
     name = "maskgit"
     config_cls = MaskGITConfig
     trained = False
+    # knobs that act only while this method holds the slot (a warning says when they do not)
+    slot_knobs = {"schedule": ("steps", "schedule", "ratios"), "scorer": ("choice_temperature", "choice_anneal")}
 
     @staticmethod
     def neutral_config() -> MaskGITConfig:

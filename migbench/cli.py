@@ -25,7 +25,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    command = "migbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = args.command_line
     run_dir = Path(args.run_dir or f"runs/{args.what}")
     if args.what == "tokenizer":
         from migbench.backbones.train_tokenizer import TokenizerRecipe, train_tokenizer
@@ -53,8 +53,9 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if not hasattr(method, "fit"):
         print(f"migbench fit: method {args.method!r} has nothing to train", file=sys.stderr)
         return 2
-    command = "migbench " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    options = {k: v for k, v in (("steps", args.steps), ("label", args.label)) if v is not None}
+    command = args.command_line
+    options = {k: v for k, v in (("steps", args.steps), ("label", args.label),
+                                 ("graphs_only", args.graphs_only or None)) if v is not None}
     accepted = inspect.signature(method.fit).parameters
     unknown = [k for k in options if k not in accepted]
     if unknown:
@@ -249,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("method", help="a method with trainable parts, e.g. token_critic")
     p.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
     p.add_argument("--label", default=None, help="token_critic: mask (paper) or differs (lucidrains)")
+    p.add_argument("--graphs-only", action="store_true", help="ka_mig: only build and save the three graphs")
     p.add_argument("--run-dir", default=None, help="checkpoint/log folder (default runs/METHOD)")
     p.set_defaults(func=_cmd_fit)
 
@@ -311,8 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    args.command_line = "migbench " + " ".join(shlex.quote(a) for a in argv)
+    try:
+        return int(args.func(args) or 0)
+    except (KeyError, ValueError, RuntimeError, FileNotFoundError) as err:
+        message = err.args[0] if err.args else repr(err)
+        print(f"migbench {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ method or knob is an error that names the closest valid key.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -86,10 +87,22 @@ def resolve(methods: str | Sequence[str], overrides: Mapping[str, Any] | None = 
 
 
 def build_sampler(recipe: Recipe, backbone: torch.nn.Module) -> Sampler:
-    """Install every method of ``recipe`` in order on ``backbone``."""
+    """Install every method of ``recipe`` in order on ``backbone``.
+
+    Warns when a base knob was changed for a slot that another method took over (for example
+    ``maskgit.steps`` with ``halton``, whose own ``halton.steps`` applies).
+    """
     builder = SamplerBuilder(backbone)
     for name, config in zip(recipe.methods, recipe.configs, strict=True):
         registry.method(name).install(builder, config)
+    base = registry.method(BASE)
+    defaults = base.config_cls()
+    for slot, knobs in base.slot_knobs.items():
+        owner = builder.owner(slot)
+        changed = [k for k in knobs if getattr(recipe.config(BASE), k) != getattr(defaults, k)]
+        if owner != BASE and changed:
+            warnings.warn(f"{', '.join(f'{BASE}.{k}' for k in changed)} has no effect: the {slot} slot "
+                          f"belongs to {owner!r} (set its own knobs instead)", stacklevel=2)
     return builder.build()
 
 

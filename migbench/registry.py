@@ -19,6 +19,7 @@ METHODS: dict[str, str] = {
 
 BACKBONES: dict[str, str] = {
     "fmnist": "migbench.backbones.stacks:fmnist",
+    "fmnist_emigm": "migbench.backbones.stacks:fmnist_emigm",
     "toy": "migbench.backbones.stacks:toy",
 }
 

@@ -111,6 +111,11 @@ class SamplerBuilder:
                                     f"{owner!r} may not claim it weakly")
         self._slots[slot] = _Claim(owner, value, weak)
 
+    def owner(self, slot: str) -> str | None:
+        """The method holding ``slot`` (None while free)."""
+        held = self._slots.get(slot)
+        return held.owner if held else None
+
     def add_hook(self, site: str, hook: Hook, owner: str,
                  branches: tuple[str, ...] | str = ALL_BRANCHES) -> None:
         """Run ``hook`` at backbone ``site`` on the named branches (default: every branch)."""

@@ -138,3 +138,17 @@ def test_adm_statistics_dtype_handling(tmp_path) -> None:
 def test_unknown_reference() -> None:
     with pytest.raises(ev.EvaluationError, match="unknown reference"):
         ev.reference("imagenet-val")
+
+
+def test_npz_reference_with_statistics_uses_them_for_fid(random_classifier, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MIGBENCH_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (40, 32, 32, 1), dtype=np.uint8)
+    feats = ev.extract(images, FAKE)[FEATURE_LAYER].numpy()
+    np.savez(tmp_path / "ref.npz", arr_0=images, mu=feats.mean(0) + 1.0, sigma=np.cov(feats, rowvar=False))
+    result = ev.evaluate(images, None, str(tmp_path / "ref.npz"), FAKE, prc=False)
+    assert result["provenance"]["fid_reference"] == "npz mu/sigma"
+    assert result["metrics"]["fid"] == pytest.approx(feats.shape[1] * 1.0, rel=1e-3)  # |mu shift|^2
+    np.savez(tmp_path / "wrong.npz", arr_0=images, mu=np.zeros(3), sigma=np.eye(3))
+    with pytest.raises(ev.EvaluationError, match="dimension"):
+        ev.evaluate(images, None, str(tmp_path / "wrong.npz"), FAKE, prc=False)

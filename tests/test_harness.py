@@ -130,7 +130,7 @@ def fake_row(label, value, seed, fid, is_mean, key="k1"):
                         "recall": 0.5, "class_accuracy": 0.9},
             "cost": {"nfe_per_image": {"total": 8.0}, "images_per_second": 50.0,
                      "extra_parameters": {}},
-            "provenance_key": key,
+            "provenance_key": key, "created": f"2026-01-0{seed + 1}T00:00:00+00:00",
             "provenance": {"n": 100, "reference": "fmnist-test", "reference_sha256": "ab" * 32,
                            "reference_n": 10000, "evaluator": "torch-fidelity", "evaluator_version": "0.4.0",
                            "extractor": "fmnist-classifier", "feature_layer": "features",

@@ -166,3 +166,8 @@ def test_recipe_errors_suggest() -> None:
         resolve("maskgit", {"maskgit.steps": "eight"})
     with pytest.raises(ValueError, match="listed twice"):
         resolve("halton,halton")
+
+
+def test_overriding_a_taken_slot_warns(stack) -> None:
+    with pytest.warns(UserWarning, match=r"maskgit.steps has no effect: the schedule slot belongs to 'halton'"):
+        build_sampler(resolve("halton", {"maskgit.steps": 4}), stack.backbone)

@@ -52,6 +52,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_featur
 from torch_fidelity.utils import create_feature_extractor
 
 from migbench import weights
+from migbench.config import stable_hash
 from migbench.data import load_split
 from migbench.paths import cache_dir
 
@@ -110,7 +111,8 @@ class Extractor:
         ``weights_path`` is a local copy of torch-fidelity's Inception weights for offline use;
         without it torch-fidelity downloads them to $TORCH_HOME.
         """
-        ident = weights.sha256_file(Path(weights_path)) if weights_path else "torch-fidelity-default"
+        ident = (weights.sha256_file(Path(weights_path)) if weights_path
+                 else f"torch-fidelity-{torch_fidelity.__version__}-default-inception")
         return Extractor("inception-v3-compat", "2048", "logits_unbiased", ident, weights_path)
 
     def describe(self) -> dict[str, str]:
@@ -125,7 +127,7 @@ def _module(extractor: Extractor) -> torch.nn.Module:
     if extractor.weights_path:
         kwargs["feature_extractor_weights_path"] = extractor.weights_path
     return create_feature_extractor(extractor.name, [extractor.feature_layer, extractor.logits_layer],
-                                    cuda=False, **kwargs)
+                                    cuda=torch.cuda.is_available(), **kwargs)
 
 
 @torch.no_grad()
@@ -138,7 +140,8 @@ def extract(images: np.ndarray, extractor: Extractor, batch_size: int = 500) -> 
         x = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        feats = module.convert_features_tuple_to_dict(module(x.contiguous()))
+        device = next(module.parameters()).device
+        feats = module.convert_features_tuple_to_dict(module(x.contiguous().to(device)))
         for name in out:
             out[name].append(feats[name].double().cpu())
     return {name: torch.cat(parts) for name, parts in out.items()}
@@ -146,12 +149,18 @@ def extract(images: np.ndarray, extractor: Extractor, batch_size: int = 500) -> 
 
 @dataclass(frozen=True)
 class Reference:
-    """A reference image set: its name, images (uint8 NHWC), labels and content hash."""
+    """A reference image set: its name, images (uint8 NHWC), labels and content hash.
+
+    ``statistics`` holds ADM-style ``mu``/``sigma`` of the whole reference when its ``.npz``
+    carries them: FID then uses them (as published numbers do), while KID and precision/recall
+    use the images.
+    """
 
     name: str
     images: np.ndarray
     labels: np.ndarray | None
     sha256: str
+    statistics: dict[str, np.ndarray] | None = None
 
 
 def fmnist_images(split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -168,6 +177,13 @@ def reference(name: str, data_dir: str | None = None) -> Reference:
         from migbench.images import load_samples
 
         images, labels = load_samples(Path(name))
+        with np.load(name) as data:
+            has_statistics = "mu" in data and "sigma" in data
+        if has_statistics:
+            stats = adm_statistics(Path(name))
+            check_samples(images, f"reference {name}")
+            digest = content_hash(images) + hashlib.sha256(stats["mu"].tobytes() + stats["sigma"].tobytes()).hexdigest()
+            return Reference(name, images, labels, hashlib.sha256(digest.encode()).hexdigest(), stats)
     else:
         raise EvaluationError(f"unknown reference {name!r}: use fmnist-train, fmnist-test, or the path "
                               "of an ADM-layout .npz of images (arr_0)")
@@ -177,7 +193,8 @@ def reference(name: str, data_dir: str | None = None) -> Reference:
 
 def reference_features(ref: Reference, extractor: Extractor) -> dict[str, torch.Tensor]:
     """Features of ``ref``, cached by (content hash, extractor, extractor weights)."""
-    key = f"{ref.sha256[:16]}-{extractor.name}-{extractor.weights_id[:16]}"
+    ident = stable_hash({"extractor": extractor.describe(), "torch_fidelity": torch_fidelity.__version__})
+    key = f"{ref.sha256[:16]}-{extractor.name}-{ident}"
     path = cache_dir() / "refs" / f"{key}.pt"
     if path.exists():
         return torch.load(path, map_location="cpu")
@@ -203,6 +220,9 @@ def adm_statistics(path: Path) -> dict[str, np.ndarray]:
 
 def fid_from_statistics(sample_features: torch.Tensor, stats: dict[str, np.ndarray]) -> float:
     """FID of sample features (N, D) against given statistics, via torch-fidelity."""
+    if stats["mu"].shape != (sample_features.shape[1],):
+        raise EvaluationError(f"reference statistics have dimension {stats['mu'].shape[0]}, the features "
+                              f"{sample_features.shape[1]}: use the extractor the statistics were made with")
     own = fid_features_to_statistics(sample_features.double())
     own = {k: v.astype(np.float64) for k, v in own.items()}
     return float(fid_statistics_to_metric(own, stats, False)[KEY_METRIC_FID])
@@ -210,13 +230,17 @@ def fid_from_statistics(sample_features: torch.Tensor, stats: dict[str, np.ndarr
 
 def metrics_from_features(sample: dict[str, torch.Tensor], ref: dict[str, torch.Tensor],
                           extractor: Extractor, labels: np.ndarray | None = None,
-                          kid_subset_size: int = 1000, prc: bool = True) -> dict[str, float]:
-    """FID, IS, KID, precision/recall (torch-fidelity) and class accuracy from features."""
+                          kid_subset_size: int = 1000, prc: bool = True,
+                          ref_statistics: dict[str, np.ndarray] | None = None) -> dict[str, float]:
+    """FID, IS, KID, precision/recall (torch-fidelity) and class accuracy from features.
+
+    FID uses ``ref_statistics`` (ADM ``mu``/``sigma``) when given, else the reference features.
+    """
     fl, ll = extractor.feature_layer, extractor.logits_layer
     n, n_ref = len(sample[fl]), len(ref[fl])
     out: dict[str, float] = {}
-    out["fid"] = fid_from_statistics(sample[fl], {k: v.astype(np.float64) for k, v in
-                                                  fid_features_to_statistics(ref[fl]).items()})
+    stats = ref_statistics or {k: v.astype(np.float64) for k, v in fid_features_to_statistics(ref[fl]).items()}
+    out["fid"] = fid_from_statistics(sample[fl], stats)
     isc = isc_features_to_metric(sample[ll], splits=10, shuffle=True, rng_seed=RNG_SEED)
     out["is_mean"], out["is_std"] = isc[KEY_METRIC_ISC_MEAN], isc[KEY_METRIC_ISC_STD]
     kid = kid_features_to_metric(sample[fl], ref[fl], kid_subsets=100,
@@ -246,7 +270,7 @@ def evaluate(images: np.ndarray, labels: np.ndarray | None = None, ref: str = "f
     extractor = extractor or Extractor.fmnist()
     reference_set = reference(ref, data_dir)
     metrics = metrics_from_features(extract(images, extractor), reference_features(reference_set, extractor),
-                                    extractor, labels, prc=prc)
+                                    extractor, labels, prc=prc, ref_statistics=reference_set.statistics)
     return {"metrics": metrics, "provenance": provenance(extractor, reference_set, len(images))}
 
 
@@ -255,5 +279,6 @@ def provenance(extractor: Extractor, ref: Reference, n: int) -> dict[str, Any]:
     return {"evaluator": "torch-fidelity", "evaluator_version": torch_fidelity.__version__,
             **extractor.describe(), "reference": ref.name, "reference_sha256": ref.sha256,
             "reference_n": int(len(ref.images)), "n": int(n), "kid_subsets": 100,
+            "fid_reference": "npz mu/sigma" if ref.statistics is not None else "reference features",
             "prc_reference_n": int(min(len(ref.images), PRC_REFERENCE_SIZE)), "prc_neighborhood": 3,
             "isc_splits": 10, "torch": torch.__version__}

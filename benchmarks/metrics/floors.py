@@ -30,6 +30,9 @@ def balanced_subset(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
     """Indices of n images, n / C per class (cycling classes), chosen by a seeded permutation."""
     rng = np.random.default_rng(seed)
     per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in range(NUM_CLASSES)]
+    available = min(len(p) for p in per_class) * NUM_CLASSES
+    if n > available:
+        raise ValueError(f"a class-balanced floor of {n} images needs more than the split holds ({available})")
     counts = [0] * NUM_CLASSES
     picks = []
     for i in range(n):

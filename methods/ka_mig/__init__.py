@@ -8,7 +8,8 @@ zero-initialised projections (:mod:`.fusion`): positive terms at visible tokens,
 prior subtracted at masked positions (the paper; ``negative_positions = "all"`` is the official
 code). The graph modules and a copy of the output head are fine-tuned (``migbench fit ka_mig``,
 :mod:`.train`). At inference C_co, C_s and P^c are constants (``precompute = true``, the default)
-or recomputed in every pass (``precompute = false``; same logits).
+or recomputed in every pass (``precompute = false``; same logits; on GPU the online path's
+scatter-add is not bit-deterministic).
 
 Neutral setting: ``enabled = false`` (the trained head differs from the backbone's, so switching
 graphs off alone is not the baseline; zero-initialised fusion is, and is tested).
@@ -84,11 +85,15 @@ class KAMIG:
         if not config.enabled:
             return
         backbone = builder.backbone
-        module = load_module(config.weights, config.graphs, backbone).to(next(backbone.parameters()).device)
+        device = next(backbone.parameters()).device
+        module = load_module(config.weights, config.graphs, backbone)
         layout = backbone.layout
         if config.precompute:
+            # on CPU, once: CUDA's index_add_ is not deterministic, and every process must hold
+            # bit-identical constants for samples to be independent of the process count
             with torch.no_grad():
-                fixed = module.constants(backbone.token_embeddings().float())
+                fixed = tuple(c.to(device) for c in
+                              module.cpu().constants(backbone.token_embeddings().detach().float().cpu()))
             online, precomputed = module.precomputed_sizes(layout.num_classes, backbone.seq_len)
 
             def constants(ctx: HookContext) -> tuple[torch.Tensor, ...]:
@@ -100,6 +105,7 @@ class KAMIG:
                 if "ka_mig" not in ctx.extras:  # once per forward, shared by every block's hook
                     ctx.extras["ka_mig"] = module.constants(ctx.backbone.token_embeddings())
                 return ctx.extras["ka_mig"]
+        module = module.to(device)
         builder.add_parameters(KAMIG.name, online=online, precomputed=precomputed)
         for site, hook in module.hooks(config.switches(), constants).items():
             builder.add_hook(site, hook, KAMIG.name)

@@ -8,6 +8,9 @@ AdamW lr 1e-4, weight decay 0, betas (0.99, 0.99), linear warm-up then constant.
 1500 steps at a global batch of 2400 on AutoNAT-L with Beta(12, 3) mask ratios (AutoNAT's
 training distribution); here the steps are scaled to this machine and the mask ratios follow
 the backbone's own training schedule (cosine), for the same reason upstream uses AutoNAT's.
+Also unlike upstream: no EMA of the trained weights (upstream evaluates an EMA at 0.9999, which
+after 1500 steps is still mostly the initial weights) and no embedding dropout (our backbone was
+trained without dropout).
 """
 
 from __future__ import annotations
