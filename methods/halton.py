@@ -4,8 +4,11 @@ Positions are revealed in a fixed 2-D low-discrepancy order instead of by confid
 Halton sequence with base 2 for rows and base 3 for columns (starting at 1/2, 1/3), scaled to
 the h x w grid, floored, duplicates dropped. After step k (0-based) of T the first
 r_k = max(k + 1, int(N (1 - arccos((k+1)/T) / (pi/2)))) positions of that order are revealed.
-As upstream, every step writes fresh samples at *all* revealed positions (revealed tokens are
-resampled), the logits are multiplied by a factor rising linearly from ``sm_temp_min`` to
+Revealed tokens are kept, as unmasking means in the paper; upstream's code instead writes fresh
+samples at *all* revealed positions every step (``resample_revealed = true``; its issues #27/#36
+discuss this), which only suits backbones trained with a loss on visible tokens too (valeoai's),
+not ours (masked-token loss, as Google's MaskGIT): on the embedded stack it more than doubles FID.
+As upstream, the logits are multiplied by a factor rising linearly from ``sm_temp_min`` to
 ``sm_temp_max`` over the steps, and there is no Gumbel noise. ``randomize`` rolls the order by a
 random offset per sample. Defaults follow the upstream README demo (1 -> 1.2, randomize); the
 sampler class itself defaults to 1 -> 1 without randomisation. Upstream uses constant CFG.
@@ -26,6 +29,7 @@ from migbench.config import knob
 from migbench.guidance import StepInfo
 from migbench.sampler import SamplerBuilder, SampleState
 from migbench.schedules import time_grid
+from migbench.slots import categorical_everywhere
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class HaltonConfig:
     sm_temp_min: float = knob(1.0, "logit multiplier at the first step")
     sm_temp_max: float = knob(1.2, "logit multiplier at the last step")
     randomize: bool = knob(True, "roll the Halton order by a random offset per sample")
+    resample_revealed: bool = knob(False, "upstream code: resample every revealed token each step")
     enabled: bool = knob(True, "false installs nothing (the neutral setting)")
 
 
@@ -118,7 +123,8 @@ class Halton:
 
         def selector(candidates: torch.Tensor, scores: torch.Tensor, state: SampleState) -> torch.Tensor:
             revealed = scores > -float(state.info.num_tokens - state.info.masked_after)
-            return torch.where(revealed, state.tokens, state.backbone.layout.mask_id)
+            source = state.tokens if config.resample_revealed else candidates
+            return torch.where(revealed, source, state.backbone.layout.mask_id)
 
         def multiplier(logits: torch.Tensor, state: SampleState) -> torch.Tensor:
             k, t = state.info.step, state.info.num_steps
@@ -128,4 +134,6 @@ class Halton:
         builder.claim("schedule", HaltonSchedule(config.steps), Halton.name)
         builder.claim("scorer", scorer, Halton.name)
         builder.claim("selector", selector, Halton.name)
+        if config.resample_revealed:
+            builder.claim("token_sampler", categorical_everywhere, Halton.name)
         builder.add_processor(multiplier, Halton.name)

@@ -36,6 +36,7 @@ from migbench.schedules import (
     masked_after_steps,
     time_grid,
 )
+from migbench.slots import categorical, lowest
 
 
 @dataclass(frozen=True)
@@ -81,25 +82,10 @@ class RevealSchedule:
                 for k in range(self.steps)]
 
 
-def categorical(logits: torch.Tensor, state: SampleState) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample ids (B, N) from softmax(logits (B, N, K)); return them and their log-probabilities."""
-    logp = torch.log_softmax(logits, dim=-1)
-    tokens = (logp + gumbel(logp.shape, state.generator, logp.device)).argmax(dim=-1)
-    return tokens, logp.gather(-1, tokens[..., None]).squeeze(-1)
-
-
 def keep_decoded(candidates: torch.Tensor, scores: torch.Tensor, state: SampleState) -> torch.Tensor:
     """MaskGIT's selector: the ``masked_after`` lowest-scoring *masked* positions stay masked."""
     scores = scores.masked_fill(~state.masked, float("inf"))
     return candidates.masked_fill(lowest(scores, state.info.masked_after), state.backbone.layout.mask_id)
-
-
-def lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """(B, N) bool marking the ``count`` lowest scores of each row."""
-    out = torch.zeros_like(scores, dtype=torch.bool)
-    if count > 0:
-        out.scatter_(1, scores.topk(count, dim=1, largest=False).indices, True)
-    return out
 
 
 class MaskGIT:

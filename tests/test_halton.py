@@ -21,3 +21,24 @@ def test_reveal_counts() -> None:
     assert revealed_after_step(0, 8, 64) == 5
     assert revealed_after_step(7, 8, 64) == 64
     assert revealed_after_step(0, 64, 64) == 1
+
+
+def test_revealed_tokens_kept_unless_resampling() -> None:
+    import torch
+    from migbench.backbones.stacks import toy
+
+    from migbench.recipe import build_sampler, resolve
+
+    stack = toy()
+    for resample in (False, True):
+        sampler = build_sampler(resolve("halton", {"halton.resample_revealed": resample}), stack.backbone)
+        canvases: list = []
+
+        def recording(c, s, st, original=sampler.selector, canvases=canvases):
+            canvases.append(original(c, s, st))
+            return canvases[-1]
+        sampler.selector = recording
+        sampler(torch.arange(4), torch.Generator().manual_seed(0))
+        mask_id = stack.backbone.layout.mask_id
+        changed = any(bool(((a != mask_id) & (b != a)).any()) for a, b in zip(canvases[:-1], canvases[1:], strict=True))
+        assert changed == resample

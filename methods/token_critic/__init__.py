@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 from migbench.backbones.transformer import TransformerConfig
-from migbench.methods.maskgit import lowest
 from migbench.methods.token_critic.critic import TokenCritic
 
 from migbench import weights
 from migbench.config import check_choices, knob
 from migbench.rng import gumbel
 from migbench.sampler import SamplerBuilder, SampleState
+from migbench.slots import lowest
 
 
 @dataclass(frozen=True)
