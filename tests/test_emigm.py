@@ -77,7 +77,8 @@ def test_scale_schedules_use_revealed_fraction() -> None:
 @pytest.mark.parametrize("methods", [["emigm", "cfg_interval"], ["cfg_interval"]])
 def test_released_setting_costs_19_passes(methods) -> None:
     """16 steps, interval (0.1, 0.3]: guidance at s = 0.25, 0.1875, 0.125 only -> 16 + 3."""
-    overrides = {"maskgit.cfg_scale": 4.0, "maskgit.cfg_convention": "muse", "maskgit.steps": 16}
+    steps = "emigm.steps" if "emigm" in methods else "maskgit.steps"
+    overrides = {"maskgit.cfg_scale": 4.0, "maskgit.cfg_convention": "muse", steps: 16}
     result = generate(toy(), resolve(methods, overrides), 4, 0, batch_size=4, progress=False)
     assert result.nfe_per_image["backbone"] == 19
 

@@ -69,15 +69,12 @@ def test_cfg_conventions(stack) -> None:
         assert builder.guidance["cfg"].scale_at(info) == pytest.approx(expected)
 
 
-def test_cfg_logits_per_formula(stack) -> None:
+def test_cfg_logits_per_formula(stack, first_step_logits) -> None:
     """(1 + w) l_c - w l_u on the real branches of the toy backbone at step 0."""
     recipe = resolve("maskgit", {"maskgit.cfg_scale": 1.5, "maskgit.steps": 1})
     sampler = build_sampler(recipe, stack.backbone)
-    seen = {}
-    sampler.token_sampler = lambda logits, state: (seen.setdefault("l", logits),
-                                                   (logits.argmax(-1), logits.max(-1).values))[1]
     labels = torch.tensor([1, 2])
-    sampler(labels, torch.Generator().manual_seed(0))
+    seen = {"l": first_step_logits(sampler, labels)}
     ids = torch.full((2, 64), stack.backbone.layout.mask_id)
     lc = stack.backbone(ids, labels).logits.float()
     lu = stack.backbone(ids, torch.full_like(labels, -1)).logits.float()

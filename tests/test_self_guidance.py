@@ -34,14 +34,11 @@ def test_adapter_at_initialisation(adapter) -> None:
     assert len(signals) == 2 and all(s.shape == h.shape for s in signals)
 
 
-def test_guided_logits_are_two_l_minus_aux_at_s_one(adapter) -> None:
+def test_guided_logits_are_two_l_minus_aux_at_s_one(adapter, first_step_logits) -> None:
     stack = toy()
     sampler = build_sampler(resolve("self_guidance", {"maskgit.steps": 1}), stack.backbone)
-    seen = {}
-    sampler.token_sampler = lambda logits, state: (seen.setdefault("l", logits),
-                                                   (logits.argmax(-1), logits.max(-1).values))[1]
     labels = torch.tensor([1, 2])
-    sampler(labels, torch.Generator().manual_seed(0))
+    seen = {"l": first_step_logits(sampler, labels)}
     ids = torch.full((2, 64), stack.backbone.layout.mask_id)
     main = stack.backbone(ids, labels)
     aux = AuxiliaryPass(2)
