@@ -116,7 +116,7 @@ def _print_metrics(title: str, metrics: dict[str, float]) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     import json
 
-    from migbench.benchmarks.metrics.evaluate import evaluate
+    from migbench.benchmarks.metrics.evaluate import Extractor, evaluate
     from migbench.images import load_png_folder, load_samples
 
     path = Path(args.samples)
@@ -127,7 +127,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(f"migbench eval: {path} is neither a samples .npz nor a folder of PNGs", file=sys.stderr)
         return 2
-    result = evaluate(images, labels, ref=args.ref, data_dir=args.data_dir, prc=not args.no_prc)
+    extractor = (Extractor.inception(args.inception_weights) if args.extractor == "inception-v3-compat"
+                 else Extractor.fmnist())
+    result = evaluate(images, labels, ref=args.ref, extractor=extractor, data_dir=args.data_dir,
+                      prc=not args.no_prc)
     _print_metrics(f"{path} ({len(images)} images) against {args.ref}", result["metrics"])
     out = Path(args.out) if args.out else (path if path.is_dir() else path.parent) / "eval.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -273,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", default="fmnist-train", help="fmnist-train, fmnist-test, or an images .npz")
     p.add_argument("--out", default=None, help="JSON output (default: eval.json beside the samples)")
     p.add_argument("--no-prc", action="store_true", help="skip precision/recall")
+    p.add_argument("--extractor", default="fmnist-classifier", choices=["fmnist-classifier", "inception-v3-compat"],
+                   help="feature extractor (inception-v3-compat for ImageNet-scale runs)")
+    p.add_argument("--inception-weights", default=None,
+                   help="local copy of torch-fidelity's Inception weights (offline use)")
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=_cmd_eval)
 
