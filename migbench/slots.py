@@ -8,6 +8,11 @@ from migbench.rng import gumbel
 from migbench.sampler import SampleState
 
 
+def gumbel_max(logp: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One sample per row of log-probabilities (..., K) by Gumbel-max: argmax(logp + G)."""
+    return (logp + gumbel(logp.shape, generator, logp.device)).argmax(dim=-1)
+
+
 def categorical(logits: torch.Tensor, state: SampleState) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample ids at the masked positions from softmax(logits (B, N, K)) by Gumbel-max.
 
@@ -16,7 +21,7 @@ def categorical(logits: torch.Tensor, state: SampleState) -> tuple[torch.Tensor,
     """
     masked = state.masked
     logp = torch.log_softmax(logits[masked], dim=-1)
-    chosen = (logp + gumbel(logp.shape, state.generator, logp.device)).argmax(dim=-1)
+    chosen = gumbel_max(logp, state.generator)
     tokens = state.ids.masked_scatter(masked, chosen)
     out = torch.zeros(masked.shape, dtype=logp.dtype, device=logp.device)
     return tokens, out.masked_scatter(masked, logp.gather(-1, chosen[:, None]).squeeze(-1))
@@ -25,7 +30,7 @@ def categorical(logits: torch.Tensor, state: SampleState) -> tuple[torch.Tensor,
 def categorical_everywhere(logits: torch.Tensor, state: SampleState) -> tuple[torch.Tensor, torch.Tensor]:
     """Like :func:`categorical` but at every position (for samplers that rewrite revealed tokens)."""
     logp = torch.log_softmax(logits, dim=-1)
-    tokens = (logp + gumbel(logp.shape, state.generator, logp.device)).argmax(dim=-1)
+    tokens = gumbel_max(logp, state.generator)
     return tokens, logp.gather(-1, tokens[..., None]).squeeze(-1)
 
 

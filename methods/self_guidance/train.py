@@ -31,7 +31,7 @@ from migbench.methods.self_guidance.adapter import AuxiliaryPass, TOASTAdapter, 
 
 from migbench import weights
 from migbench.api import HookSet
-from migbench.rng import gumbel
+from migbench.slots import gumbel_max
 from migbench.training import TrainLoop, batch_indices, warmup_cosine
 
 SUBSTITUTION_RATE = 0.3
@@ -68,7 +68,7 @@ def corrupted_batch(backbone: MaskedTransformer, x0: torch.Tensor, labels: torch
     blank = torch.full_like(x0, backbone.layout.mask_id)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = backbone(blank, labels).logits.float()
-    samples = (torch.log_softmax(logits, -1) + gumbel(logits.shape, generator, logits.device)).argmax(-1)
+    samples = gumbel_max(torch.log_softmax(logits, -1), generator)
     substituted = substitution_mask(masked, SUBSTITUTION_RATE, generator)
     canvas = torch.where(substituted, samples, x0).masked_fill(masked, backbone.layout.mask_id)
     return canvas, substituted

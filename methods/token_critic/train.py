@@ -23,7 +23,7 @@ from migbench.backbones.transformer import MaskedTransformer
 from migbench.methods.token_critic.critic import CRITIC_CONFIG, TokenCritic, auroc
 
 from migbench import weights
-from migbench.rng import gumbel
+from migbench.slots import gumbel_max
 from migbench.training import TrainLoop, batch_indices, warmup_cosine
 
 
@@ -52,7 +52,7 @@ def corrupt(generator: MaskedTransformer, x0: torch.Tensor, labels: torch.Tensor
     inputs = x0.masked_fill(mask, generator.layout.mask_id)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = generator(inputs, labels).logits.float()
-    sampled = (torch.log_softmax(logits, -1) + gumbel(logits.shape, gen, logits.device)).argmax(-1)
+    sampled = gumbel_max(torch.log_softmax(logits, -1), gen)
     return torch.where(mask, sampled, x0)
 
 
