@@ -86,6 +86,23 @@ def metrics_table(table: pd.DataFrame) -> str:
     return tabulate(body, headers=headers, tablefmt="github")
 
 
+def cost_table(table: pd.DataFrame) -> str:
+    """Per run: NFE per image, images/s and time per image relative to the first run (the
+    suite's baseline), extra parameters online / precomputed (KA-MIG's efficiency table)."""
+    runs = table.groupby("label", sort=False).agg(
+        nfe_min=("nfe", "min"), nfe_max=("nfe", "max"), images_per_s=("images_per_s", "mean"),
+        online=("extra_params_online", "max"), precomputed=("extra_params_precomputed", "max"))
+    base = runs["images_per_s"].iloc[0]
+    body = []
+    for label, r in runs.iterrows():
+        nfe = f"{r['nfe_min']:g}" if r["nfe_min"] == r["nfe_max"] else f"{r['nfe_min']:g}-{r['nfe_max']:g}"
+        body.append([label, nfe, f"{r['images_per_s']:.1f}", f"{base / r['images_per_s']:.2f}x",
+                     f"{int(r['online']):,}", f"{int(r['precomputed']):,}"])
+    return tabulate(body, headers=["run", "NFE / image", "images/s", f"time / image vs {runs.index[0]}",
+                                   "extra params online", "extra params precomputed"], tablefmt="github",
+                    disable_numparse=True)
+
+
 def best_per_run(table: pd.DataFrame) -> pd.DataFrame:
     return table.loc[table.groupby("label", sort=False)["fid"].idxmin()]
 
@@ -258,6 +275,9 @@ def report(suite: str, results_root: Path | None = None, reports_root: Path | No
         best = best_per_run(table)
         lines += ["### Best FID per run", "", metrics_table(best), "", f"![FID-IS curves]({plot_name})", "",
                   "### Pareto front (FID ↓, IS ↑)", "", metrics_table(pareto_front(table)), "",
+                  "### Cost", "", "Mean over each run's points; sampling only (evaluation excluded), "
+                  f"{p['device']}, batch of the suite. Online parameters run at sampling time; precomputed "
+                  "ones were folded into constants before sampling.", "", cost_table(table), "",
                   "### All points", "", metrics_table(table), ""]
         comparisons = paper_comparisons(suite, best, load_papers())
         if comparisons:

@@ -26,7 +26,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     command = args.command_line
-    run_dir = Path(args.run_dir or f"runs/{args.what}")
+    default_dir = f"runs/{args.what}" if args.recipe == "maskgit" else f"runs/{args.what}_{args.recipe}"
+    run_dir = Path(args.run_dir or default_dir)
     if args.what == "tokenizer":
         from migbench.backbones.train_tokenizer import TokenizerRecipe, train_tokenizer
 
@@ -229,7 +230,8 @@ def _cmd_regress(args: argparse.Namespace) -> int:
 
 
 def json_compact(d: dict) -> str:
-    return ", ".join(f"{k}={v}" for k, v in d.items())
+    """Scalar metrics as ``k=v`` (nested breakdowns stay in manifest.json)."""
+    return ", ".join(f"{k}={v}" for k, v in d.items() if not isinstance(v, dict))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -115,6 +115,9 @@ class TrainLoop:
         if not self.checkpoint_path.exists():
             return 0
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        if state.get("name", self.name) != self.name:
+            raise ValueError(f"{self.checkpoint_path} belongs to {state['name']!r}, not {self.name!r}; "
+                             "pass another --run-dir (or delete that folder to start over)")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         return int(state["step"])
@@ -125,7 +128,7 @@ class TrainLoop:
         if not accelerator.is_main_process:
             return
         state = {"model": accelerator.unwrap_model(model).state_dict(),
-                 "optimizer": optimizer.state_dict(), "step": step,
+                 "optimizer": optimizer.state_dict(), "step": step, "name": self.name,
                  **(extra_state() if extra_state else {})}
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from migbench.benchmarks.report import aggregate, interval, pareto_front, report
+from migbench.benchmarks.report import aggregate, cost_table, interval, pareto_front, report
 from migbench.benchmarks.results import RESULTS_FILE, append_row, read_rows, repair
 from migbench.benchmarks.suite import SuiteError, load_suite, parse_suite
 
@@ -152,6 +152,15 @@ def test_report_from_fixture(tmp_path) -> None:
     table = aggregate(rows)
     assert list(pareto_front(table)["label"]) == ["maskgit"]
     assert interval(pd.Series([10.5])) == (10.5, 0.0)
+
+
+def test_cost_table_relative_to_the_first_run() -> None:
+    guided = fake_row("guided", 1.0, 0, 9.0, 5.0)
+    guided["cost"] = {"nfe_per_image": {"total": 16.0}, "images_per_second": 25.0,
+                      "extra_parameters": {"x": {"online": 1000, "precomputed": 500}}}
+    text = cost_table(aggregate([fake_row("maskgit", 1.0, 0, 10.0, 5.0), guided]))
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()[2:]]
+    assert rows == [["maskgit", "8", "50.0", "1.00x", "0", "0"], ["guided", "16", "25.0", "2.00x", "1,000", "500"]]
 
 
 def test_report_splits_provenance_groups(tmp_path) -> None:

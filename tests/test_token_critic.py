@@ -6,7 +6,7 @@ import torch
 from migbench.backbones.stacks import toy
 from migbench.methods import token_critic
 from migbench.methods.token_critic import remask_anywhere
-from migbench.methods.token_critic.critic import TokenCritic, auroc
+from migbench.methods.token_critic.critic import TokenCritic, auroc, breakdown
 from migbench.methods.token_critic.train import CriticRecipe, critic_labels
 
 from migbench.generate import generate
@@ -38,6 +38,19 @@ def test_auroc_hand_values() -> None:
     assert auroc(torch.tensor([0.0, 1.0]), torch.tensor([0, 1])) == 1.0
     with pytest.raises(ValueError):
         auroc(torch.tensor([0.0, 1.0]), torch.tensor([1, 1]))
+
+
+def test_auroc_breakdown_hand_values() -> None:
+    scores = torch.tensor([[3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 2.0, 3.0]])
+    mask = torch.tensor([[True, True, False, False], [True, False, True, False]])
+    differs = torch.tensor([[True, False, False, False], [True, False, True, False]])
+    out = breakdown(scores, mask, differs)
+    assert out["pooled"] == pytest.approx(10 / 16, abs=1e-4)  # (3.5 + 3 + 0.5 + 3) / (4 * 4)
+    assert out["within_canvas"] == pytest.approx((1.0 + 0.25) / 2, abs=1e-4)
+    assert out["by_ratio"] == {"(0.25, 0.5]": pytest.approx(10 / 16, abs=1e-4)}
+    assert out["sampled_equal"] == 0.25 and out["oracle"] == 0.875
+    assert out["differing_only"] == pytest.approx(7 / 12, abs=1e-4)
+    assert out["against_differs"] == pytest.approx(8.5 / 15, abs=1e-4)
 
 
 def test_remasking_can_revoke_an_accepted_token() -> None:
@@ -92,3 +105,14 @@ def test_constant_critic_remasks_at_random_anywhere(monkeypatch) -> None:
     mask_id = stack.backbone.layout.mask_id
     revoked = sum(int(((~before) & (after == mask_id)).sum()) for before, after in seen)
     assert revoked > 0
+
+
+def test_critic_from_generator_copies_the_body_and_adds_a_fresh_head() -> None:
+    generator = toy().backbone
+    critic = TokenCritic.from_generator(generator)
+    assert critic.config == generator.config
+    body, source = critic.body.state_dict(), generator.state_dict()
+    assert all(torch.equal(body[k], v) for k, v in source.items() if not k.startswith("head."))
+    assert critic.body.head.weight.shape == (1, generator.width)
+    ids = torch.randint(0, 16, (2, generator.config.num_tokens))
+    assert critic(ids, torch.tensor([0, 1])).shape == (2, generator.config.num_tokens)

@@ -15,7 +15,7 @@ DATA = torch.randint(0, 16, (64, 64), generator=torch.Generator().manual_seed(0)
 LABELS = torch.arange(64) % 10
 
 
-def run(run_dir, stop_after=None):
+def run(run_dir, stop_after=None, name="tiny"):
     torch.manual_seed(0)
     model = MaskedTransformer(TINY)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -26,7 +26,7 @@ def run(run_dir, stop_after=None):
         loss, acc = masked_loss(net, DATA[idx], LABELS[idx], mask, 0.1)
         return loss, {"acc": float(acc)}
 
-    loop = TrainLoop(name="tiny", total_steps=6, seed=0, run_dir=run_dir, stop_after=stop_after,
+    loop = TrainLoop(name=name, total_steps=6, seed=0, run_dir=run_dir, stop_after=stop_after,
                      lr_at=lambda s: warmup_cosine(s, 6, 2, 1e-3))
     return loop.run(model, optimizer, step_fn), loop
 
@@ -41,6 +41,12 @@ def test_resume_matches_uninterrupted(tmp_path) -> None:
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     logged = [json.loads(line)["step"] for line in (tmp_path / "b" / "train.log").read_text().splitlines()]
     assert logged[0] == 0 and logged[-1] == 5
+
+
+def test_resume_refuses_another_runs_checkpoint(tmp_path) -> None:
+    run(tmp_path, stop_after=2)
+    with pytest.raises(ValueError, match="belongs to 'tiny', not 'other'.*--run-dir"):
+        run(tmp_path, name="other")
 
 
 def test_batch_indices_are_epoch_permutations() -> None:

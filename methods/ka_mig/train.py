@@ -21,7 +21,12 @@ from pathlib import Path
 
 import torch
 from migbench.backbones.fmnist import TOKENIZER, load_transformer, token_maps
-from migbench.backbones.train_backbone import masked_loss, sample_mask
+from migbench.backbones.train_backbone import (
+    BackboneRecipe,
+    masked_loss,
+    sample_mask,
+    validation_metrics,
+)
 from migbench.methods.ka_mig.fusion import KAMIGModule, Switches
 from migbench.methods.ka_mig.graphs import (
     content_hash,
@@ -94,21 +99,19 @@ def train_ka_mig(run_dir: Path, recipe: KAMIGRecipe = KAMIGRecipe(), data_dir: s
     module = fresh()
     optimizer = torch.optim.AdamW(module.parameters(), lr=recipe.lr, betas=(0.99, 0.99), weight_decay=0.0)
 
-    def fused_loss(net: KAMIGModule, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor,
-                   smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
-
+    def hooked(net: KAMIGModule) -> _Hooked:
         hooks = HookSet()
         constants = net.constants(backbone.token_embeddings())
         for site, hook in net.hooks(Switches(), lambda ctx: constants).items():
             hooks.add(site, hook, "ka_mig")
-        return masked_loss(_Hooked(backbone, hooks), x, y, mask, smoothing)
+        return _Hooked(backbone, hooks)
 
     def step_fn(net: torch.nn.Module, step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         idx = batch_indices(len(ids), recipe.batch_size, recipe.seed, step)
         x, y = ids[idx], labels[idx].clone()
         y[torch.rand(len(y), generator=gen) < recipe.class_dropout] = NULL_LABEL
         mask = sample_mask(len(x), x.shape[1], "cosine", 0.0, gen)
-        loss, acc = fused_loss(net, x, y, mask, recipe.label_smoothing)
+        loss, acc = masked_loss(hooked(net), x, y, mask, recipe.label_smoothing)
         return loss, {"masked_accuracy": float(acc)}
 
     loop = TrainLoop(name=f"fit {recipe.name}", total_steps=recipe.steps, seed=recipe.seed, run_dir=run_dir,
@@ -119,19 +122,9 @@ def train_ka_mig(run_dir: Path, recipe: KAMIGRecipe = KAMIGRecipe(), data_dir: s
         return module
     test_ids, test_labels = token_maps("test", TOKENIZER, data_dir)
 
-    @torch.no_grad()
     def measure(net: KAMIGModule) -> dict[str, float]:
-        gen = torch.Generator().manual_seed(1234)
-        total_loss = total_acc = 0.0
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            for i in range(0, len(test_ids), 1000):
-                x, y = test_ids[i:i + 1000], test_labels[i:i + 1000]
-                mask = sample_mask(len(x), x.shape[1], "cosine", 0.0, gen)
-                loss, acc = fused_loss(net, x, y, mask, 0.0)
-                total_loss += float(loss) * len(x)
-                total_acc += float(acc) * len(x)
-        return {"val_masked_loss": round(total_loss / len(test_ids), 4),
-                "val_masked_accuracy": round(total_acc / len(test_ids), 4)}
+        # the backbone's own held-out metric (same fixed masks), so the two are comparable
+        return validation_metrics(hooked(net), test_ids, test_labels, BackboneRecipe.named("maskgit"))
 
     return weights.publish(recipe.name, module, fresh, measure, command=command, started=started,
                            config={"model": {"kind": "ka_mig"}, "recipe": asdict(recipe),

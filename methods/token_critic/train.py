@@ -7,6 +7,10 @@ critic with per-token binary cross-entropy. Label ``mask`` (the paper's): 1 wher
 sampled, even when the sample equals x0. Label ``differs`` (lucidrains/muse-maskgit-pytorch's
 deviation): 1 where the spliced token differs from x0. Held-out metric: AUROC of the critic's
 logits against the labels on test token maps (fixed masks).
+
+``init``: "generator" (default) makes the critic the generator's size (the paper) and starts its
+body from the generator's weights (our choice, see :mod:`.critic`); "scratch" the same size from
+random weights.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch.nn.functional as F
 from migbench.backbones.fmnist import TOKENIZER, load_transformer, token_maps
 from migbench.backbones.train_backbone import sample_mask
 from migbench.backbones.transformer import MaskedTransformer
-from migbench.methods.token_critic.critic import CRITIC_CONFIG, TokenCritic, auroc
+from migbench.methods.token_critic.critic import TokenCritic, auroc, breakdown
 
 from migbench import weights
 from migbench.slots import gumbel_max
@@ -32,10 +36,11 @@ class CriticRecipe:
     name: str = "fmnist_token_critic"
     generator: str = "fmnist_maskgit"
     label: str = "mask"
+    init: str = "generator"
     mask_schedule: str = "cosine"
-    steps: int = 600
+    steps: int = 400
     batch_size: int = 256
-    lr: float = 5e-4
+    lr: float = 2e-4
     warmup: int = 50
     weight_decay: float = 0.05
     seed: int = 0
@@ -43,6 +48,8 @@ class CriticRecipe:
     def __post_init__(self) -> None:
         if self.label not in ("mask", "differs"):
             raise ValueError(f"label must be 'mask' (paper) or 'differs' (lucidrains), got {self.label!r}")
+        if self.init not in ("generator", "scratch"):
+            raise ValueError(f"init must be 'generator' or 'scratch', got {self.init!r}")
 
 
 @torch.no_grad()
@@ -62,19 +69,34 @@ def critic_labels(x0: torch.Tensor, spliced: torch.Tensor, mask: torch.Tensor, k
 
 
 @torch.no_grad()
-def held_out_auroc(critic: TokenCritic, generator: MaskedTransformer, ids: torch.Tensor,
-                   labels: torch.Tensor, recipe: CriticRecipe, batch: int = 500) -> float:
+def held_out_scores(critic: TokenCritic, generator: MaskedTransformer, ids: torch.Tensor,
+                    labels: torch.Tensor, recipe: CriticRecipe, batch: int = 500
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Critic logits (M, N), masks (M, N) and "differs" flags (M, N) on held-out splices (fixed masks)."""
     critic.eval()
     gen = torch.Generator().manual_seed(4321)
-    scores, targets = [], []
+    scores, masks, differs = [], [], []
     for i in range(0, len(ids), batch):
         x0, y = ids[i:i + batch], labels[i:i + batch]
         mask = sample_mask(len(x0), x0.shape[1], recipe.mask_schedule, 0.0, gen)
         spliced = corrupt(generator, x0, y, mask, gen)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             scores.append(critic(spliced, y))
-        targets.append(critic_labels(x0, spliced, mask, recipe.label))
-    return round(auroc(torch.cat(scores), torch.cat(targets)), 4)
+        masks.append(mask)
+        differs.append(spliced != x0)
+    return torch.cat(scores), torch.cat(masks), torch.cat(differs)
+
+
+def held_out_metrics(critic: TokenCritic, generator: MaskedTransformer, ids: torch.Tensor,
+                     labels: torch.Tensor, recipe: CriticRecipe) -> dict[str, object]:
+    """The manifest's critic metrics: AUROC against the training label, and its breakdown."""
+    scores, mask, differs = held_out_scores(critic, generator, ids, labels, recipe)
+    split = breakdown(scores, mask, differs)
+    target = mask if recipe.label == "mask" else differs
+    return {"held_out_auroc": round(auroc(scores, target), 4),
+            "within_canvas_auroc": split["within_canvas"], "auroc_by_mask_ratio": split["by_ratio"],
+            "differing_only_auroc": split["differing_only"], "against_differs_auroc": split["against_differs"],
+            "sampled_equal": split["sampled_equal"], "oracle_auroc": split["oracle"]}
 
 
 def train_critic(run_dir: Path, recipe: CriticRecipe = CriticRecipe(), data_dir: str | None = None,
@@ -82,7 +104,7 @@ def train_critic(run_dir: Path, recipe: CriticRecipe = CriticRecipe(), data_dir:
     started = time.monotonic()
     generator = load_transformer(recipe.generator)
     ids, labels = token_maps("train", TOKENIZER, data_dir)
-    critic = TokenCritic(CRITIC_CONFIG)
+    critic = TokenCritic.from_generator(generator) if recipe.init == "generator" else TokenCritic(generator.config)
     optimizer = torch.optim.AdamW(critic.parameters(), lr=recipe.lr, betas=(0.9, 0.95),
                                   weight_decay=recipe.weight_decay)
 
@@ -104,8 +126,8 @@ def train_critic(run_dir: Path, recipe: CriticRecipe = CriticRecipe(), data_dir:
         return critic
     test_ids, test_labels = token_maps("test", TOKENIZER, data_dir)
     return weights.publish(
-        recipe.name, critic, lambda: TokenCritic(CRITIC_CONFIG),
-        lambda m: {"held_out_auroc": held_out_auroc(m, generator, test_ids, test_labels, recipe)},
+        recipe.name, critic, lambda: TokenCritic(generator.config),
+        lambda m: held_out_metrics(m, generator, test_ids, test_labels, recipe),
         command=command, started=started,
         config={"model": critic.describe(), "recipe": asdict(recipe),
                 "generator_sha256": weights.manifest_entry(recipe.generator)["sha256"]})
