@@ -56,14 +56,15 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         return 2
     command = args.command_line
     options = {k: v for k, v in (("steps", args.steps), ("label", args.label),
-                                 ("graphs_only", args.graphs_only or None)) if v is not None}
+                                 ("graphs_only", args.graphs_only or None), ("only", args.only)) if v is not None}
     accepted = inspect.signature(method.fit).parameters
     unknown = [k for k in options if k not in accepted]
     if unknown:
         print(f"migbench fit {args.method}: no option {', '.join('--' + k for k in unknown)}", file=sys.stderr)
         return 2
-    method.fit(Path(args.run_dir or f"runs/{args.method}"), command, **options)
-    print(f"weights and manifest entry written; training log in {args.run_dir or f'runs/{args.method}'}/train.log")
+    run_dir = args.run_dir or f"runs/{args.method}" + (f"_{args.only}" if args.only else "")
+    method.fit(Path(run_dir), command, **options)
+    print(f"weights and manifest entry written; training log in {run_dir}/train.log")
     return 0
 
 
@@ -256,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
     p.add_argument("--label", default=None, help="token_critic: mask (paper) or differs (lucidrains)")
     p.add_argument("--graphs-only", action="store_true", help="ka_mig: only build and save the three graphs")
+    p.add_argument("--only", default=None, choices=("cooccurrence", "semantic", "incompatibility"),
+                   help="ka_mig: train a one-graph ablation model (weights fmnist_ka_mig_<graph>)")
     p.add_argument("--run-dir", default=None, help="checkpoint/log folder (default runs/METHOD)")
     p.set_defaults(func=_cmd_fit)
 

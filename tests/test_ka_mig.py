@@ -155,3 +155,13 @@ def test_negative_prior_rows_average_incompatible_tokens() -> None:
     incompatible = torch.tensor([[[True, False, True]]])
     weights = NegativePrior.weights(incompatible)
     assert weights.tolist() == [[[0.5, 0.0, 0.5]]]
+
+
+def test_one_graph_recipes_switch_the_other_graphs_off() -> None:
+    from migbench.methods.ka_mig.train import KAMIGRecipe
+
+    assert KAMIGRecipe().switches() == Switches()
+    assert KAMIGRecipe(only="semantic").switches() == Switches(cooccurrence=False, semantic=True,
+                                                               incompatibility=False)
+    with pytest.raises(ValueError, match="only must be one of cooccurrence, semantic, incompatibility"):
+        KAMIGRecipe(only="co")

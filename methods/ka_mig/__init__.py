@@ -111,12 +111,17 @@ class KAMIG:
             builder.add_hook(site, hook, KAMIG.name)
 
     @staticmethod
-    def fit(run_dir: Path, command: str, steps: int | None = None, graphs_only: bool = False) -> None:
+    def fit(run_dir: Path, command: str, steps: int | None = None, graphs_only: bool = False,
+            only: str | None = None) -> None:
+        """Build the graphs, or fine-tune the module; ``only`` trains a one-graph ablation model
+        (weights ``fmnist_ka_mig_<graph>``, sampled with the matching ``ka_mig.*`` switches)."""
         from dataclasses import replace
 
         from migbench.methods.ka_mig.train import KAMIGRecipe, build_graphs, train_ka_mig
 
         recipe = KAMIGRecipe() if steps is None else replace(KAMIGRecipe(), steps=steps)
+        if only:
+            recipe = replace(recipe, only=only, name=f"{recipe.name}_{only}")
         if graphs_only:
             build_graphs(recipe, command=command)
         else:

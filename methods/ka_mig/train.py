@@ -53,6 +53,21 @@ class KAMIGRecipe:
     class_dropout: float = 0.15
     label_smoothing: float = 0.1
     seed: int = 0
+    only: str = ""  # "" trains with all three graphs; a graph name trains that graph alone
+
+    def __post_init__(self) -> None:
+        if self.only not in ("", *GRAPH_SWITCHES):
+            raise ValueError(f"only must be one of {', '.join(GRAPH_SWITCHES)} (or empty for all three), "
+                             f"got {self.only!r}")
+
+    def switches(self) -> Switches:
+        """The graphs this recipe trains with (the paper's one-graph ablation rows train one)."""
+        if not self.only:
+            return Switches()
+        return Switches(**{graph: graph == self.only for graph in GRAPH_SWITCHES})
+
+
+GRAPH_SWITCHES = ("cooccurrence", "semantic", "incompatibility")
 
 
 def graph_tensors(ids: torch.Tensor, labels: torch.Tensor, num_tokens: int, num_classes: int,
@@ -102,7 +117,7 @@ def train_ka_mig(run_dir: Path, recipe: KAMIGRecipe = KAMIGRecipe(), data_dir: s
     def hooked(net: KAMIGModule) -> _Hooked:
         hooks = HookSet()
         constants = net.constants(backbone.token_embeddings())
-        for site, hook in net.hooks(Switches(), lambda ctx: constants).items():
+        for site, hook in net.hooks(recipe.switches(), lambda ctx: constants).items():
             hooks.add(site, hook, "ka_mig")
         return _Hooked(backbone, hooks)
 
