@@ -56,7 +56,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         return 2
     command = args.command_line
     options = {k: v for k, v in (("steps", args.steps), ("label", args.label),
-                                 ("graphs_only", args.graphs_only or None), ("only", args.only)) if v is not None}
+                                 ("graphs_only", args.graphs_only or None), ("only", args.only),
+                                 ("init", args.init)) if v is not None}
     accepted = inspect.signature(method.fit).parameters
     unknown = [k for k in options if k not in accepted]
     if unknown:
@@ -256,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("method", help="a method with trainable parts, e.g. token_critic")
     p.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
     p.add_argument("--label", default=None, help="token_critic: mask (paper) or differs (lucidrains)")
+    p.add_argument("--init", default=None, choices=("generator", "scratch"),
+                   help="token_critic: start the critic from the generator's weights (default) or from scratch")
     p.add_argument("--graphs-only", action="store_true", help="ka_mig: only build and save the three graphs")
     p.add_argument("--only", default=None, choices=("cooccurrence", "semantic", "incompatibility"),
                    help="ka_mig: train a one-graph ablation model (weights fmnist_ka_mig_<graph>)")

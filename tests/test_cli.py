@@ -35,6 +35,10 @@ def test_sample_rejects_bad_input(tmp_path, capsys) -> None:
 def test_fit_rejects_unknown_options(capsys) -> None:
     assert main(["fit", "self_guidance", "--label", "mask"]) == 2
     assert "no option --label" in capsys.readouterr().err
+    assert main(["fit", "ka_mig", "--init", "scratch"]) == 2
+    assert "no option --init" in capsys.readouterr().err
+    assert main(["fit", "token_critic", "--only", "semantic"]) == 2
+    assert "no option --only" in capsys.readouterr().err
     assert main(["fit", "halton"]) == 2
 
 

@@ -101,11 +101,13 @@ class TokenCriticMethod:
         builder.claim("selector", remask_anywhere, TokenCriticMethod.name)
 
     @staticmethod
-    def fit(run_dir: Path, command: str, steps: int | None = None, label: str | None = None) -> None:
+    def fit(run_dir: Path, command: str, steps: int | None = None, label: str | None = None,
+            init: str | None = None) -> None:
+        """Train the critic; ``label`` mask|differs, ``init`` generator|scratch (see :mod:`.train`)."""
         from dataclasses import replace
 
         from migbench.methods.token_critic.train import CriticRecipe, train_critic
 
-        recipe = CriticRecipe()
-        recipe = replace(recipe, **{k: v for k, v in (("steps", steps), ("label", label)) if v is not None})
+        options = (("steps", steps), ("label", label), ("init", init))
+        recipe = replace(CriticRecipe(), **{k: v for k, v in options if v is not None})
         train_critic(run_dir, recipe, command=command)

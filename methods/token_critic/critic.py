@@ -7,9 +7,9 @@ canvas (no mask tokens at sampling time).
 
 The paper's critic is a transformer of the generator's size. ``TokenCritic.from_generator``
 builds that and starts its body from the generator's weights (a new 1-logit head): our choice,
-close to lucidrains' ``SelfCritic`` (a critic head on the generator's own features). A critic
-small critic trained from scratch (width 192, 4 blocks, 600 steps) learned mostly the canvas's
-mask ratio here: pooled AUROC 0.68 but within-canvas AUROC 0.52 (see :func:`breakdown`).
+close to lucidrains' ``SelfCritic`` (a critic head on the generator's own features). A smaller
+critic trained from scratch (width 192, 4 blocks, 600 steps) learned mostly the canvas's mask ratio
+here: pooled AUROC 0.68 but within-canvas AUROC 0.52 (see :func:`breakdown`).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ class CriticRecipe:
     label: str = "mask"
     init: str = "generator"
     mask_schedule: str = "cosine"
-    steps: int = 400
+    steps: int = 200
     batch_size: int = 256
     lr: float = 2e-4
     warmup: int = 50
