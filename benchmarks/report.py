@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -289,7 +290,7 @@ def report(suite: str, results_root: Path | None = None, reports_root: Path | No
         for _, r in best.iterrows():
             grid = folder / "grids" / f"{r['run_hash']}.png"
             if grid.exists():
-                name = f"{r['label']}{tag}.png".replace("/", "_").replace("+", "_")
+                name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{r['label']}{tag}") + ".png"  # a safe link target
                 shutil.copy(grid, out / "grids" / name)
                 lines += [f"**{r['label']}** ({r['swept']}, FID {r['fid']:.2f})", "",
                           f"![{r['label']}](grids/{name})", ""]
