@@ -160,13 +160,13 @@ def suite_hashes(suite: Suite, stacks: dict[str, Any], extractor: Extractor) -> 
     return out
 
 
-def current_hashes(suite_name: str) -> set[str] | None:
-    """Run hashes of the suite as it is defined now (None if no such suite file exists)."""
+def current_hashes(suite_name: str) -> list[str] | None:
+    """Run hashes of the suite as it is defined now, in suite order (None if no such suite file)."""
     try:
         suite = load_suite(suite_name)
     except SuiteError:
         return None
-    return {h for _, h in suite_hashes(suite, {}, Extractor.fmnist())}
+    return list(dict.fromkeys(h for _, h in suite_hashes(suite, {}, Extractor.fmnist())))
 
 
 def _write_floors(folder: Path, suite: Suite) -> None:
