@@ -26,7 +26,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     command = args.command_line
-    default_dir = f"runs/{args.what}" if args.recipe == "maskgit" else f"runs/{args.what}_{args.recipe}"
+    default_dir = f"runs/{args.what}" + (f"_{args.recipe}" if args.what == "backbone" and args.recipe != "maskgit" else "")
     run_dir = Path(args.run_dir or default_dir)
     if args.what == "tokenizer":
         from migbench.backbones.train_tokenizer import TokenizerRecipe, train_tokenizer
@@ -63,7 +63,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if unknown:
         print(f"migbench fit {args.method}: no option {', '.join('--' + k for k in unknown)}", file=sys.stderr)
         return 2
-    run_dir = args.run_dir or f"runs/{args.method}" + (f"_{args.only}" if args.only else "")
+    run_dir = args.run_dir or f"runs/{args.method}" + "".join(f"_{v}" for v in (args.only, args.label, args.init) if v)
     method.fit(Path(run_dir), command, **options)
     print(f"weights and manifest entry written; training log in {run_dir}/train.log")
     return 0
@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["tokenizer", "backbone", "classifier"])
     p.add_argument("--recipe", default="maskgit", help="backbone recipe: maskgit or emigm")
     p.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
-    p.add_argument("--run-dir", default=None, help="checkpoint/log folder (default runs/WHAT)")
+    p.add_argument("--run-dir", default=None, help="checkpoint/log folder (default runs/WHAT, runs/backbone_RECIPE)")
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=_cmd_train)
 
@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--graphs-only", action="store_true", help="ka_mig: only build and save the three graphs")
     p.add_argument("--only", default=None, choices=("cooccurrence", "semantic", "incompatibility"),
                    help="ka_mig: train a one-graph ablation model (weights fmnist_ka_mig_<graph>)")
-    p.add_argument("--run-dir", default=None, help="checkpoint/log folder (default runs/METHOD)")
+    p.add_argument("--run-dir", default=None, help="checkpoint/log folder (default runs/METHOD[_OPTION...])")
     p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser("sample", help="sample images with a methods list; writes samples.npz, grid.png, meta.json")

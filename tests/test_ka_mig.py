@@ -165,3 +165,16 @@ def test_one_graph_recipes_switch_the_other_graphs_off() -> None:
                                                                incompatibility=False)
     with pytest.raises(ValueError, match="only must be one of cooccurrence, semantic, incompatibility"):
         KAMIGRecipe(only="co")
+
+
+def test_one_graph_model_refuses_the_graphs_it_was_not_trained_with(monkeypatch) -> None:
+    from migbench.methods import ka_mig
+
+    from migbench import weights
+    from migbench.recipe import build_sampler, resolve
+
+    entry = {"sha256": "0" * 64, "config": {"recipe": {"only": "semantic"}}}
+    monkeypatch.setattr(weights, "manifest_entry", lambda name: entry)
+    monkeypatch.setattr(ka_mig, "load_module", lambda *args: pytest.fail("loaded before the check"))
+    with pytest.raises(ValueError, match="trained with semantic only; switch off cooccurrence, incompatibility"):
+        build_sampler(resolve("ka_mig", {}), toy().backbone)

@@ -84,6 +84,11 @@ class KAMIG:
     def install(builder: SamplerBuilder, config: KAMIGConfig) -> None:
         if not config.enabled:
             return
+        trained_only = weights.manifest_entry(config.weights)["config"].get("recipe", {}).get("only", "")
+        extra = [g for g, on in vars(config.switches()).items() if on is True and g != trained_only]
+        if trained_only and extra:
+            raise ValueError(f"ka_mig.weights={config.weights!r} was trained with {trained_only} only; "
+                             f"switch off {', '.join(extra)} (e.g. --set ka_mig.{extra[0]}=false)")
         backbone = builder.backbone
         device = next(backbone.parameters()).device
         module = load_module(config.weights, config.graphs, backbone)
@@ -120,6 +125,8 @@ class KAMIG:
         from migbench.methods.ka_mig.train import KAMIGRecipe, build_graphs, train_ka_mig
 
         recipe = KAMIGRecipe() if steps is None else replace(KAMIGRecipe(), steps=steps)
+        if only and graphs_only:
+            raise ValueError("--graphs-only builds the shared graphs; it takes no --only")
         if only:
             recipe = replace(recipe, only=only, name=f"{recipe.name}_{only}")
         if graphs_only:

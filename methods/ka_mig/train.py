@@ -1,4 +1,7 @@
-"""`migbench fit ka_mig [--graphs-only]`: build the graphs, then fine-tune KA-MIG's modules.
+"""`migbench fit ka_mig [--graphs-only] [--only GRAPH]`: build the graphs, then fine-tune KA-MIG's modules.
+
+``--only GRAPH`` trains a one-graph model (``fmnist_ka_mig_<graph>``) for the paper's ablation,
+which trains one model per graph configuration.
 
 Graphs come from the training split's token maps and are saved (``fmnist_ka_mig_graphs``) with
 their content hash in the manifest. Fine-tuning (ka_mig.md section 5): the backbone is frozen;

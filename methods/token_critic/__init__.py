@@ -103,11 +103,14 @@ class TokenCriticMethod:
     @staticmethod
     def fit(run_dir: Path, command: str, steps: int | None = None, label: str | None = None,
             init: str | None = None) -> None:
-        """Train the critic; ``label`` mask|differs, ``init`` generator|scratch (see :mod:`.train`)."""
+        """Train the critic; ``label`` mask|differs, ``init`` generator|scratch (see :mod:`.train`).
+        Non-default choices name the weights ``fmnist_token_critic_<differs>_<scratch>``."""
         from dataclasses import replace
 
         from migbench.methods.token_critic.train import CriticRecipe, train_critic
 
         options = (("steps", steps), ("label", label), ("init", init))
         recipe = replace(CriticRecipe(), **{k: v for k, v in options if v is not None})
-        train_critic(run_dir, recipe, command=command)
+        variant = "".join(f"_{v}" for v, default in ((recipe.label, "mask"), (recipe.init, "generator"))
+                          if v != default)  # a variant never overwrites the default critic
+        train_critic(run_dir, replace(recipe, name=recipe.name + variant), command=command)

@@ -8,8 +8,9 @@ canvas (no mask tokens at sampling time).
 The paper's critic is a transformer of the generator's size. ``TokenCritic.from_generator``
 builds that and starts its body from the generator's weights (a new 1-logit head): our choice,
 close to lucidrains' ``SelfCritic`` (a critic head on the generator's own features). A smaller
-critic trained from scratch (width 192, 4 blocks, 600 steps) learned mostly the canvas's mask ratio
-here: pooled AUROC 0.68 but within-canvas AUROC 0.52 (see :func:`breakdown`).
+critic trained from scratch (an earlier version: width 192, 4 blocks, 600 steps, commit 8234ad6)
+learned mostly the canvas's mask ratio here: pooled AUROC 0.68 but within-canvas AUROC 0.52 (see
+:func:`breakdown`).
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def breakdown(scores: torch.Tensor, mask: torch.Tensor, differs: torch.Tensor,
     equal = float((mask & ~differs).sum()) / float(mask.sum())
     keep = ~(mask & ~differs)
     return {"pooled": round(auroc(scores, mask), 4),
-            "within_canvas": round(sum(within) / len(within), 4),
+            "within_canvas": round(sum(within) / len(within), 4) if within else None,
             "by_ratio": by_ratio,
             "sampled_equal": round(equal, 4),
             "oracle": round(0.5 + (1.0 - equal) / 2.0, 4),

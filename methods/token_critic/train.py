@@ -5,8 +5,10 @@ with the generator's training schedule (cosine, t ~ U(0, 1)), let the frozen gen
 masked positions by sampling softmax(logits) (temperature 1, class-conditional), and train the
 critic with per-token binary cross-entropy. Label ``mask`` (the paper's): 1 where the token was
 sampled, even when the sample equals x0. Label ``differs`` (lucidrains/muse-maskgit-pytorch's
-deviation): 1 where the spliced token differs from x0. Held-out metric: AUROC of the critic's
-logits against the labels on test token maps (fixed masks).
+deviation): 1 where the spliced token differs from x0. Held-out metrics on test token maps
+(fixed masks): AUROC of the critic's logits against the training label, and the
+:func:`.critic.breakdown` of the scores against the mask label (within-canvas, by mask ratio,
+oracle).
 
 ``init``: "generator" (default) makes the critic the generator's size (the paper) and starts its
 body from the generator's weights (our choice, see :mod:`.critic`); "scratch" the same size from
@@ -89,7 +91,8 @@ def held_out_scores(critic: TokenCritic, generator: MaskedTransformer, ids: torc
 
 def held_out_metrics(critic: TokenCritic, generator: MaskedTransformer, ids: torch.Tensor,
                      labels: torch.Tensor, recipe: CriticRecipe) -> dict[str, object]:
-    """The manifest's critic metrics: AUROC against the training label, and its breakdown."""
+    """The manifest's critic metrics: AUROC against the training label, and the breakdown against
+    the mask label (the paper's)."""
     scores, mask, differs = held_out_scores(critic, generator, ids, labels, recipe)
     split = breakdown(scores, mask, differs)
     target = mask if recipe.label == "mask" else differs
