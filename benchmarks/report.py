@@ -180,7 +180,7 @@ def paper_comparisons(suite: str, best: pd.DataFrame, papers: list[dict[str, Any
     for paper in papers:
         rows = {r["label"]: r for r in paper.get("rows", [])}
         for c in paper.get("comparisons", []):
-            if c.get("our_suite") != suite:
+            if suite not in c.get("our_suites", []):
                 continue
             metric = c.get("metric", "fid")
             key = "is_mean" if metric == "is" else metric

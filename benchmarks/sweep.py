@@ -50,13 +50,24 @@ def method_weight_hashes(recipe: Recipe) -> dict[str, str]:
     return found
 
 
+def method_versions(recipe: Recipe) -> dict[str, int]:
+    """The ``version`` of every method in ``recipe`` that has been bumped past 1 (a method bumps
+    it when its samples change for the same config, so its old rows rerun)."""
+    versions = {name: getattr(registry.method(name), "version", 1) for name in recipe.methods}
+    return {name: v for name, v in versions.items() if v > 1}
+
+
 def run_hash(point: Point, suite: Suite, weight_hashes: dict[str, str], evaluator: dict[str, str]) -> str:
     """Identity of a point's result: equal hashes give equal rows. ``weight_hashes`` holds the
     stack's and every method's weights (retraining a critic or adapter reruns its points)."""
-    return stable_hash({"recipe": point.recipe.describe(), "backbone": point.backbone,
-                        "weights": weight_hashes, "n": suite.n, "seed": point.seed,
-                        "batch_size": suite.batch_size, "reference": suite.reference,
-                        "evaluator": evaluator, "sampler_version": migbench.SAMPLER_VERSION})
+    identity = {"recipe": point.recipe.describe(), "backbone": point.backbone,
+                "weights": weight_hashes, "n": suite.n, "seed": point.seed,
+                "batch_size": suite.batch_size, "reference": suite.reference,
+                "evaluator": evaluator, "sampler_version": migbench.SAMPLER_VERSION}
+    versions = method_versions(point.recipe)
+    if versions:  # absent while every method is at version 1, so those rows keep their hashes
+        identity["method_versions"] = versions
+    return stable_hash(identity)
 
 
 def provenance_key(provenance: dict[str, Any]) -> str:
@@ -189,7 +200,7 @@ def _record(folder: Path, suite: Suite, point: Point, h: str, stack: Any, result
                   "seed": point.seed,
                   "git_revision": git_revision(), "device": device, "processes": world,
                   "python": platform.python_version(), "migbench": migbench.__version__,
-                  "sampler_version": migbench.SAMPLER_VERSION}
+                  "sampler_version": migbench.SAMPLER_VERSION, "method_versions": method_versions(point.recipe)}
     row = {"suite": suite.name, "label": point.label, "backbone": point.backbone,
            "methods": list(point.recipe.methods), "swept": dict(point.swept),
            "overrides": dict(point.overrides), "recipe": point.recipe.describe(), "n": suite.n,

@@ -70,8 +70,30 @@ def test_suite_expands_grid_times_seeds(tmp_path) -> None:
 
 
 def test_committed_suites_parse() -> None:
-    for name in ("fmnist_quick", "ci_regression"):
+    from migbench.benchmarks.suite import SUITES_DIR
+
+    names = sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
+    assert {"fmnist_quick", "fmnist_full", "ci_regression"} <= set(names)
+    for name in names:
         assert load_suite(name).points
+
+
+def test_a_bumped_method_version_reruns_only_its_points(tmp_path, monkeypatch) -> None:
+    from migbench.benchmarks.sweep import run_hash
+
+    from migbench import registry
+
+    suite = load_suite(str(toy_suite(tmp_path)))
+
+    def hashes() -> list[str]:
+        return [run_hash(p, suite, {"w": "0"}, {"e": "1"}) for p in suite.points]
+
+    before = hashes()
+    monkeypatch.setattr(registry.method("halton"), "version", 2, raising=False)
+    after = hashes()
+    changed = [b != a for b, a in zip(before, after, strict=True)]
+    assert changed == ["halton" in p.recipe.methods for p in suite.points]
+    assert any(changed) and not all(changed)
 
 
 def test_partial_line_is_dropped(tmp_path) -> None:

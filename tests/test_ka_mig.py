@@ -101,10 +101,12 @@ def make_module(stack, seed=0):
 
 
 def run(stack, module, switches, ids, labels, precomputed=True):
-    const = module.constants(stack.backbone.token_embeddings())
+    if precomputed:
+        sites = module.folded_hooks(switches, module.constants(stack.backbone.token_embeddings()))
+    else:
+        sites = module.hooks(switches, lambda ctx: module.constants(ctx.backbone.token_embeddings()))
     hooks = HookSet()
-    fn = (lambda ctx: const) if precomputed else (lambda ctx: module.constants(ctx.backbone.token_embeddings()))
-    for site, hook in module.hooks(switches, fn).items():
+    for site, hook in sites.items():
         hooks.add(site, hook, "ka_mig")
     return stack.backbone(ids, labels, hooks).logits
 
@@ -128,8 +130,11 @@ def test_online_equals_precomputed_and_placement() -> None:
     ids[:, :20] = stack.backbone.layout.mask_id
     labels = torch.tensor([3, NULL_LABEL])
     with torch.no_grad():
-        torch.testing.assert_close(run(stack, module, Switches(), ids, labels, True),
-                                   run(stack, module, Switches(), ids, labels, False))
+        for switches in (Switches(), Switches(semantic=False, incompatibility=False),
+                         Switches(cooccurrence=False, semantic=False, negative_positions="all")):
+            folded = run(stack, module, switches, ids, labels, True)
+            torch.testing.assert_close(folded, run(stack, module, switches, ids, labels, False))
+            assert not torch.equal(folded, stack.backbone(ids, labels).logits)
     hooks = module.hooks(Switches(), lambda ctx: module.constants(stack.backbone.token_embeddings()))
     fuse = hooks["block_in.0"]
     from migbench.api import HookContext

@@ -18,7 +18,10 @@ def test_papers_are_consistent() -> None:
                 assert method in registry.METHODS or method in ("ka_mig", "self_guidance", "token_critic")
         for c in paper.get("comparisons", []):
             assert c["baseline"] in labels and c["method"] in labels
-            load_suite(c["our_suite"])
+            assert c["our_suites"], c["claim"]
+            for name in c["our_suites"]:
+                labels_run = {point.label for point in load_suite(name).points}
+                assert {c["our_baseline"], c["our_method"]} <= labels_run, (name, c["claim"])
 
 
 def test_comparison_table_marks_missing_runs() -> None:

@@ -7,9 +7,11 @@ negative prior (:mod:`.encoder`), and fused into the frozen backbone before ever
 zero-initialised projections (:mod:`.fusion`): positive terms at visible tokens, the negative
 prior subtracted at masked positions (the paper; ``negative_positions = "all"`` is the official
 code). The graph modules and a copy of the output head are fine-tuned (``migbench fit ka_mig``,
-:mod:`.train`). At inference C_co, C_s and P^c are constants (``precompute = true``, the default)
-or recomputed in every pass (``precompute = false``; same logits; on GPU the online path's
-scatter-add is not bit-deterministic).
+:mod:`.train`). At inference C_co, C_s and P^c are constants: ``precompute = true`` (the default,
+the paper's precomputed strategy) folds them with every block's projections into lookup tables
+once, so a pass only gathers rows and runs the head; ``precompute = false`` recomputes the graphs
+and projections in every pass (same logits up to rounding; on GPU its scatter-add is not
+bit-deterministic).
 
 Neutral setting: ``enabled = false`` (the trained head differs from the backbone's, so switching
 graphs off alone is not the baseline; zero-initialised fusion is, and is tested).
@@ -38,7 +40,8 @@ class KAMIGConfig:
     incompatibility: bool = knob(True, "subtract the class-position incompatibility prior P^c")
     negative_positions: str = knob("masked", "where P^c is subtracted: masked (paper) or all (official code)",
                                    ("masked", "all"))
-    precompute: bool = knob(True, "use precomputed C_co, C_s, P^c (same logits as online)")
+    precompute: bool = knob(True, "fold C_co, C_s, P^c and the projections into lookup tables once "
+                                  "(same logits as online up to rounding)")
     weights: str = knob("fmnist_ka_mig", "fine-tuned KA-MIG module (a manifest name)")
     graphs: str = knob("fmnist_ka_mig_graphs", "the three graphs (a manifest name)")
     enabled: bool = knob(True, "false installs nothing (the neutral setting)")
@@ -75,6 +78,7 @@ class KAMIG:
     name = "ka_mig"
     config_cls = KAMIGConfig
     trained = True
+    version = 2  # 2: the precomputed path folds the projections into lookup tables
 
     @staticmethod
     def neutral_config() -> KAMIGConfig:
@@ -93,16 +97,15 @@ class KAMIG:
         device = next(backbone.parameters()).device
         module = load_module(config.weights, config.graphs, backbone)
         layout = backbone.layout
+        switches = config.switches()
         if config.precompute:
-            # on CPU, once: CUDA's index_add_ is not deterministic, and every process must hold
-            # bit-identical constants for samples to be independent of the process count
+            # folded on CPU, once: CUDA's index_add_ is not deterministic, and every process must
+            # hold bit-identical tables for samples to be independent of the process count
             with torch.no_grad():
-                fixed = tuple(c.to(device) for c in
-                              module.cpu().constants(backbone.token_embeddings().detach().float().cpu()))
+                embeddings = backbone.token_embeddings().detach().float().cpu()
+                hooks = module.cpu().folded_hooks(switches, module.constants(embeddings), device)
             online, precomputed = module.precomputed_sizes(layout.num_classes, backbone.seq_len)
-
-            def constants(ctx: HookContext) -> tuple[torch.Tensor, ...]:
-                return fixed
+            module.to(device)
         else:
             online, precomputed = module.online_parameters(), 0
 
@@ -110,9 +113,9 @@ class KAMIG:
                 if "ka_mig" not in ctx.extras:  # once per forward, shared by every block's hook
                     ctx.extras["ka_mig"] = module.constants(ctx.backbone.token_embeddings())
                 return ctx.extras["ka_mig"]
-        module = module.to(device)
+            hooks = module.to(device).hooks(switches, constants)
         builder.add_parameters(KAMIG.name, online=online, precomputed=precomputed)
-        for site, hook in module.hooks(config.switches(), constants).items():
+        for site, hook in hooks.items():
             builder.add_hook(site, hook, KAMIG.name)
 
     @staticmethod

@@ -11,8 +11,9 @@ subtracts it at every position (``negative_positions = "all"``). The class token
 The output head is a trainable copy of the backbone's head (upstream trains ``mlm_layer``).
 
 Graph embeddings are constants once trained (frozen input embeddings): ``constants()`` computes
-C_co, C_s (K, d) and P^c (C, N, d) once for the precomputed path; the online path recomputes them
-in every forward (same numbers).
+C_co, C_s (K, d) and P^c (C, N, d). The precomputed path folds them with every block's
+projections into lookup tables once (:meth:`KAMIGModule.folded_hooks`); the online path
+recomputes them and projects in every forward (:meth:`KAMIGModule.hooks`; same logits up to rounding).
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ from migbench.methods.ka_mig.encoder import GCNConv, GraphEncoder, NegativePrior
 from migbench.methods.ka_mig.graphs import Graph
 from torch import nn
 
-from migbench.api import HookContext
+from migbench.api import NULL_LABEL, HookContext
+
+Constants = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Terms = tuple[torch.Tensor, torch.Tensor | None]
+Hook = Callable[[torch.Tensor, HookContext], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -72,35 +77,70 @@ class KAMIGModule(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def precomputed_sizes(self, num_classes: int, num_positions: int) -> tuple[int, int]:
-        """(parameters still run per pass, numbers held as constants) on the precomputed path."""
-        online = sum(p.numel() for m in (self.positive, self.negative, self.head) for p in m.parameters())
-        width = self.head.in_features
-        return online, 2 * self.head.out_features * width + num_classes * num_positions * width
+        """(parameters still run per pass, numbers held as constants) on the folded path: the head
+        runs; every block's visible table (K, d) and prior table (C + 1, N, d) are constants."""
+        online = sum(p.numel() for p in self.head.parameters())
+        width, depth = self.head.in_features, len(self.positive)
+        return online, depth * (self.head.out_features + (num_classes + 1) * num_positions) * width
 
-    def hooks(self, switches: Switches, constants: Callable[[HookContext], tuple[torch.Tensor, ...]]
-              ) -> dict[str, Callable[[torch.Tensor, HookContext], torch.Tensor]]:
-        """site -> hook: the fusion before each block and the head at ``logits``."""
-        out: dict[str, Callable[[torch.Tensor, HookContext], torch.Tensor]] = {}
-        for i in range(len(self.positive)):
-            out[f"block_in.{i}"] = self._fusion(i, switches, constants)
+    def hooks(self, switches: Switches, constants: Callable[[HookContext], Constants]) -> dict[str, Hook]:
+        """site -> hook, projecting C_co[ids], C_s[ids] and P^c[label] in every pass (training and
+        the online path); ``constants(ctx)`` gives (C_co, C_s, P^c)."""
+        def terms(index: int, ctx: HookContext) -> Terms:
+            c_co, c_s, prior = constants(ctx)
+            safe = _visible_ids(ctx)
+            visible = torch.zeros(*safe.shape, self.head.in_features, device=safe.device)
+            if switches.cooccurrence:
+                visible = visible + self.positive[index](c_co[safe])
+            if switches.semantic:
+                visible = visible + self.positive[index](c_s[safe])
+            negative = (self.negative[index](NegativePrior.lookup(prior, ctx.labels))
+                        if switches.incompatibility else None)
+            return visible, negative
+        return self._hooks(switches, terms)
+
+    def folded_hooks(self, switches: Switches, constants: Constants,
+                     device: torch.device | None = None) -> dict[str, Hook]:
+        """site -> hook reading per-block tables folded once from the constant (C_co, C_s, P^c):
+
+            visible_i = f_i(C_co) + f_i(C_s)   (K, d), over the graphs switched on
+            prior_i   = g_i(P^c)               (C + 1, N, d), row C = g_i(0) for the null class
+
+        so a pass gathers visible_i[ids] and prior_i[label] instead of running the projections
+        (the paper's precomputed strategy; the same logits as :meth:`hooks` up to rounding).
+        The tables are folded where ``constants`` live and then moved to ``device``."""
+        c_co, c_s, prior = constants
+        tables = []
+        with torch.no_grad(), torch.autocast(c_co.device.type, enabled=False):
+            for f, g in zip(self.positive, self.negative, strict=True):
+                visible = torch.zeros(c_co.shape[0], f.out_features, device=c_co.device)
+                if switches.cooccurrence:
+                    visible = visible + f(c_co)
+                if switches.semantic:
+                    visible = visible + f(c_s)
+                negative = g(torch.cat([prior, torch.zeros_like(prior[:1])]))
+                tables.append((visible.to(device), negative.to(device)))
+
+        def terms(index: int, ctx: HookContext) -> Terms:
+            visible, negative = tables[index]
+            rows = torch.where(ctx.labels == NULL_LABEL, negative.shape[0] - 1, ctx.labels)
+            return visible[_visible_ids(ctx)], negative[rows] if switches.incompatibility else None
+        return self._hooks(switches, terms)
+
+    def _hooks(self, switches: Switches, terms: Callable[[int, HookContext], Terms]) -> dict[str, Hook]:
+        out: dict[str, Hook] = {f"block_in.{i}": self._fusion(i, switches, terms) for i in range(len(self.positive))}
         out["logits"] = lambda logits, ctx: self.head(ctx.extras["hidden"])
         return out
 
-    def _fusion(self, index: int, switches: Switches,
-                constants: Callable[[HookContext], tuple[torch.Tensor, ...]]
-                ) -> Callable[[torch.Tensor, HookContext], torch.Tensor]:
+    @staticmethod
+    def _fusion(index: int, switches: Switches, terms: Callable[[int, HookContext], Terms]) -> Hook:
+        """Block ``index``'s hook: x += visible term at visible tokens - prior term at masked ones
+        (or at all tokens, the official code); the class token gets nothing."""
         def fuse(x: torch.Tensor, ctx: HookContext) -> torch.Tensor:
-            c_co, c_s, prior = constants(ctx)
+            visible, negative = terms(index, ctx)
             masked = ctx.masked
-            safe = ctx.ids.masked_fill(masked, 0)
-            delta = torch.zeros_like(x[:, ctx.token_slice])
-            if switches.cooccurrence:
-                delta = delta + self.positive[index](c_co[safe])
-            if switches.semantic:
-                delta = delta + self.positive[index](c_s[safe])
-            delta = delta * (~masked)[..., None].to(delta.dtype)
-            if switches.incompatibility:
-                negative = self.negative[index](NegativePrior.lookup(prior, ctx.labels))
+            delta = visible * (~masked)[..., None].to(visible.dtype)
+            if negative is not None:
                 if switches.negative_positions == "masked":
                     negative = negative * masked[..., None].to(negative.dtype)
                 delta = delta - negative
@@ -108,3 +148,8 @@ class KAMIGModule(nn.Module):
             x[:, ctx.token_slice] = x[:, ctx.token_slice] + delta.to(x.dtype)
             return x
         return fuse
+
+
+def _visible_ids(ctx: HookContext) -> torch.Tensor:
+    """Token ids (B, N) with masked positions set to 0 (their terms are zeroed afterwards)."""
+    return ctx.ids.masked_fill(ctx.masked, 0)
