@@ -183,3 +183,15 @@ def test_one_graph_model_refuses_the_graphs_it_was_not_trained_with(monkeypatch)
     monkeypatch.setattr(ka_mig, "load_module", lambda *args: pytest.fail("loaded before the check"))
     with pytest.raises(ValueError, match="trained with semantic only; switch off cooccurrence, incompatibility"):
         build_sampler(resolve("ka_mig", {}), toy().backbone)
+
+
+def test_folded_sizes_count_the_tables_of_the_graphs_switched_on() -> None:
+    stack = toy()
+    module = make_module(stack)
+    k, width, depth = module.head.out_features, module.head.in_features, len(module.positive)
+    online = width * k + k  # the head copy
+    assert module.precomputed_sizes(Switches(), 10, 64) == (online, depth * (k + 11 * 64) * width)
+    assert module.precomputed_sizes(Switches(cooccurrence=False, incompatibility=False), 10, 64) == (
+        online, depth * k * width)
+    assert module.precomputed_sizes(Switches(cooccurrence=False, semantic=False), 10, 64) == (
+        online, depth * 11 * 64 * width)

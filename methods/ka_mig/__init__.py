@@ -104,7 +104,7 @@ class KAMIG:
             with torch.no_grad():
                 embeddings = backbone.token_embeddings().detach().float().cpu()
                 hooks = module.cpu().folded_hooks(switches, module.constants(embeddings), device)
-            online, precomputed = module.precomputed_sizes(layout.num_classes, backbone.seq_len)
+            online, precomputed = module.precomputed_sizes(switches, layout.num_classes, backbone.seq_len)
             module.to(device)
         else:
             online, precomputed = module.online_parameters(), 0

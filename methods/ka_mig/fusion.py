@@ -76,12 +76,14 @@ class KAMIGModule(nn.Module):
     def online_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def precomputed_sizes(self, num_classes: int, num_positions: int) -> tuple[int, int]:
+    def precomputed_sizes(self, switches: Switches, num_classes: int, num_positions: int) -> tuple[int, int]:
         """(parameters still run per pass, numbers held as constants) on the folded path: the head
-        runs; every block's visible table (K, d) and prior table (C + 1, N, d) are constants."""
+        runs; every block's visible table (K, d) and prior table (C + 1, N, d) are constants
+        (each counted only when a graph that feeds it is switched on)."""
         online = sum(p.numel() for p in self.head.parameters())
-        width, depth = self.head.in_features, len(self.positive)
-        return online, depth * (self.head.out_features + (num_classes + 1) * num_positions) * width
+        rows = (self.head.out_features * (switches.cooccurrence or switches.semantic)
+                + (num_classes + 1) * num_positions * switches.incompatibility)
+        return online, len(self.positive) * rows * self.head.in_features
 
     def hooks(self, switches: Switches, constants: Callable[[HookContext], Constants]) -> dict[str, Hook]:
         """site -> hook, projecting C_co[ids], C_s[ids] and P^c[label] in every pass (training and
