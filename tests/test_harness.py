@@ -171,7 +171,9 @@ def test_report_from_fixture(tmp_path) -> None:
     text = path.read_text()
     assert (path.parent / "fid_is.png").stat().st_size > 10_000
     assert "| maskgit | choice_temperature=1.0" in text and "11.50 ± 6.35" in text
+    rows[1]["cost"] = {**rows[1]["cost"], "images_per_second": 20.0}  # seed 1 ran under load
     table = aggregate(rows)
+    assert table["images_per_s"].tolist() == [50.0, 50.0, 50.0]  # the fastest seed
     assert list(pareto_front(table)["label"]) == ["maskgit"]
     assert interval(pd.Series([10.5])) == (10.5, 0.0)
 
