@@ -286,7 +286,8 @@ def report(suite: str, results_root: Path | None = None, reports_root: Path | No
         best = best_per_run(table)
         lines += ["### Best FID per run", "", metrics_table(best), "", f"![FID-IS curves]({plot_name})", "",
                   "### Pareto front (FID ↓, IS ↑)", "", metrics_table(pareto_front(table)), "",
-                  "### Cost", "", "Mean over each run's points; sampling only (evaluation excluded), "
+                  "### Cost", "", "Mean over each run's points (images/s: the fastest seed of each point); "
+                  "sampling only (evaluation excluded), "
                   f"{p['device']}, batch of the suite. Online parameters run at sampling time; precomputed "
                   "ones were folded into constants before sampling.", "", cost_table(table), "",
                   "### All points", "", metrics_table(table), ""]

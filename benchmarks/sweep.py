@@ -1,7 +1,8 @@
 """`migbench sweep SUITE`: run every pending point of a suite, one result row per point.
 
-A point is skipped when its run hash (resolved recipe, backbone weight hashes, n, seed, batch
-size, reference, evaluator and extractor weights, sampler code version) already has a row.
+A point is skipped when its run hash (resolved recipe, backbone and method weight hashes, n, seed,
+batch size, reference, evaluator and extractor weights, sampler code version, method versions past
+1) already has a row. A suite whose pending points name untrained weights fails before sampling.
 Sampling is sharded over the processes of an ``accelerate launch`` (CPU or GPU): each process
 samples its batches (:mod:`migbench.generate`), the main process gathers, evaluates, appends the
 row and draws a grid. ``--processes P`` relaunches the sweep under ``accelerate launch``.
@@ -35,7 +36,7 @@ from migbench.data import CLASS_NAMES
 from migbench.generate import Generation, generate, merge
 from migbench.images import save_grid, save_samples
 from migbench.recipe import Recipe
-from migbench.weights import git_revision, read_manifest
+from migbench.weights import WeightsError, git_revision, read_manifest
 
 
 def method_weight_hashes(recipe: Recipe) -> dict[str, str]:
@@ -48,6 +49,16 @@ def method_weight_hashes(recipe: Recipe) -> dict[str, str]:
             if isinstance(name, str):
                 found[name] = manifest.get(name, {}).get("sha256", "missing")
     return found
+
+
+def missing_weights(points: list[tuple[Point, str]]) -> dict[str, list[str]]:
+    """Weights names the points' method configs name but the manifest lacks -> their run labels."""
+    missing: dict[str, list[str]] = {}
+    for point, _ in points:
+        for name, sha in method_weight_hashes(point.recipe).items():
+            if sha == "missing" and point.label not in missing.setdefault(name, []):
+                missing[name].append(point.label)
+    return missing
 
 
 def method_versions(recipe: Recipe) -> dict[str, int]:
@@ -135,6 +146,11 @@ def sweep(suite_name: str, *, results_root: Path | None = None, floors: bool = T
             todo.append((point, h))
             done.add(h)
     todo = todo[:limit] if limit is not None else todo
+    missing = missing_weights(todo)
+    if missing:
+        needs = "; ".join(f"{name} (runs: {', '.join(labels)})" for name, labels in missing.items())
+        raise WeightsError(f"suite {suite.name} needs weights the manifest does not list: {needs}. "
+                           "Train them first (`migbench fit METHOD ...`, see README, The embedded stack).")
     if state.is_main_process:
         print(f"suite {suite.name}: {len(suite.points)} points, {len(suite.points) - len(todo)} done, "
               f"{len(todo)} to run on {world} process(es)")

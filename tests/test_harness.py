@@ -206,3 +206,18 @@ def test_update_readme_replaces_only_the_block(tmp_path) -> None:
     text = readme.read_text()
     assert text.startswith("head\n<!-- fixture:begin -->") and text.endswith("<!-- fixture:end -->\ntail\n")
     assert "old" not in text and "| maskgit |" in text and "fid_is.png" in text
+
+
+def test_sweep_names_untrained_weights_before_sampling(tmp_path) -> None:
+    from migbench.benchmarks.sweep import missing_weights
+
+    suite = toy_suite(tmp_path)
+    text = suite.read_text() + ('\n[[runs]]\nlabel = "untrained"\nmethods = ["ka_mig"]\n'
+                                'set = { "ka_mig.weights" = "fmnist_ka_mig_never_trained" }\n')
+    suite.write_text(text)
+    points = [(p, "") for p in load_suite(str(suite)).points]
+    assert missing_weights(points) == {"fmnist_ka_mig_never_trained": ["untrained"]}
+    proc = run_cli("sweep", str(suite), "--results", str(tmp_path / "results"), "--no-floors")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "fmnist_ka_mig_never_trained (runs: untrained)" in out
+    assert not (tmp_path / "results" / "toy_suite" / RESULTS_FILE).exists()  # nothing was sampled

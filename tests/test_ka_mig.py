@@ -120,40 +120,71 @@ def test_zero_initialised_fusion_reproduces_the_backbone_exactly() -> None:
         assert torch.equal(run(stack, make_module(stack), Switches(), ids, labels), stack.backbone(ids, labels).logits)
 
 
-def test_online_equals_precomputed_and_placement() -> None:
-    stack = toy()
+SWITCH_CASES = (Switches(), Switches(semantic=False, incompatibility=False),
+                Switches(cooccurrence=False, incompatibility=False), Switches(cooccurrence=False, semantic=False),
+                Switches(cooccurrence=False, semantic=False, negative_positions="all"),
+                Switches(incompatibility=False, negative_positions="all"))
+
+
+def trained_like(stack):
+    """A module whose projections (weights and biases) are no longer zero."""
     module = make_module(stack)
     with torch.no_grad():
         for layer in [*module.positive, *module.negative]:
             torch.nn.init.normal_(layer.weight, std=0.1)
-    ids = torch.randint(0, 16, (2, 64))
+            torch.nn.init.normal_(layer.bias, std=0.1)
+    return module
+
+
+@pytest.mark.parametrize("fold_prior", [True, False])
+def test_online_equals_precomputed(fold_prior, monkeypatch) -> None:
+    from migbench.methods.ka_mig import fusion
+
+    if not fold_prior:  # the prior stays one (C, N, d) constant, projected per pass
+        monkeypatch.setattr(fusion, "PRIOR_FOLD_LIMIT", 0)
+    stack = toy()
+    module = trained_like(stack)
+    assert module.folds_prior(10, 64) is fold_prior
+    ids = torch.randint(0, 16, (3, 64))
     ids[:, :20] = stack.backbone.layout.mask_id
-    labels = torch.tensor([3, NULL_LABEL])
+    labels = torch.tensor([3, NULL_LABEL, 7])
     with torch.no_grad():
-        for switches in (Switches(), Switches(semantic=False, incompatibility=False),
-                         Switches(cooccurrence=False, semantic=False, negative_positions="all")):
+        for switches in SWITCH_CASES:
             folded = run(stack, module, switches, ids, labels, True)
             torch.testing.assert_close(folded, run(stack, module, switches, ids, labels, False))
             assert not torch.equal(folded, stack.backbone(ids, labels).logits)
-    hooks = module.hooks(Switches(), lambda ctx: module.constants(stack.backbone.token_embeddings()))
-    fuse = hooks["block_in.0"]
+
+
+def test_placement_of_each_term() -> None:
     from migbench.api import HookContext
 
+    stack = toy()
+    module = trained_like(stack)
+    ids = torch.randint(0, 16, (2, 64))
+    ids[:, :20] = stack.backbone.layout.mask_id
+    labels = torch.tensor([3, NULL_LABEL])
     ctx = HookContext(ids=ids, labels=labels, token_slice=slice(1, None), branch="main", backbone=stack.backbone)
     x = torch.zeros(2, 65, 32)
+
+    def delta(switches: Switches) -> torch.Tensor:
+        hooks = module.hooks(switches, lambda c: module.constants(stack.backbone.token_embeddings()))
+        out = hooks["block_in.0"](x, ctx)
+        assert out[:, 0].abs().max() == 0  # the class token gets nothing
+        return out[:, 1:]
+
     with torch.no_grad():
-        delta = fuse(x, ctx)[:, 1:]
-        only_positive = module.hooks(Switches(incompatibility=False),
-                                     lambda c: module.constants(stack.backbone.token_embeddings()))["block_in.0"](x, ctx)[:, 1:]
-        all_positions = module.hooks(Switches(cooccurrence=False, semantic=False, negative_positions="all"),
-                                     lambda c: module.constants(stack.backbone.token_embeddings()))["block_in.0"](x, ctx)[:, 1:]
+        both = delta(Switches())
+        only_positive = delta(Switches(incompatibility=False))
+        all_positions = delta(Switches(cooccurrence=False, semantic=False, negative_positions="all"))
     masked = ids == stack.backbone.layout.mask_id
     assert only_positive[masked].abs().max() == 0 and only_positive[~masked].abs().max() > 0
-    negative_only = delta - only_positive
+    negative_only = both - only_positive
     assert negative_only[0][~masked[0]].abs().max() == 0 and negative_only[0][masked[0]].abs().max() > 0
-    assert negative_only[1].abs().max() == 0  # the null class has no prior
+    # the null class has P^c = 0, so only g_0's bias is subtracted (as upstream's biased zero conv)
+    bias = module.negative[0].bias
+    torch.testing.assert_close(negative_only[1][masked[1]], (-bias).expand(int(masked[1].sum()), -1))
+    assert negative_only[1][~masked[1]].abs().max() == 0
     assert all_positions[0][~masked[0]].abs().max() > 0
-    assert fuse(x, ctx)[:, 0].abs().max() == 0  # the class token gets nothing
 
 
 def test_negative_prior_rows_average_incompatible_tokens() -> None:
@@ -183,6 +214,9 @@ def test_one_graph_model_refuses_the_graphs_it_was_not_trained_with(monkeypatch)
     monkeypatch.setattr(ka_mig, "load_module", lambda *args: pytest.fail("loaded before the check"))
     with pytest.raises(ValueError, match="trained with semantic only; switch off cooccurrence, incompatibility"):
         build_sampler(resolve("ka_mig", {}), toy().backbone)
+    with pytest.raises(ValueError, match=r"trained with semantic only; switch it on \(--set ka_mig.semantic=true\)"):
+        build_sampler(resolve("ka_mig", {"ka_mig.cooccurrence": False, "ka_mig.semantic": False,
+                                         "ka_mig.incompatibility": False}), toy().backbone)
 
 
 def test_folded_sizes_count_the_tables_of_the_graphs_switched_on() -> None:
@@ -195,3 +229,17 @@ def test_folded_sizes_count_the_tables_of_the_graphs_switched_on() -> None:
         online, depth * k * width)
     assert module.precomputed_sizes(Switches(cooccurrence=False, semantic=False), 10, 64) == (
         online, depth * 11 * 64 * width)
+
+
+def test_a_prior_too_large_to_fold_stays_one_constant_projected_per_pass(monkeypatch) -> None:
+    from migbench.methods.ka_mig import fusion
+
+    stack = toy()
+    module = make_module(stack)
+    k, width, depth = module.head.out_features, module.head.in_features, len(module.positive)
+    assert fusion.PRIOR_FOLD_LIMIT == 2**26 and module.folds_prior(10, 64)
+    monkeypatch.setattr(fusion, "PRIOR_FOLD_LIMIT", depth * 11 * 64 * width - 1)
+    assert not module.folds_prior(10, 64)
+    projections = depth * (width * width + width)
+    assert module.precomputed_sizes(Switches(), 10, 64) == (width * k + k + projections,
+                                                            depth * k * width + 10 * 64 * width)

@@ -7,11 +7,12 @@ negative prior (:mod:`.encoder`), and fused into the frozen backbone before ever
 zero-initialised projections (:mod:`.fusion`): positive terms at visible tokens, the negative
 prior subtracted at masked positions (the paper; ``negative_positions = "all"`` is the official
 code). The graph modules and a copy of the output head are fine-tuned (``migbench fit ka_mig``,
-:mod:`.train`). At inference C_co, C_s and P^c are constants: ``precompute = true`` (the default,
-the paper's precomputed strategy) folds them with every block's projections into lookup tables
-once, so a pass only gathers rows and runs the head; ``precompute = false`` recomputes the graphs
-and projections in every pass (same logits up to rounding; on GPU its scatter-add is not
-bit-deterministic).
+:mod:`.train`). At inference C_co, C_s and P^c are constants: ``precompute = true`` (the default)
+folds them with every block's projections into lookup tables once (one step past the paper,
+which caches the features and projects them per pass; a prior too large to fold per block stays
+the paper's way), so a pass only gathers rows and runs the head; ``precompute = false``
+recomputes the graphs and projections in every pass (same logits up to rounding; on GPU its
+scatter-add is not bit-deterministic).
 
 Neutral setting: ``enabled = false`` (the trained head differs from the backbone's, so switching
 graphs off alone is not the baseline; zero-initialised fusion is, and is tested).
@@ -78,7 +79,7 @@ class KAMIG:
     name = "ka_mig"
     config_cls = KAMIGConfig
     trained = True
-    version = 2  # 2: the precomputed path folds the projections into lookup tables
+    version = 2  # 2: the precomputed path folds the block projections into lookup tables
 
     @staticmethod
     def neutral_config() -> KAMIGConfig:
@@ -93,6 +94,9 @@ class KAMIG:
         if trained_only and extra:
             raise ValueError(f"ka_mig.weights={config.weights!r} was trained with {trained_only} only; "
                              f"switch off {', '.join(extra)} (e.g. --set ka_mig.{extra[0]}=false)")
+        if trained_only and not getattr(config, trained_only):
+            raise ValueError(f"ka_mig.weights={config.weights!r} was trained with {trained_only} only; "
+                             f"switch it on (--set ka_mig.{trained_only}=true)")
         backbone = builder.backbone
         device = next(backbone.parameters()).device
         module = load_module(config.weights, config.graphs, backbone)

@@ -12,7 +12,8 @@ The output head is a trainable copy of the backbone's head (upstream trains ``ml
 
 Graph embeddings are constants once trained (frozen input embeddings): ``constants()`` computes
 C_co, C_s (K, d) and P^c (C, N, d). The precomputed path folds them with every block's
-projections into lookup tables once (:meth:`KAMIGModule.folded_hooks`); the online path
+projections into lookup tables once (:meth:`KAMIGModule.folded_hooks`, one step past the paper's
+precomputed strategy, which caches the features and projects them per pass); the online path
 recomputes them and projects in every forward (:meth:`KAMIGModule.hooks`; same logits up to rounding).
 """
 
@@ -29,7 +30,8 @@ from torch import nn
 from migbench.api import NULL_LABEL, HookContext
 
 Constants = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-Terms = tuple[torch.Tensor, torch.Tensor | None]
+Terms = tuple[torch.Tensor | None, torch.Tensor | None]  # (visible term, prior term), (B, N, d) each
+PRIOR_FOLD_LIMIT = 2**26  # numbers (256 MB in fp32) the per-block prior tables may take
 Hook = Callable[[torch.Tensor, HookContext], torch.Tensor]
 
 
@@ -76,14 +78,28 @@ class KAMIGModule(nn.Module):
     def online_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def folds_prior(self, num_classes: int, num_positions: int) -> bool:
+        """Whether the folded path keeps one prior table per block: only while depth x (C + 1) x N x d
+        stays within ``PRIOR_FOLD_LIMIT`` (1.1M numbers here; 4.9B at ImageNet scale, where the
+        prior stays one (C, N, d) constant projected in every pass, the paper's strategy)."""
+        size = len(self.negative) * (num_classes + 1) * num_positions * self.head.in_features
+        return size <= PRIOR_FOLD_LIMIT
+
     def precomputed_sizes(self, switches: Switches, num_classes: int, num_positions: int) -> tuple[int, int]:
-        """(parameters still run per pass, numbers held as constants) on the folded path: the head
-        runs; every block's visible table (K, d) and prior table (C + 1, N, d) are constants
-        (each counted only when a graph that feeds it is switched on)."""
+        """(parameters still run per pass, numbers held as constants) on the folded path, counting
+        only what the graphs switched on use: the head always runs; the visible tables are
+        depth x K x d; the prior is depth x (C + 1) x N x d folded, or C x N x d with its
+        projections online (:meth:`folds_prior`)."""
+        width, depth, k = self.head.in_features, len(self.positive), self.head.out_features
         online = sum(p.numel() for p in self.head.parameters())
-        rows = (self.head.out_features * (switches.cooccurrence or switches.semantic)
-                + (num_classes + 1) * num_positions * switches.incompatibility)
-        return online, len(self.positive) * rows * self.head.in_features
+        constants = depth * k * width if switches.cooccurrence or switches.semantic else 0
+        if switches.incompatibility:
+            if self.folds_prior(num_classes, num_positions):
+                constants += depth * (num_classes + 1) * num_positions * width
+            else:
+                constants += num_classes * num_positions * width
+                online += sum(p.numel() for p in self.negative.parameters())
+        return online, constants
 
     def hooks(self, switches: Switches, constants: Callable[[HookContext], Constants]) -> dict[str, Hook]:
         """site -> hook, projecting C_co[ids], C_s[ids] and P^c[label] in every pass (training and
@@ -108,11 +124,16 @@ class KAMIGModule(nn.Module):
             visible_i = f_i(C_co) + f_i(C_s)   (K, d), over the graphs switched on
             prior_i   = g_i(P^c)               (C + 1, N, d), row C = g_i(0) for the null class
 
-        so a pass gathers visible_i[ids] and prior_i[label] instead of running the projections
-        (the paper's precomputed strategy; the same logits as :meth:`hooks` up to rounding).
-        The tables are folded where ``constants`` live and then moved to ``device``."""
-        c_co, c_s, prior = constants
-        tables = []
+        so a pass gathers visible_i[ids] and prior_i[label] instead of running the projections.
+        This goes one step past the paper's precomputed strategy, which caches C_co, C_s and P^c
+        and still runs f_i and g_i in every pass; the logits are the same as :meth:`hooks` up to
+        rounding. When the prior tables would be too large (:meth:`folds_prior`), P^c is kept as
+        the paper does and g_i runs per pass. Tables are folded in fp32 where ``constants`` live,
+        then moved to ``device``."""
+        c_co, c_s, prior = (c.float() for c in constants)
+        positive_on = switches.cooccurrence or switches.semantic
+        fold_prior = self.folds_prior(prior.shape[0], prior.shape[1])
+        visible_tables, prior_tables = [], []
         with torch.no_grad(), torch.autocast(c_co.device.type, enabled=False):
             for f, g in zip(self.positive, self.negative, strict=True):
                 visible = torch.zeros(c_co.shape[0], f.out_features, device=c_co.device)
@@ -120,13 +141,20 @@ class KAMIGModule(nn.Module):
                     visible = visible + f(c_co)
                 if switches.semantic:
                     visible = visible + f(c_s)
-                negative = g(torch.cat([prior, torch.zeros_like(prior[:1])]))
-                tables.append((visible.to(device), negative.to(device)))
+                visible_tables.append(visible.to(device) if positive_on else None)
+                if switches.incompatibility and fold_prior:
+                    prior_tables.append(g(torch.cat([prior, torch.zeros_like(prior[:1])])).to(device))
+        unfolded_prior = prior.to(device) if switches.incompatibility and not fold_prior else None
 
         def terms(index: int, ctx: HookContext) -> Terms:
-            visible, negative = tables[index]
-            rows = torch.where(ctx.labels == NULL_LABEL, negative.shape[0] - 1, ctx.labels)
-            return visible[_visible_ids(ctx)], negative[rows] if switches.incompatibility else None
+            table = visible_tables[index]
+            visible = table[_visible_ids(ctx)] if table is not None else None
+            if prior_tables:
+                rows = torch.where(ctx.labels == NULL_LABEL, prior_tables[index].shape[0] - 1, ctx.labels)
+                return visible, prior_tables[index][rows]
+            if unfolded_prior is not None:
+                return visible, self.negative[index](NegativePrior.lookup(unfolded_prior, ctx.labels))
+            return visible, None
         return self._hooks(switches, terms)
 
     def _hooks(self, switches: Switches, terms: Callable[[int, HookContext], Terms]) -> dict[str, Hook]:
@@ -141,11 +169,13 @@ class KAMIGModule(nn.Module):
         def fuse(x: torch.Tensor, ctx: HookContext) -> torch.Tensor:
             visible, negative = terms(index, ctx)
             masked = ctx.masked
-            delta = visible * (~masked)[..., None].to(visible.dtype)
+            delta = visible * (~masked)[..., None].to(visible.dtype) if visible is not None else None
             if negative is not None:
                 if switches.negative_positions == "masked":
                     negative = negative * masked[..., None].to(negative.dtype)
-                delta = delta - negative
+                delta = -negative if delta is None else delta - negative
+            if delta is None:
+                return x
             x = x.clone()
             x[:, ctx.token_slice] = x[:, ctx.token_slice] + delta.to(x.dtype)
             return x
