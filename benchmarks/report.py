@@ -128,7 +128,7 @@ PLOT_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 def plot_fid_is(table: pd.DataFrame, floors: dict[str, Any] | None, path: Path, title: str) -> None:
     """IS on x, FID on y; a line per run label, points labelled by the swept value, each run's best
     FID drawn large with a black outline."""
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(10, 5.5), dpi=120)
     for i, (label, group) in enumerate(table.groupby("label", sort=False)):
         group = group.sort_values("swept_value", key=lambda s: pd.to_numeric(s, errors="coerce"))
         # colour and marker cycle at different periods: no two of the first 70 runs look alike
@@ -150,7 +150,7 @@ def plot_fid_is(table: pd.DataFrame, floors: dict[str, Any] | None, path: Path, 
     ax.set_ylabel("FID (lower is better)")
     ax.set_title(f"{title}; large outlined marker: a run's best FID", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a point
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
