@@ -136,12 +136,15 @@ class KAMIGModule(nn.Module):
         visible_tables, prior_tables = [], []
         with torch.no_grad(), torch.autocast(c_co.device.type, enabled=False):
             for f, g in zip(self.positive, self.negative, strict=True):
-                visible = torch.zeros(c_co.shape[0], f.out_features, device=c_co.device)
-                if switches.cooccurrence:
-                    visible = visible + f(c_co)
-                if switches.semantic:
-                    visible = visible + f(c_s)
-                visible_tables.append(visible.to(device) if positive_on else None)
+                visible = None
+                if positive_on:
+                    visible = torch.zeros(c_co.shape[0], f.out_features, device=c_co.device)
+                    if switches.cooccurrence:
+                        visible = visible + f(c_co)
+                    if switches.semantic:
+                        visible = visible + f(c_s)
+                    visible = visible.to(device)
+                visible_tables.append(visible)
                 if switches.incompatibility and fold_prior:
                     prior_tables.append(g(torch.cat([prior, torch.zeros_like(prior[:1])])).to(device))
         unfolded_prior = prior.to(device) if switches.incompatibility and not fold_prior else None
