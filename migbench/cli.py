@@ -1,4 +1,4 @@
-"""The `migbench` command line: data, train, fit, sample, eval, sweep, report, info, demo."""
+"""The `migbench` command line: data, train, fit, diagnose, sample, eval, sweep, report, info, demo."""
 
 from __future__ import annotations
 
@@ -66,6 +66,17 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or f"runs/{args.method}" + "".join(f"_{v}" for v in (args.only, args.label, args.init) if v)
     method.fit(Path(run_dir), command, **options)
     print(f"weights and manifest entry written; training log in {run_dir}/train.log")
+    return 0
+
+
+def _cmd_diagnose(args: argparse.Namespace) -> int:
+    from migbench.methods.ka_mig.diagnostics import diagnose
+
+    text = diagnose(maps=args.maps).markdown()
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(f"<!-- written by `{args.command_line}` -->\n{text}\n", encoding="utf-8")
     return 0
 
 
@@ -260,10 +271,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default=None, choices=("generator", "scratch"),
                    help="token_critic: start the critic from the generator's weights (default) or from scratch")
     p.add_argument("--graphs-only", action="store_true", help="ka_mig: only build and save the three graphs")
-    p.add_argument("--only", default=None, choices=("cooccurrence", "semantic", "incompatibility"),
-                   help="ka_mig: train a one-graph ablation model (weights fmnist_ka_mig_<graph>)")
+    p.add_argument("--only", default=None, choices=("cooccurrence", "semantic", "incompatibility", "head"),
+                   help="ka_mig: train a one-graph ablation model (weights fmnist_ka_mig_<graph>), "
+                        "or with head the head-only control (every graph off)")
     p.add_argument("--run-dir", default=None, help="checkpoint/log folder (default runs/METHOD[_OPTION...])")
     p.set_defaults(func=_cmd_fit)
+
+    p = sub.add_parser("diagnose", help="ka_mig: what the incompatibility prior could give, and what each trained model takes")
+    p.add_argument("method", choices=["ka_mig"])
+    p.add_argument("--maps", type=int, default=10_000, help="held-out token maps to measure on")
+    p.add_argument("--out", default=None, help="also write the table to this markdown file")
+    p.set_defaults(func=_cmd_diagnose)
 
     p = sub.add_parser("sample", help="sample images with a methods list; writes samples.npz, grid.png, meta.json")
     p.add_argument("--backbone", default="fmnist")

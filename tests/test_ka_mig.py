@@ -199,7 +199,8 @@ def test_one_graph_recipes_switch_the_other_graphs_off() -> None:
     assert KAMIGRecipe().switches() == Switches()
     assert KAMIGRecipe(only="semantic").switches() == Switches(cooccurrence=False, semantic=True,
                                                                incompatibility=False)
-    with pytest.raises(ValueError, match="only must be one of cooccurrence, semantic, incompatibility"):
+    assert KAMIGRecipe(only="head").switches() == Switches(False, False, False)
+    with pytest.raises(ValueError, match="only must be one of cooccurrence, semantic, incompatibility, head"):
         KAMIGRecipe(only="co")
 
 
@@ -217,6 +218,10 @@ def test_one_graph_model_refuses_the_graphs_it_was_not_trained_with(monkeypatch)
     with pytest.raises(ValueError, match=r"trained with semantic only; switch it on \(--set ka_mig.semantic=true\)"):
         build_sampler(resolve("ka_mig", {"ka_mig.cooccurrence": False, "ka_mig.semantic": False,
                                          "ka_mig.incompatibility": False}), toy().backbone)
+    entry["config"]["recipe"]["only"] = "head"
+    with pytest.raises(ValueError, match="trained with no graphs .the head-only control.; switch off cooccurrence, "
+                                         "semantic, incompatibility"):
+        build_sampler(resolve("ka_mig", {}), toy().backbone)
 
 
 def test_folded_sizes_count_the_tables_of_the_graphs_switched_on() -> None:
@@ -243,3 +248,21 @@ def test_a_prior_too_large_to_fold_stays_one_constant_projected_per_pass(monkeyp
     projections = depth * (width * width + width)
     assert module.precomputed_sizes(Switches(), 10, 64) == (width * k + k + projections,
                                                             depth * k * width + 10 * 64 * width)
+
+
+def test_incompatible_mass_and_biased_loss_by_hand() -> None:
+    from migbench.methods.ka_mig.diagnostics import biased_loss_sum, incompatible_mass
+
+    logits = torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0]])  # softmax (1/4, 3/4) and (1/2, 1/2)
+    ruled_out = torch.tensor([[False, True], [True, True]])
+    assert torch.allclose(incompatible_mass(logits, ruled_out), torch.tensor([0.75, 1.0]))
+    # lowering token 1 by ln 3 in row 0 gives (1/2, 1/2); row 1 is shifted uniformly, so unchanged
+    total = biased_loss_sum(logits, torch.tensor([0, 1]), ruled_out, math.log(3.0))
+    assert total == pytest.approx(2 * math.log(2.0))
+
+
+def test_diagnose_refuses_an_empty_map_count() -> None:
+    from migbench.methods.ka_mig.diagnostics import diagnose
+
+    with pytest.raises(ValueError, match="maps must be at least 1, got 0"):
+        diagnose(maps=0)

@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from migbench.methods.ka_mig.fusion import KAMIGModule, Switches
+from migbench.methods.ka_mig.fusion import GRAPH_SWITCHES, KAMIGModule, Switches
 from migbench.methods.ka_mig.graphs import Graph
 
 from migbench import weights
@@ -91,11 +91,12 @@ class KAMIG:
             return
         trained_only = weights.manifest_entry(config.weights)["config"].get("recipe", {}).get("only", "")
         extra = [g for g, on in vars(config.switches()).items() if on is True and g != trained_only]
+        trained_with = "no graphs (the head-only control)" if trained_only == "head" else f"{trained_only} only"
         if trained_only and extra:
-            raise ValueError(f"ka_mig.weights={config.weights!r} was trained with {trained_only} only; "
+            raise ValueError(f"ka_mig.weights={config.weights!r} was trained with {trained_with}; "
                              f"switch off {', '.join(extra)} (e.g. --set ka_mig.{extra[0]}=false)")
-        if trained_only and not getattr(config, trained_only):
-            raise ValueError(f"ka_mig.weights={config.weights!r} was trained with {trained_only} only; "
+        if trained_only in GRAPH_SWITCHES and not getattr(config, trained_only):
+            raise ValueError(f"ka_mig.weights={config.weights!r} was trained with {trained_with}; "
                              f"switch it on (--set ka_mig.{trained_only}=true)")
         backbone = builder.backbone
         device = next(backbone.parameters()).device
@@ -126,7 +127,8 @@ class KAMIG:
     def fit(run_dir: Path, command: str, steps: int | None = None, graphs_only: bool = False,
             only: str | None = None) -> None:
         """Build the graphs, or fine-tune the module; ``only`` trains a one-graph ablation model
-        (weights ``fmnist_ka_mig_<graph>``, sampled with the matching ``ka_mig.*`` switches)."""
+        (weights ``fmnist_ka_mig_<graph>``, sampled with the matching ``ka_mig.*`` switches) or,
+        with ``"head"``, the head-only control ``fmnist_ka_mig_head`` (sampled with every graph off)."""
         from dataclasses import replace
 
         from migbench.methods.ka_mig.train import KAMIGRecipe, build_graphs, train_ka_mig

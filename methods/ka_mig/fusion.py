@@ -45,6 +45,9 @@ class Switches:
     negative_positions: str = "masked"
 
 
+GRAPH_SWITCHES = ("cooccurrence", "semantic", "incompatibility")  # the Switches fields naming a graph
+
+
 def zero_linear(width: int) -> nn.Linear:
     layer = nn.Linear(width, width)
     nn.init.zeros_(layer.weight)

@@ -1,7 +1,9 @@
-"""`migbench fit ka_mig [--graphs-only] [--only GRAPH]`: build the graphs, then fine-tune KA-MIG's modules.
+"""`migbench fit ka_mig [--graphs-only] [--only GRAPH|head]`: build the graphs, then fine-tune KA-MIG's modules.
 
 ``--only GRAPH`` trains a one-graph model (``fmnist_ka_mig_<graph>``) for the paper's ablation,
-which trains one model per graph configuration.
+which trains one model per graph configuration. ``--only head`` trains with every graph switched
+off, so only the head copy learns (``fmnist_ka_mig_head``): not in the paper, it is the control
+that separates what the graphs add from what the extra fine-tuning of the head adds.
 
 Graphs come from the training split's token maps and are saved (``fmnist_ka_mig_graphs``) with
 their content hash in the manifest. Fine-tuning (ka_mig.md section 5): the backbone is frozen;
@@ -30,7 +32,7 @@ from migbench.backbones.train_backbone import (
     sample_mask,
     validation_metrics,
 )
-from migbench.methods.ka_mig.fusion import KAMIGModule, Switches
+from migbench.methods.ka_mig.fusion import GRAPH_SWITCHES, KAMIGModule, Switches
 from migbench.methods.ka_mig.graphs import (
     content_hash,
     cooccurrence_graph,
@@ -41,6 +43,8 @@ from migbench.methods.ka_mig.graphs import (
 from migbench import weights
 from migbench.api import NULL_LABEL, HookSet, Prediction
 from migbench.training import TrainLoop, batch_indices
+
+ONLY_CHOICES = (*GRAPH_SWITCHES, "head")  # `--only`: one graph, or the head-only control
 
 
 @dataclass(frozen=True)
@@ -56,21 +60,19 @@ class KAMIGRecipe:
     class_dropout: float = 0.15
     label_smoothing: float = 0.1
     seed: int = 0
-    only: str = ""  # "" trains with all three graphs; a graph name trains that graph alone
+    only: str = ""  # "" trains with all three graphs; a graph name that graph alone; "head" none
 
     def __post_init__(self) -> None:
-        if self.only not in ("", *GRAPH_SWITCHES):
-            raise ValueError(f"only must be one of {', '.join(GRAPH_SWITCHES)} (or empty for all three), "
+        if self.only not in ("", *ONLY_CHOICES):
+            raise ValueError(f"only must be one of {', '.join(ONLY_CHOICES)} (or empty for all three), "
                              f"got {self.only!r}")
 
     def switches(self) -> Switches:
-        """The graphs this recipe trains with (the paper's one-graph ablation rows train one)."""
+        """The graphs this recipe trains with (the paper's one-graph ablation rows train one; the
+        head-only control none)."""
         if not self.only:
             return Switches()
         return Switches(**{graph: graph == self.only for graph in GRAPH_SWITCHES})
-
-
-GRAPH_SWITCHES = ("cooccurrence", "semantic", "incompatibility")
 
 
 def graph_tensors(ids: torch.Tensor, labels: torch.Tensor, num_tokens: int, num_classes: int,
