@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -97,17 +98,35 @@ def masked_loss(model: MaskedTransformer, ids: torch.Tensor, labels: torch.Tenso
     return per_token.mean(), accuracy
 
 
+VALIDATION_SEED = 1234  # the held-out masks every validation number is measured with
+VALIDATION_BATCH = 1000
+
+
+def validation_masks(rows: int, num_tokens: int, recipe: BackboneRecipe
+                     ) -> Iterator[tuple[slice, torch.Tensor]]:
+    """The fixed held-out masks: (row slice, mask (b, N) bool) per batch of ``VALIDATION_BATCH`` rows.
+
+    Drawn from one generator (``VALIDATION_SEED``) at the full batch size and cut to the rows left,
+    so the masks of the first r rows do not depend on how many rows follow: every caller scoring a
+    prefix of the same maps sees the same masks.
+    """
+    gen = torch.Generator().manual_seed(VALIDATION_SEED)
+    for start in range(0, rows, VALIDATION_BATCH):
+        mask = sample_mask(VALIDATION_BATCH, num_tokens, recipe.mask_schedule, recipe.t_min, gen)
+        stop = min(start + VALIDATION_BATCH, rows)
+        yield slice(start, stop), mask[:stop - start]
+
+
 @torch.no_grad()
 def validation_metrics(model: MaskedTransformer, ids: torch.Tensor, labels: torch.Tensor,
-                       recipe: BackboneRecipe, batch: int = 1000) -> dict[str, float]:
-    """Masked-token loss (no smoothing) and accuracy on held-out maps, fixed masks (seed 1234)."""
+                       recipe: BackboneRecipe) -> dict[str, float]:
+    """Masked-token loss (no smoothing) and accuracy on held-out maps (M, N), with
+    :func:`validation_masks`; each batch's per-token mean is weighted by its rows."""
     model.eval()
-    gen = torch.Generator().manual_seed(1234)
     total_loss = total_acc = 0.0
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        for i in range(0, len(ids), batch):
-            x, y = ids[i:i + batch], labels[i:i + batch]
-            mask = sample_mask(len(x), x.shape[1], recipe.mask_schedule, recipe.t_min, gen)
+        for rows, mask in validation_masks(len(ids), ids.shape[1], recipe):
+            x, y = ids[rows], labels[rows]
             loss, acc = masked_loss(model, x, y, mask, 0.0)
             total_loss += float(loss) * len(x)
             total_acc += float(acc) * len(x)

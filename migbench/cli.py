@@ -279,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("diagnose", help="ka_mig: what the incompatibility prior could give, and what each trained model takes")
     p.add_argument("method", choices=["ka_mig"])
-    p.add_argument("--maps", type=int, default=10_000, help="held-out token maps to measure on")
+    p.add_argument("--maps", type=int, default=10_000, help="held-out token maps to measure on (at most the test split's 10,000)")
     p.add_argument("--out", default=None, help="also write the table to this markdown file")
     p.set_defaults(func=_cmd_diagnose)
 

@@ -108,3 +108,14 @@ def test_token_embeddings(stack) -> None:
     assert emb.shape == (16, stack.backbone.width)
     assert isinstance(MaskedTransformer(TransformerConfig(codebook_size=8, width=16, depth=1, heads=2)),
                       torch.nn.Module)
+
+
+def test_validation_masks_of_a_prefix_do_not_depend_on_the_rows_after_it() -> None:
+    from migbench.backbones.train_backbone import VALIDATION_BATCH, BackboneRecipe, validation_masks
+
+    recipe = BackboneRecipe.named("maskgit")
+    full = torch.cat([m for _, m in validation_masks(2 * VALIDATION_BATCH, 8, recipe)])
+    part = list(validation_masks(VALIDATION_BATCH + 7, 8, recipe))
+    assert [rows for rows, _ in part] == [slice(0, VALIDATION_BATCH), slice(VALIDATION_BATCH, VALIDATION_BATCH + 7)]
+    assert torch.equal(torch.cat([m for _, m in part]), full[:VALIDATION_BATCH + 7])
+    assert full.shape == (2 * VALIDATION_BATCH, 8) and full.any() and not full.all()

@@ -61,3 +61,12 @@ def test_info_lists_methods_and_knobs(capsys) -> None:
     text = capsys.readouterr().out
     for name in ("maskgit", "halton", "emigm", "cfg_interval", "choice_temperature", "fmnist_vq"):
         assert name in text
+
+
+def test_fit_only_choices_are_the_recipes() -> None:
+    from migbench.cli import build_parser
+    from migbench.methods.ka_mig.train import ONLY_CHOICES
+
+    fit = build_parser()._subparsers._group_actions[0].choices["fit"]
+    only = next(a for a in fit._actions if a.dest == "only")
+    assert tuple(only.choices) == ONLY_CHOICES

@@ -220,8 +220,41 @@ def test_one_graph_model_refuses_the_graphs_it_was_not_trained_with(monkeypatch)
                                          "ka_mig.incompatibility": False}), toy().backbone)
     entry["config"]["recipe"]["only"] = "head"
     with pytest.raises(ValueError, match="trained with no graphs .the head-only control.; switch off cooccurrence, "
-                                         "semantic, incompatibility"):
+                                         "semantic, incompatibility .--set ka_mig.cooccurrence=false --set "
+                                         "ka_mig.semantic=false --set ka_mig.incompatibility=false."):
         build_sampler(resolve("ka_mig", {}), toy().backbone)
+    stack = toy()
+    monkeypatch.setattr(ka_mig, "load_module", lambda *args: make_module(stack))
+    sampler = build_sampler(resolve("ka_mig", {"ka_mig.cooccurrence": False, "ka_mig.semantic": False,
+                                               "ka_mig.incompatibility": False}), stack.backbone)
+    module = make_module(stack)
+    assert sampler.extra_parameters["ka_mig"]["online"] == sum(p.numel() for p in module.head.parameters())
+
+
+def test_with_every_graph_off_only_the_head_copy_runs() -> None:
+    stack = toy()
+    module = trained_like(stack)
+    off = Switches(False, False, False)
+    assert set(module.hooks(off, lambda ctx: pytest.fail("graphs computed"))) == {"logits"}
+    assert set(module.folded_hooks(off, module.constants(stack.backbone.token_embeddings()))) == {"logits"}
+    ids = torch.randint(0, 16, (2, 64))
+    labels = torch.tensor([1, NULL_LABEL])
+    with torch.no_grad():  # the head copy is still the backbone's head
+        torch.testing.assert_close(run(stack, module, off, ids, labels, False), stack.backbone(ids, labels).logits)
+
+
+def test_online_parameters_count_what_the_graphs_switched_on_use() -> None:
+    module = make_module(toy())
+
+    def count(*parts):
+        return sum(p.numel() for part in parts for p in part.parameters())
+
+    assert module.online_parameters(Switches()) == count(module)
+    assert module.online_parameters(Switches(False, False, False)) == count(module.head)
+    assert module.online_parameters(Switches(cooccurrence=False, incompatibility=False)) == count(
+        module.head, module.s_encoder, module.positive)
+    assert module.online_parameters(Switches(cooccurrence=False, semantic=False)) == count(
+        module.head, module.prior, module.negative)
 
 
 def test_folded_sizes_count_the_tables_of_the_graphs_switched_on() -> None:

@@ -90,14 +90,15 @@ class KAMIG:
         if not config.enabled:
             return
         trained_only = weights.manifest_entry(config.weights)["config"].get("recipe", {}).get("only", "")
-        extra = [g for g, on in vars(config.switches()).items() if on is True and g != trained_only]
-        trained_with = "no graphs (the head-only control)" if trained_only == "head" else f"{trained_only} only"
-        if trained_only and extra:
-            raise ValueError(f"ka_mig.weights={config.weights!r} was trained with {trained_with}; "
-                             f"switch off {', '.join(extra)} (e.g. --set ka_mig.{extra[0]}=false)")
-        if trained_only in GRAPH_SWITCHES and not getattr(config, trained_only):
-            raise ValueError(f"ka_mig.weights={config.weights!r} was trained with {trained_with}; "
-                             f"switch it on (--set ka_mig.{trained_only}=true)")
+        if trained_only:
+            trained_with = "no graphs (the head-only control)" if trained_only == "head" else f"{trained_only} only"
+            extra = [g for g in GRAPH_SWITCHES if getattr(config, g) and g != trained_only]
+            if extra:
+                raise ValueError(f"ka_mig.weights={config.weights!r} was trained with {trained_with}; switch off "
+                                 f"{', '.join(extra)} ({' '.join(f'--set ka_mig.{g}=false' for g in extra)})")
+            if trained_only in GRAPH_SWITCHES and not getattr(config, trained_only):
+                raise ValueError(f"ka_mig.weights={config.weights!r} was trained with {trained_with}; "
+                                 f"switch it on (--set ka_mig.{trained_only}=true)")
         backbone = builder.backbone
         device = next(backbone.parameters()).device
         module = load_module(config.weights, config.graphs, backbone)
@@ -112,7 +113,7 @@ class KAMIG:
             online, precomputed = module.precomputed_sizes(switches, layout.num_classes, backbone.seq_len)
             module.to(device)
         else:
-            online, precomputed = module.online_parameters(), 0
+            online, precomputed = module.online_parameters(switches), 0
 
             def constants(ctx: HookContext) -> tuple[torch.Tensor, ...]:
                 if "ka_mig" not in ctx.extras:  # once per forward, shared by every block's hook

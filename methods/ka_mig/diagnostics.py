@@ -1,34 +1,38 @@
 """`migbench diagnose ka_mig`: how much the class-position prior could give, and how much each
 trained KA-MIG model takes.
 
-On held-out token maps, with the backbone's fixed validation masks (seed 1234, cosine ratios), for
-the backbone and every trained KA-MIG model in the manifest:
+On held-out token maps, with the MaskGIT recipe's fixed validation masks
+(:func:`~migbench.backbones.train_backbone.validation_masks`, cosine ratios), for the frozen
+backbone and every trained KA-MIG model in the manifest:
 
-- the loss per masked token (nats, no smoothing; the manifest's ``val_masked_loss`` averages
-  per image instead, so the two differ slightly);
+- the loss per masked token (nats, no smoothing). The manifest's ``val_masked_loss`` differs in
+  the last digits: it weights each batch's mean by its rows, runs the online path (here the
+  folded one) and is rounded to 4 places;
 - the probability mass put on tokens that G_p rules out at that (class, position), i.e. tokens
-  never seen there in the training set: ``sum_k softmax(logits)_k * [k incompatible]``;
-
-and, for the backbone alone, the loss after lowering every ruled-out token's logit by a fixed
-bias b, ``CE(logits - b * incompatible, target)``, at the best b of a grid: what using G_p as a
-plain logit prior would buy, a yardstick for the negative prior P^c that KA-MIG learns to fuse.
+  never seen there in the training set: ``sum_k softmax(logits)_k * [k ruled out]``;
+- the loss after lowering every ruled-out token's logit by a fixed bias b,
+  ``CE(logits - b * ruled_out, target)``, at the best b of ``BIASES``: what G_p gives used as a
+  plain logit prior on top of that model, a yardstick for the negative prior P^c that KA-MIG
+  learns to fuse. b is picked on the same maps it is scored on (one number over ~10^5 tokens).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from migbench.backbones.fmnist import TOKENIZER, load_transformer, token_maps
-from migbench.backbones.train_backbone import sample_mask
+from migbench.backbones.train_backbone import VALIDATION_SEED, BackboneRecipe, validation_masks
 from migbench.methods.ka_mig.train import KAMIGRecipe
 
 from migbench import weights
 from migbench.api import HookSet
 
 BIASES = (0.5, 1.0, 1.5, 2.0, 3.0, 5.0)
-VALIDATION_SEED = 1234  # the masks of ``validation_metrics``
+GRAPH_LABELS = {"": "all three", "cooccurrence": "G_co only", "semantic": "G_s only",
+                "incompatibility": "G_p only", "head": "none (head only)"}
 
 
 def incompatible_mass(logits: torch.Tensor, ruled_out: torch.Tensor) -> torch.Tensor:
@@ -45,32 +49,44 @@ def biased_loss_sum(logits: torch.Tensor, targets: torch.Tensor, ruled_out: torc
 
 @dataclass(frozen=True)
 class ModelRow:
+    """One model's held-out numbers, per masked token."""
+
     name: str
     graphs: str
     loss: float
-    incompatible_mass: float
+    ruled_out_mass: float
+    biased_losses: Mapping[float, float]  # bias b -> loss with ruled-out logits lowered by b
+
+    def best_bias(self) -> float:
+        return min(self.biased_losses, key=self.biased_losses.__getitem__)
 
 
 @dataclass(frozen=True)
 class Diagnosis:
-    rows: list[ModelRow]
-    incompatible_targets: float  # fraction of held-out masked targets G_p rules out
-    biased_losses: dict[float, float]  # bias -> the backbone's loss with that logit prior
+    """Every model's row and what was measured on."""
+
+    rows: tuple[ModelRow, ...]
+    maps: int
+    masked_tokens: int
+    ruled_out_targets: float  # fraction of held-out masked targets G_p rules out
 
     def markdown(self) -> str:
-        best = min(self.biased_losses, key=self.biased_losses.__getitem__)
-        lines = ["| model | graphs | held-out masked loss | mass on ruled-out tokens |",
-                 "|---|---|---:|---:|"]
-        lines += [f"| {r.name} | {r.graphs} | {r.loss:.4f} | {r.incompatible_mass:.2%} |" for r in self.rows]
-        lines += ["", f"Held-out masked targets that G_p rules out: {self.incompatible_targets:.2%}.",
-                  f"Backbone with ruled-out logits lowered by b = {best:g}: loss {self.biased_losses[best]:.4f} "
-                  f"(grid: {', '.join(f'{b:g} -> {v:.4f}' for b, v in self.biased_losses.items())})."]
+        lines = ["| model | graphs | held-out masked loss | mass on ruled-out tokens | "
+                 "loss with G_p as a logit prior (best b) |", "|---|---|---:|---:|---:|"]
+        for r in self.rows:
+            b = r.best_bias()
+            edge = " (grid edge)" if b in (BIASES[0], BIASES[-1]) else ""
+            lines.append(f"| {r.name} | {r.graphs} | {r.loss:.4f} | {r.ruled_out_mass:.2%} | "
+                         f"{r.biased_losses[b]:.4f} (b = {b:g}{edge}) |")
+        lines += ["", f"{self.maps:,} held-out maps, {self.masked_tokens:,} masked tokens (validation masks, "
+                      f"seed {VALIDATION_SEED}); {self.ruled_out_targets:.2%} of the masked targets are "
+                      f"tokens G_p rules out. b is picked from {', '.join(f'{b:g}' for b in BIASES)} on these maps."]
         return "\n".join(lines)
 
 
 def trained_models() -> list[tuple[str, KAMIGRecipe]]:
-    """(name, recipe) of every KA-MIG model in the manifest."""
-    out = []
+    """(name, recipe) of every KA-MIG model in the manifest, sorted by name."""
+    out: list[tuple[str, KAMIGRecipe]] = []
     for name, entry in sorted(weights.read_manifest().items()):
         if entry.get("config", {}).get("model", {}).get("kind") == "ka_mig":
             out.append((name, KAMIGRecipe(**entry["config"]["recipe"])))
@@ -78,8 +94,9 @@ def trained_models() -> list[tuple[str, KAMIGRecipe]]:
 
 
 @torch.no_grad()
-def diagnose(maps: int = 10_000, batch: int = 1000) -> Diagnosis:
-    """Measure the backbone and every trained KA-MIG model on the first ``maps`` held-out maps."""
+def diagnose(maps: int = 10_000) -> Diagnosis:
+    """Measure the backbone and every trained KA-MIG model on the first ``maps`` held-out maps
+    (at most the test split's 10,000)."""
     from migbench.methods.ka_mig import graphs_from_state, load_module
 
     if maps < 1:
@@ -87,39 +104,43 @@ def diagnose(maps: int = 10_000, batch: int = 1000) -> Diagnosis:
     models = trained_models()
     if not models:
         raise weights.WeightsError("no trained KA-MIG model in the manifest; run `migbench fit ka_mig`")
-    backbone = load_transformer(models[0][1].backbone).eval()
-    ruled_out_table = graphs_from_state(weights.load_weights(models[0][1].graphs)[0])[2]  # (C, N, K)
-    ids, labels = (t[:maps] for t in token_maps("test", TOKENIZER))
-    hook_sets: list[tuple[str, str, HookSet]] = [(models[0][1].backbone, "none", HookSet())]
+    shared = {(recipe.backbone, recipe.graphs) for _, recipe in models}
+    if len(shared) > 1:
+        raise ValueError(f"the KA-MIG models use different backbones or graphs ({sorted(shared)}); "
+                         "diagnose compares models of one backbone")
+    backbone_name, graphs_name = shared.pop()
+    backbone = load_transformer(backbone_name).eval()
+    ruled_out_table = graphs_from_state(weights.load_weights(graphs_name)[0])[2]  # (C, N, K)
+    ids, labels = token_maps("test", TOKENIZER)
+    ids, labels = ids[:maps], labels[:maps]
+    hook_sets: list[tuple[str, str, HookSet]] = [(backbone_name, "— (frozen backbone)", HookSet())]
     embeddings = backbone.token_embeddings().float()
     for name, recipe in models:
-        module = load_module(name, recipe.graphs, backbone)
+        module = load_module(name, graphs_name, backbone)
         hooks = HookSet()
         for site, hook in module.folded_hooks(recipe.switches(), module.constants(embeddings)).items():
             hooks.add(site, hook, "ka_mig")
-        hook_sets.append((name, {"": "all three", "head": "none (head only)"}.get(recipe.only, recipe.only), hooks))
+        hook_sets.append((name, GRAPH_LABELS[recipe.only], hooks))
 
     loss = [0.0] * len(hook_sets)
     mass = [0.0] * len(hook_sets)
-    biased = dict.fromkeys(BIASES, 0.0)
-    targets_ruled_out = count = 0
-    gen = torch.Generator().manual_seed(VALIDATION_SEED)
-    for start in range(0, len(ids), batch):
-        x, y = ids[start:start + batch], labels[start:start + batch]
-        mask = sample_mask(len(x), x.shape[1], "cosine", 0.0, gen)
+    biased = [dict.fromkeys(BIASES, 0.0) for _ in hook_sets]
+    ruled_out_targets = count = 0
+    for rows, mask in validation_masks(len(ids), ids.shape[1], BackboneRecipe.named("maskgit")):
+        x, y = ids[rows], labels[rows]
         inputs = x.masked_fill(mask, backbone.layout.mask_id)
         ruled_out = ruled_out_table[y][mask]  # (M, K) at the masked positions
         targets = x[mask]
         count += len(targets)
-        targets_ruled_out += int(ruled_out.gather(1, targets[:, None]).sum())
+        ruled_out_targets += int(ruled_out.gather(1, targets[:, None]).sum())
         for i, (_, _, hooks) in enumerate(hook_sets):
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 logits = backbone(inputs, y, hooks).logits.float()[mask]
             loss[i] += float(F.cross_entropy(logits, targets, reduction="sum"))
             mass[i] += float(incompatible_mass(logits, ruled_out).sum())
-            if i == 0:
-                for b in BIASES:
-                    biased[b] += biased_loss_sum(logits, targets, ruled_out, b)
-    rows = [ModelRow(name, graphs, loss[i] / count, mass[i] / count)
-            for i, (name, graphs, _) in enumerate(hook_sets)]
-    return Diagnosis(rows, targets_ruled_out / count, {b: v / count for b, v in biased.items()})
+            for b in BIASES:
+                biased[i][b] += biased_loss_sum(logits, targets, ruled_out, b)
+    rows_out = tuple(ModelRow(name, graphs, loss[i] / count, mass[i] / count,
+                              {b: v / count for b, v in biased[i].items()})
+                     for i, (name, graphs, _) in enumerate(hook_sets))
+    return Diagnosis(rows_out, len(ids), count, ruled_out_targets / count)

@@ -44,6 +44,13 @@ class Switches:
     incompatibility: bool = True
     negative_positions: str = "masked"
 
+    def positive_on(self) -> bool:
+        """Whether a positive graph (added at visible tokens) is on."""
+        return self.cooccurrence or self.semantic
+
+    def any_graph(self) -> bool:
+        return self.positive_on() or self.incompatibility
+
 
 GRAPH_SWITCHES = ("cooccurrence", "semantic", "incompatibility")  # the Switches fields naming a graph
 
@@ -78,8 +85,14 @@ class KAMIGModule(nn.Module):
         return (self.co_encoder(embeddings, self.co_edges), self.s_encoder(embeddings, self.s_edges),
                 self.prior(self.prior_weights, embeddings))
 
-    def online_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    def online_parameters(self, switches: Switches) -> int:
+        """Parameters run per pass on the online path, counting only what the graphs switched on use."""
+        parts: list[nn.Module] = [self.head]
+        parts += [self.co_encoder] if switches.cooccurrence else []
+        parts += [self.s_encoder] if switches.semantic else []
+        parts += [self.positive] if switches.positive_on() else []
+        parts += [self.prior, self.negative] if switches.incompatibility else []
+        return sum(p.numel() for part in parts for p in part.parameters())
 
     def folds_prior(self, num_classes: int, num_positions: int) -> bool:
         """Whether the folded path keeps one prior table per block: only while depth x (C + 1) x N x d
@@ -95,7 +108,7 @@ class KAMIGModule(nn.Module):
         projections online (:meth:`folds_prior`)."""
         width, depth, k = self.head.in_features, len(self.positive), self.head.out_features
         online = sum(p.numel() for p in self.head.parameters())
-        constants = depth * k * width if switches.cooccurrence or switches.semantic else 0
+        constants = depth * k * width if switches.positive_on() else 0
         if switches.incompatibility:
             if self.folds_prior(num_classes, num_positions):
                 constants += depth * (num_classes + 1) * num_positions * width
@@ -110,11 +123,13 @@ class KAMIGModule(nn.Module):
         def terms(index: int, ctx: HookContext) -> Terms:
             c_co, c_s, prior = constants(ctx)
             safe = _visible_ids(ctx)
-            visible = torch.zeros(*safe.shape, self.head.in_features, device=safe.device)
-            if switches.cooccurrence:
-                visible = visible + self.positive[index](c_co[safe])
-            if switches.semantic:
-                visible = visible + self.positive[index](c_s[safe])
+            visible = None
+            if switches.positive_on():
+                visible = torch.zeros(*safe.shape, self.head.in_features, device=safe.device)
+                if switches.cooccurrence:
+                    visible = visible + self.positive[index](c_co[safe])
+                if switches.semantic:
+                    visible = visible + self.positive[index](c_s[safe])
             negative = (self.negative[index](NegativePrior.lookup(prior, ctx.labels))
                         if switches.incompatibility else None)
             return visible, negative
@@ -134,13 +149,12 @@ class KAMIGModule(nn.Module):
         the paper does and g_i runs per pass. Tables are folded in fp32 where ``constants`` live,
         then moved to ``device``."""
         c_co, c_s, prior = (c.float() for c in constants)
-        positive_on = switches.cooccurrence or switches.semantic
         fold_prior = self.folds_prior(prior.shape[0], prior.shape[1])
         visible_tables, prior_tables = [], []
         with torch.no_grad(), torch.autocast(c_co.device.type, enabled=False):
             for f, g in zip(self.positive, self.negative, strict=True):
                 visible = None
-                if positive_on:
+                if switches.positive_on():
                     visible = torch.zeros(c_co.shape[0], f.out_features, device=c_co.device)
                     if switches.cooccurrence:
                         visible = visible + f(c_co)
@@ -164,7 +178,10 @@ class KAMIGModule(nn.Module):
         return self._hooks(switches, terms)
 
     def _hooks(self, switches: Switches, terms: Callable[[int, HookContext], Terms]) -> dict[str, Hook]:
-        out: dict[str, Hook] = {f"block_in.{i}": self._fusion(i, switches, terms) for i in range(len(self.positive))}
+        """The fusion hook before every block (none when every graph is off) and the head copy."""
+        out: dict[str, Hook] = {}
+        if switches.any_graph():
+            out = {f"block_in.{i}": self._fusion(i, switches, terms) for i in range(len(self.positive))}
         out["logits"] = lambda logits, ctx: self.head(ctx.extras["hidden"])
         return out
 

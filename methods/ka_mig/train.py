@@ -121,8 +121,9 @@ def train_ka_mig(run_dir: Path, recipe: KAMIGRecipe = KAMIGRecipe(), data_dir: s
 
     def hooked(net: KAMIGModule) -> _Hooked:
         hooks = HookSet()
-        constants = net.constants(backbone.token_embeddings())
-        for site, hook in net.hooks(recipe.switches(), lambda ctx: constants).items():
+        switches = recipe.switches()
+        constants = net.constants(backbone.token_embeddings()) if switches.any_graph() else None
+        for site, hook in net.hooks(switches, lambda ctx: constants).items():
             hooks.add(site, hook, "ka_mig")
         return _Hooked(backbone, hooks)
 
