@@ -64,8 +64,9 @@ def test_info_lists_methods_and_knobs(capsys) -> None:
 
 
 def test_fit_only_choices_are_the_recipes() -> None:
-    from migbench.cli import build_parser
     from migbench.methods.ka_mig.train import ONLY_CHOICES
+
+    from migbench.cli import build_parser
 
     fit = build_parser()._subparsers._group_actions[0].choices["fit"]
     only = next(a for a in fit._actions if a.dest == "only")
