@@ -125,14 +125,20 @@ def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
 PLOT_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 
+def plot_colors() -> list[tuple[float, ...]]:
+    """18 distinct colours: tab10, then Dark2, so a suite's first 18 runs never share a colour."""
+    return [*plt.get_cmap("tab10").colors, *plt.get_cmap("Dark2").colors]
+
+
 def plot_fid_is(table: pd.DataFrame, floors: dict[str, Any] | None, path: Path, title: str) -> None:
     """IS on x, FID on y; a line per run label, points labelled by the swept value, each run's best
     FID drawn large with a black outline."""
     fig, ax = plt.subplots(figsize=(10, 5.5), dpi=120)
+    colors = plot_colors()
     for i, (label, group) in enumerate(table.groupby("label", sort=False)):
         group = group.sort_values("swept_value", key=lambda s: pd.to_numeric(s, errors="coerce"))
-        # colour and marker cycle at different periods: no two of the first 70 runs look alike
-        color, marker = plt.get_cmap("tab10")(i % 10), PLOT_MARKERS[i % len(PLOT_MARKERS)]
+        # colour and marker cycle at different periods (18, 7): no two of the first 126 runs look alike
+        color, marker = colors[i % len(colors)], PLOT_MARKERS[i % len(PLOT_MARKERS)]
         ax.errorbar(group["is_mean"], group["fid"], xerr=group.get("is_mean_ci"), yerr=group.get("fid_ci"),
                     marker=marker, ms=5, capsize=2, color=color, label=label)
         for _, r in group.iterrows():
