@@ -49,6 +49,7 @@ class Switches:
         return self.cooccurrence or self.semantic
 
     def any_graph(self) -> bool:
+        """Whether any graph term is fused (otherwise only the head copy runs)."""
         return self.positive_on() or self.incompatibility
 
 
