@@ -57,13 +57,14 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     command = args.command_line
     options = {k: v for k, v in (("steps", args.steps), ("label", args.label),
                                  ("graphs_only", args.graphs_only or None), ("only", args.only),
-                                 ("init", args.init)) if v is not None}
+                                 ("init", args.init), ("lr", args.lr)) if v is not None}
     accepted = inspect.signature(method.fit).parameters
     unknown = [k for k in options if k not in accepted]
     if unknown:
         print(f"migbench fit {args.method}: no option {', '.join('--' + k for k in unknown)}", file=sys.stderr)
         return 2
-    run_dir = args.run_dir or f"runs/{args.method}" + "".join(f"_{v}" for v in (args.only, args.label, args.init) if v)
+    suffixes = (args.only, args.label, args.init, args.lr and f"lr{args.lr:g}")
+    run_dir = args.run_dir or f"runs/{args.method}" + "".join(f"_{v}" for v in suffixes if v)
     method.fit(Path(run_dir), command, **options)
     print(f"weights and manifest entry written; training log in {run_dir}/train.log")
     return 0
@@ -274,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default=None, choices=("cooccurrence", "semantic", "incompatibility", "head"),
                    help="ka_mig: train a one-graph ablation model (weights fmnist_ka_mig_<graph>), "
                         "or with head the head-only control (every graph off)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="ka_mig: learning rate instead of the paper's 1e-4 (a probe; weights named ..._lr<value>)")
     p.add_argument("--run-dir", default=None, help="checkpoint/log folder (default runs/METHOD[_OPTION...])")
     p.set_defaults(func=_cmd_fit)
 

@@ -39,6 +39,10 @@ def test_fit_rejects_unknown_options(capsys) -> None:
     assert "no option --init" in capsys.readouterr().err
     assert main(["fit", "token_critic", "--only", "semantic"]) == 2
     assert "no option --only" in capsys.readouterr().err
+    assert main(["fit", "token_critic", "--lr", "1e-3"]) == 2
+    assert "no option --lr" in capsys.readouterr().err
+    assert main(["fit", "ka_mig", "--only", "incompatibility", "--lr", "0"]) == 2
+    assert "--lr must be positive, got 0.0" in capsys.readouterr().err
     assert main(["fit", "halton"]) == 2
 
 

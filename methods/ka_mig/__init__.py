@@ -126,10 +126,12 @@ class KAMIG:
 
     @staticmethod
     def fit(run_dir: Path, command: str, steps: int | None = None, graphs_only: bool = False,
-            only: str | None = None) -> None:
+            only: str | None = None, lr: float | None = None) -> None:
         """Build the graphs, or fine-tune the module; ``only`` trains a one-graph ablation model
         (weights ``fmnist_ka_mig_<graph>``, sampled with the matching ``ka_mig.*`` switches) or,
-        with ``"head"``, the head-only control ``fmnist_ka_mig_head`` (sampled with every graph off)."""
+        with ``"head"``, the head-only control ``fmnist_ka_mig_head`` (sampled with every graph off).
+        ``lr`` replaces the paper's 1e-4 for a probe of the fine-tuning budget; the weights' name
+        then ends in ``_lr<value>``."""
         from dataclasses import replace
 
         from migbench.methods.ka_mig.train import KAMIGRecipe, build_graphs, train_ka_mig
@@ -139,6 +141,10 @@ class KAMIG:
             raise ValueError("--graphs-only builds the shared graphs; it takes no --only")
         if only:
             recipe = replace(recipe, only=only, name=f"{recipe.name}_{only}")
+        if lr is not None:
+            if not lr > 0:
+                raise ValueError(f"--lr must be positive, got {lr}")
+            recipe = replace(recipe, lr=lr, name=f"{recipe.name}_lr{lr:g}")
         if graphs_only:
             build_graphs(recipe, command=command)
         else:
