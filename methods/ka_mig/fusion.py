@@ -124,13 +124,7 @@ class KAMIGModule(nn.Module):
         def terms(index: int, ctx: HookContext) -> Terms:
             c_co, c_s, prior = constants(ctx)
             safe = _visible_ids(ctx)
-            visible = None
-            if switches.positive_on():
-                visible = torch.zeros(*safe.shape, self.head.in_features, device=safe.device)
-                if switches.cooccurrence:
-                    visible = visible + self.positive[index](c_co[safe])
-                if switches.semantic:
-                    visible = visible + self.positive[index](c_s[safe])
+            visible = _positive_term(self.positive[index], switches, c_co, c_s, rows=safe)
             negative = (self.negative[index](NegativePrior.lookup(prior, ctx.labels))
                         if switches.incompatibility else None)
             return visible, negative
@@ -154,15 +148,8 @@ class KAMIGModule(nn.Module):
         visible_tables, prior_tables = [], []
         with torch.no_grad(), torch.autocast(c_co.device.type, enabled=False):
             for f, g in zip(self.positive, self.negative, strict=True):
-                visible = None
-                if switches.positive_on():
-                    visible = torch.zeros(c_co.shape[0], f.out_features, device=c_co.device)
-                    if switches.cooccurrence:
-                        visible = visible + f(c_co)
-                    if switches.semantic:
-                        visible = visible + f(c_s)
-                    visible = visible.to(device)
-                visible_tables.append(visible)
+                visible = _positive_term(f, switches, c_co, c_s)
+                visible_tables.append(visible.to(device) if visible is not None else None)
                 if switches.incompatibility and fold_prior:
                     prior_tables.append(g(torch.cat([prior, torch.zeros_like(prior[:1])])).to(device))
         unfolded_prior = prior.to(device) if switches.incompatibility and not fold_prior else None
@@ -204,6 +191,21 @@ class KAMIGModule(nn.Module):
             x[:, ctx.token_slice] = x[:, ctx.token_slice] + delta.to(x.dtype)
             return x
         return fuse
+
+
+def _positive_term(f: nn.Linear, switches: Switches, c_co: torch.Tensor, c_s: torch.Tensor,
+                   rows: torch.Tensor | None = None) -> torch.Tensor | None:
+    """f(C_co[rows]) + f(C_s[rows]) over the positive graphs switched on (one f_i serves both, as
+    upstream), or None when both are off. C_co, C_s (K, d); rows (B, N) token ids or None for
+    every row. Summed from an fp32 zero, so the sum stays fp32 under autocast."""
+    if not switches.positive_on():
+        return None
+    shape = rows.shape if rows is not None else c_co.shape[:1]
+    total = torch.zeros(*shape, f.out_features, device=c_co.device)
+    for graph, on in ((c_co, switches.cooccurrence), (c_s, switches.semantic)):
+        if on:
+            total = total + f(graph[rows] if rows is not None else graph)
+    return total
 
 
 def _visible_ids(ctx: HookContext) -> torch.Tensor:
