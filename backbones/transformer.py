@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from migbench.api import HookContext, HookSet, Prediction, VocabLayout
+from migbench.precision import run_head
 
 _NO_HOOKS = HookSet()
 
@@ -126,5 +127,5 @@ class MaskedTransformer(nn.Module):
         x = hooks("final_hidden", self.norm(x), ctx)
         hidden = x[:, ctx.token_slice]
         ctx.extras["hidden"] = hidden  # a logits hook may apply its own head (KA-MIG's fine-tuned one)
-        logits = hooks("logits", self.head(hidden), ctx)
+        logits = hooks("logits", run_head(self.head, hidden), ctx)
         return Prediction(logits=logits, hidden=hidden, last_block=last_block)

@@ -242,15 +242,17 @@ def update_readme(suite: str, readme: Path, results_root: Path | None = None) ->
 def current_rows(suite: str, results_root: Path | None = None) -> tuple[list[dict[str, Any]], int]:
     """Rows of the suite as defined now, in the suite's order (stale rows of older definitions
     or weights are left out), and how many were left out. A suite with no definition file keeps
-    every row."""
-    from migbench.benchmarks.sweep import current_hashes
+    every row. Where the rows hold more than one precision, each label gets its precision."""
+    from migbench.benchmarks.sweep import current_hashes, row_precision
 
     rows = read_rows(results_dir(suite, results_root))
     wanted = current_hashes(suite)
-    if wanted is None:
-        return rows, 0
-    order = {h: i for i, h in enumerate(wanted)}
-    kept = sorted((r for r in rows if r["run_hash"] in order), key=lambda r: order[r["run_hash"]])
+    kept = rows
+    if wanted is not None:
+        order = {h: i for i, h in enumerate(wanted)}
+        kept = sorted((r for r in rows if r["run_hash"] in order), key=lambda r: order[r["run_hash"]])
+    if len({row_precision(r) for r in kept}) > 1:  # samples of two precisions are never seeds of one point
+        kept = [{**r, "label": f"{r['label']} [{row_precision(r)}]"} for r in kept]
     return kept, len(rows) - len(kept)
 
 

@@ -7,6 +7,8 @@
     seeds = [0]                      # one point per seed; several seeds give 95% intervals
     reference = "fmnist-train"
     batch_size = 250
+    precision = "auto"               # auto | bf16 | fp16 | fp32 (a run may override it)
+    head_dtype = "auto"              # auto | fp32: the output head in fp32 under bf16/fp16 autocast
     set = { "maskgit.steps" = 8 }    # overrides for every run
 
     [[runs]]
@@ -29,6 +31,7 @@ from typing import Any
 
 from migbench import registry
 from migbench.config import closest
+from migbench.precision import HEAD_DTYPES, PRECISIONS
 from migbench.recipe import Recipe, resolve
 
 if sys.version_info >= (3, 11):
@@ -37,8 +40,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
-TOP_KEYS = ("name", "description", "backbone", "n", "seeds", "reference", "batch_size", "set", "runs")
-RUN_KEYS = ("label", "methods", "set", "grid", "backbone")
+TOP_KEYS = ("name", "description", "backbone", "n", "seeds", "reference", "batch_size", "precision",
+            "head_dtype", "set", "runs")
+RUN_KEYS = ("label", "methods", "set", "grid", "backbone", "precision", "head_dtype")
 
 
 class SuiteError(ValueError):
@@ -55,6 +59,8 @@ class Point:
     swept: tuple[tuple[str, Any], ...]
     overrides: tuple[tuple[str, Any], ...]
     seed: int
+    precision: str = "auto"  # as declared; the sweep resolves it for its device
+    head_dtype: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,12 @@ def _check_keys(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> 
 def _require(value: Any, kind: type | tuple[type, ...], where: str) -> Any:
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
         raise SuiteError(f"{where} must be {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def _choice(value: Any, allowed: tuple[str, ...], where: str) -> str:
+    if value not in allowed:
+        raise SuiteError(f"{where} must be one of {', '.join(allowed)}, got {value!r}")
     return value
 
 
@@ -115,6 +127,8 @@ def parse_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
     if n < 2 or batch_size < 1 or not seeds:
         raise SuiteError(f"{where}: need n >= 2, batch_size >= 1 and at least one seed")
     common = _require(raw.get("set", {}), dict, f"{where}: set")
+    precision = _choice(raw.get("precision", "auto"), PRECISIONS, f"{where}: precision")
+    head_dtype = _choice(raw.get("head_dtype", "auto"), HEAD_DTYPES, f"{where}: head_dtype")
     runs = _require(raw.get("runs", []), list, f"{where}: runs")
     if not runs:
         raise SuiteError(f"{where}: no [[runs]]")
@@ -133,6 +147,8 @@ def parse_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
             raise SuiteError(f"{run_where}: unknown backbone {run_backbone!r}"
                              f"{closest(run_backbone, list(registry.BACKBONES))}")
         fixed = {**common, **_require(run.get("set", {}), dict, f"{run_where}.set")}
+        run_precision = _choice(run.get("precision", precision), PRECISIONS, f"{run_where}.precision")
+        run_head_dtype = _choice(run.get("head_dtype", head_dtype), HEAD_DTYPES, f"{run_where}.head_dtype")
         grid = _require(run.get("grid", {}), dict, f"{run_where}.grid")
         keys = list(grid)
         values = [_require(grid[k], list, f"{run_where}.grid.{k}") for k in keys]
@@ -144,8 +160,8 @@ def parse_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
             except (KeyError, ValueError) as err:
                 raise SuiteError(f"{run_where} ({label}): {err.args[0] if err.args else err}") from err
             for seed in seeds:
-                points.append(Point(label, run_backbone, recipe, swept,
-                                    tuple(sorted(overrides.items())), seed))
+                points.append(Point(label, run_backbone, recipe, swept, tuple(sorted(overrides.items())),
+                                    seed, run_precision, run_head_dtype))
     return Suite(name=name, description=str(raw.get("description", "")), backbone=backbone, n=n,
                  seeds=seeds, reference=_require(raw.get("reference", "fmnist-train"), str,
                                                  f"{where}: reference"),

@@ -19,6 +19,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from migbench.config import stable_hash
 from migbench.data import CLASS_NAMES
 from migbench.generate import Generation, generate, merge
 from migbench.images import save_grid, save_samples
+from migbench.precision import resolve as resolve_precision
 from migbench.recipe import Recipe
 from migbench.weights import WeightsError, git_revision, read_manifest
 
@@ -68,9 +70,11 @@ def method_versions(recipe: Recipe) -> dict[str, int]:
     return {name: v for name, v in versions.items() if v > 1}
 
 
-def run_hash(point: Point, suite: Suite, weight_hashes: dict[str, str], evaluator: dict[str, str]) -> str:
+def run_hash(point: Point, suite: Suite, weight_hashes: dict[str, str], evaluator: dict[str, str],
+             precision: str) -> str:
     """Identity of a point's result: equal hashes give equal rows. ``weight_hashes`` holds the
-    stack's and every method's weights (retraining a critic or adapter reruns its points)."""
+    stack's and every method's weights (retraining a critic or adapter reruns its points);
+    ``precision`` is the resolved one (bf16, fp16, fp32): samples differ between precisions."""
     identity = {"recipe": point.recipe.describe(), "backbone": point.backbone,
                 "weights": weight_hashes, "n": suite.n, "seed": point.seed,
                 "batch_size": suite.batch_size, "reference": suite.reference,
@@ -78,7 +82,21 @@ def run_hash(point: Point, suite: Suite, weight_hashes: dict[str, str], evaluato
     versions = method_versions(point.recipe)
     if versions:  # absent while every method is at version 1, so those rows keep their hashes
         identity["method_versions"] = versions
+    if precision != "bf16":  # absent for bf16, the only precision before it was a choice: old rows keep their hashes
+        identity["precision"] = precision
+    if point.head_dtype != "auto":
+        identity["head_dtype"] = point.head_dtype
     return stable_hash(identity)
+
+
+def possible_precisions(declared: str) -> tuple[str, ...]:
+    """The precisions a point declared as ``declared`` may have been sampled in (auto: bf16 or fp32)."""
+    return ("bf16", "fp32") if declared == "auto" else (declared,)
+
+
+def row_precision(row: dict[str, Any]) -> str:
+    """The precision a row was sampled in (rows from before it was recorded were all bf16)."""
+    return str(row.get("precision", "bf16"))
 
 
 def provenance_key(provenance: dict[str, Any]) -> str:
@@ -141,7 +159,7 @@ def sweep(suite_name: str, *, results_root: Path | None = None, floors: bool = T
     stacks: dict[str, Any] = {}
     done = {row["run_hash"] for row in read_rows(folder)}
     todo = []
-    for point, h in suite_hashes(suite, stacks, extractor):
+    for point, h in suite_hashes(suite, stacks, extractor, lambda p: resolve_precision(p.precision, device)):
         if h not in done:
             todo.append((point, h))
             done.add(h)
@@ -164,8 +182,8 @@ def sweep(suite_name: str, *, results_root: Path | None = None, floors: bool = T
         bar.set_postfix_str(f"{point.label} {dict(point.swept)} seed={point.seed}")
         stack = stacks[point.backbone]
         part = generate(stack, point.recipe, suite.n, point.seed, batch_size=suite.batch_size,
-                        device=device, process_index=rank, num_processes=world,
-                        progress=progress and state.is_main_process)
+                        device=device, process_index=rank, num_processes=world, precision=point.precision,
+                        head_dtype=point.head_dtype, progress=progress and state.is_main_process)
         parts = _gather(state, part)
         if state.is_main_process:
             result = merge(parts)
@@ -176,24 +194,32 @@ def sweep(suite_name: str, *, results_root: Path | None = None, floors: bool = T
     return folder
 
 
-def suite_hashes(suite: Suite, stacks: dict[str, Any], extractor: Extractor) -> list[tuple[Point, str]]:
-    """Every point of ``suite`` with its run hash (``stacks`` caches the loaded stacks)."""
+def suite_hashes(suite: Suite, stacks: dict[str, Any], extractor: Extractor,
+                 precision_of: Callable[[Point], str]) -> list[tuple[Point, str]]:
+    """Every point of ``suite`` with its run hash at the precision ``precision_of(point)``
+    (``stacks`` caches the loaded stacks)."""
     out = []
     for point in suite.points:
         if point.backbone not in stacks:
             stacks[point.backbone] = registry.backbone(point.backbone)()
         hashes = {**stacks[point.backbone].weight_hashes, **method_weight_hashes(point.recipe)}
-        out.append((point, run_hash(point, suite, hashes, extractor.describe())))
+        out.append((point, run_hash(point, suite, hashes, extractor.describe(), precision_of(point))))
     return out
 
 
 def current_hashes(suite_name: str) -> list[str] | None:
-    """Run hashes of the suite as it is defined now, in suite order (None if no such suite file)."""
+    """Run hashes of the suite as it is defined now, in suite order, at every precision a point
+    may have been sampled in on some machine (``auto`` is bf16 or fp32); None if no such suite."""
     try:
         suite = load_suite(suite_name)
     except SuiteError:
         return None
-    return list(dict.fromkeys(h for _, h in suite_hashes(suite, {}, Extractor.fmnist())))
+    stacks: dict[str, Any] = {}
+    hashes: list[str] = []
+    for used in ("bf16", "fp32", "fp16"):
+        hashes += [h for point, h in suite_hashes(suite, stacks, Extractor.fmnist(), lambda _, used=used: used)
+                   if used in possible_precisions(point.precision)]
+    return list(dict.fromkeys(hashes))
 
 
 def _write_floors(folder: Path, suite: Suite) -> None:
@@ -216,12 +242,13 @@ def _record(folder: Path, suite: Suite, point: Point, h: str, stack: Any, result
                   "seed": point.seed,
                   "git_revision": git_revision(), "device": device, "processes": world,
                   "python": platform.python_version(), "migbench": migbench.__version__,
-                  "sampler_version": migbench.SAMPLER_VERSION, "method_versions": method_versions(point.recipe)}
+                  "sampler_version": migbench.SAMPLER_VERSION, "method_versions": method_versions(point.recipe),
+                  "precision": result.precision, "head_dtype": result.head_dtype}
     row = {"suite": suite.name, "label": point.label, "backbone": point.backbone,
            "methods": list(point.recipe.methods), "swept": dict(point.swept),
            "overrides": dict(point.overrides), "recipe": point.recipe.describe(), "n": suite.n,
            "seed": point.seed, "batch_size": suite.batch_size, "reference": suite.reference,
-           "run_hash": h, "samples_sha256": sample_fingerprint(result), "metrics": evaluation["metrics"],
+           "precision": result.precision, "head_dtype": result.head_dtype, "run_hash": h, "samples_sha256": sample_fingerprint(result), "metrics": evaluation["metrics"],
            "cost": {"nfe_per_image": result.nfe_per_image,
                     "images_per_second": round(result.images_per_second, 2),
                     "sampling_seconds": round(result.sampling_seconds, 2),

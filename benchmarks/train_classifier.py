@@ -64,7 +64,7 @@ def train_classifier(run_dir: Path, recipe: ClassifierRecipe = ClassifierRecipe(
         return loss, {"train_accuracy": float((logits.argmax(1) == labels[idx]).float().mean())}
 
     loop = TrainLoop(name="train classifier", total_steps=recipe.steps, seed=recipe.seed,
-                     run_dir=run_dir, bf16=False, stop_after=stop_after,
+                     run_dir=run_dir, precision="fp32", stop_after=stop_after,
                      lr_at=lambda s: warmup_cosine(s, recipe.steps, recipe.warmup, recipe.lr, 0.0))
     net = loop.run(net, optimizer, step_fn)
     if stop_after is not None and stop_after < recipe.steps:

@@ -8,6 +8,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from migbench.precision import HEAD_DTYPES, PRECISIONS
+
 
 def _cmd_data(args: argparse.Namespace) -> int:
     from migbench.data import DatasetMissingError, load_split
@@ -102,7 +104,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         classes = torch.tensor([int(c) for c in args.classes.split(",")])
         labels = classes[torch.arange(args.n) % len(classes)]
     result = generate(stack, recipe, args.n, args.seed, batch_size=args.batch_size,
-                      device=args.device, bf16=not args.no_bf16, labels=labels)
+                      device=args.device, precision=args.precision, head_dtype=args.head_dtype, labels=labels)
     out = Path(args.out)
     save_samples(out / "samples.npz", result.images, result.labels)
     save_grid(out / "grid.png", result.images, result.labels, CLASS_NAMES)
@@ -112,7 +114,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             "sampling_seconds": round(result.sampling_seconds, 3),
             "images_per_second": round(result.images_per_second, 2),
             "wall_seconds": round(time.perf_counter() - started, 3), "weights": stack.weight_hashes,
-            "device": str(args.device), "bf16": not args.no_bf16,
+            "device": str(args.device), "precision": result.precision, "head_dtype": result.head_dtype,
             "versions": {"torch": torch.__version__, "python": platform.python_version()}}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"{args.n} samples of {recipe.label()} on {stack.name}: "
@@ -296,7 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--no-bf16", action="store_true", help="sample in fp32 instead of bf16 autocast")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="autocast precision; auto = bf16 where the device runs it natively, else fp32")
+    p.add_argument("--head-dtype", default="auto", choices=HEAD_DTYPES,
+                   help="fp32 runs the output head in fp32 under bf16/fp16 autocast")
     p.add_argument("--out", default="out/sample")
     p.set_defaults(func=_cmd_sample)
 

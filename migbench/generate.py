@@ -8,7 +8,6 @@ same for any number of processes (tested with 1 and 2).
 
 from __future__ import annotations
 
-import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -20,6 +19,8 @@ from migbench.api import NULL_LABEL
 from migbench.backbones.stacks import Stack
 from migbench.data import balanced_labels
 from migbench.images import quantize
+from migbench.precision import autocast
+from migbench.precision import resolve as resolve_precision
 from migbench.recipe import Recipe, build_sampler
 from migbench.rng import batch_generator
 
@@ -34,28 +35,28 @@ class Generation:
     nfe_per_image: dict[str, float]
     sampling_seconds: float
     extra_parameters: dict[str, dict[str, int]] = field(default_factory=dict)
+    precision: str = "fp32"
+    head_dtype: str = "auto"
 
     @property
     def images_per_second(self) -> float:
         return len(self.indices) / self.sampling_seconds if self.sampling_seconds > 0 else float("nan")
 
 
-def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CPU and GPU (the default for sampling); a no-op when disabled."""
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
 def generate(stack: Stack, recipe: Recipe, n: int, seed: int, *, batch_size: int = 250,
              device: str | torch.device = "cpu", process_index: int = 0, num_processes: int = 1,
-             bf16: bool = True, progress: bool = True, labels: torch.Tensor | None = None) -> Generation:
-    """Sample this process's share of ``n`` images (all of them when ``num_processes == 1``)."""
+             precision: str = "auto", head_dtype: str = "auto", progress: bool = True,
+             labels: torch.Tensor | None = None) -> Generation:
+    """Sample this process's share of ``n`` images (all of them when ``num_processes == 1``).
+
+    ``precision`` (auto, bf16, fp16, fp32) is resolved for ``device`` by
+    :func:`migbench.precision.resolve`; the precision used is returned in the Generation."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
+    used = resolve_precision(precision, device)
     all_labels = balanced_labels(n, stack.backbone.layout.num_classes) if labels is None else labels
     if all_labels.shape != (n,):
         raise ValueError(f"labels must have shape ({n},), got {tuple(all_labels.shape)}")
@@ -71,7 +72,7 @@ def generate(stack: Stack, recipe: Recipe, n: int, seed: int, *, batch_size: int
     for j in tqdm(batches, desc=f"sampling {recipe.label()}", disable=not progress, leave=False):
         idx = torch.arange(j * batch_size, min(n, (j + 1) * batch_size))
         batch_labels = all_labels[idx].to(device)
-        with autocast(device, bf16):
+        with autocast(used, device, head_dtype):
             ids = sampler(batch_labels, batch_generator(seed, j, device))
         images.append(quantize(tokenizer.decode(ids)).cpu().numpy())
         labels_out.append(batch_labels.cpu().numpy())
@@ -83,7 +84,7 @@ def generate(stack: Stack, recipe: Recipe, n: int, seed: int, *, batch_size: int
                       labels=np.concatenate(labels_out) if labels_out else np.zeros(0, np.int64),
                       indices=np.concatenate(indices) if indices else np.zeros(0, np.int64),
                       nfe_per_image=sampler.nfe_per_image(), sampling_seconds=seconds,
-                      extra_parameters=sampler.extra_parameters)
+                      extra_parameters=sampler.extra_parameters, precision=used, head_dtype=head_dtype)
 
 
 def merge(parts: list[Generation]) -> Generation:
@@ -98,4 +99,5 @@ def merge(parts: list[Generation]) -> Generation:
     return Generation(images=np.concatenate([p.images for p in parts])[order],
                       labels=np.concatenate([p.labels for p in parts])[order], indices=indices[order],
                       nfe_per_image=nfe, sampling_seconds=max(p.sampling_seconds for p in parts),
-                      extra_parameters=parts[0].extra_parameters)
+                      extra_parameters=parts[0].extra_parameters, precision=parts[0].precision,
+                      head_dtype=parts[0].head_dtype)

@@ -1,4 +1,4 @@
-"""The one training loop every migbench model uses: resumable, step-seeded, bf16, accelerate.
+"""The one training loop every migbench model uses: resumable, step-seeded, mixed precision, accelerate.
 
 Every random draw of step ``k`` comes from ``step_generator(seed, k)`` and every batch from
 ``batch_indices(n, batch, seed, k)``, so a run resumed from a checkpoint at step k produces the
@@ -19,6 +19,9 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from tqdm.auto import tqdm
+
+from migbench.precision import accelerate_mixed_precision
+from migbench.precision import resolve as resolve_precision
 
 StepFn = Callable[[torch.nn.Module, int, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
 
@@ -55,12 +58,13 @@ class TrainLoop:
     seed: int
     run_dir: Path
     lr_at: Callable[[int], float]
-    bf16: bool = True
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32 (migbench.precision): auto is bf16 only where native
     checkpoint_every_s: float = 180.0
     log_every: int = 50
     grad_clip: float | None = 1.0
     stop_after: int | None = None  # testing aid: stop (with a checkpoint) before this step
     history: list[dict[str, float]] = field(default_factory=list)
+    precision_used: str | None = field(default=None, init=False)  # bf16 | fp16 | fp32, set by run()
 
     @property
     def checkpoint_path(self) -> Path:
@@ -75,11 +79,13 @@ class TrainLoop:
         """Train ``model`` to ``total_steps``, resuming from ``checkpoint_path`` if present.
 
         ``step_fn(model, step, generator)`` returns (loss, metrics) for one batch; it runs under
-        bf16 autocast when ``bf16``. Returns the unwrapped model.
+        the accelerator's autocast for ``precision``. Returns the unwrapped model.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        accelerator = Accelerator(cpu=not torch.cuda.is_available(),
-                                  mixed_precision="bf16" if self.bf16 else "no")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.precision_used = resolve_precision(self.precision, device)
+        accelerator = Accelerator(cpu=device.type == "cpu",
+                                  mixed_precision=accelerate_mixed_precision(self.precision, device))
         start = self._resume(model, optimizer)
         model, optimizer = accelerator.prepare(model, optimizer)
         model.train()

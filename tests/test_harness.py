@@ -86,7 +86,7 @@ def test_a_bumped_method_version_reruns_only_its_points(tmp_path, monkeypatch) -
     suite = load_suite(str(toy_suite(tmp_path)))
 
     def hashes() -> list[str]:
-        return [run_hash(p, suite, {"w": "0"}, {"e": "1"}) for p in suite.points]
+        return [run_hash(p, suite, {"w": "0"}, {"e": "1"}, "bf16") for p in suite.points]
 
     before = hashes()
     monkeypatch.setattr(registry.method("halton"), "version", 2, raising=False)

@@ -28,6 +28,7 @@ from migbench.methods.ka_mig.graphs import Graph
 from torch import nn
 
 from migbench.api import NULL_LABEL, HookContext
+from migbench.precision import run_head
 
 Constants = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 Terms = tuple[torch.Tensor | None, torch.Tensor | None]  # (visible term, prior term), (B, N, d) each
@@ -170,7 +171,7 @@ class KAMIGModule(nn.Module):
         out: dict[str, Hook] = {}
         if switches.any_graph():
             out = {f"block_in.{i}": self._fusion(i, switches, terms) for i in range(len(self.positive))}
-        out["logits"] = lambda logits, ctx: self.head(ctx.extras["hidden"])
+        out["logits"] = lambda logits, ctx: run_head(self.head, ctx.extras["hidden"])
         return out
 
     @staticmethod
