@@ -36,6 +36,7 @@ from migbench.config import stable_hash
 from migbench.data import CLASS_NAMES
 from migbench.generate import Generation, generate, merge
 from migbench.images import save_grid, save_samples
+from migbench.precision import explain as explain_precision
 from migbench.precision import resolve as resolve_precision
 from migbench.recipe import Recipe
 from migbench.weights import WeightsError, git_revision, read_manifest
@@ -142,10 +143,11 @@ def relaunch(args: list[str], processes: int) -> int:
     return subprocess.call([*launch, "-m", "migbench.cli", "sweep", *args], env=env)
 
 
-def sweep(suite_name: str, *, results_root: Path | None = None, floors: bool = True,
+def sweep(suite_name: str | Suite, *, results_root: Path | None = None, floors: bool = True,
           keep_samples: bool = False, progress: bool = True, limit: int | None = None) -> Path:
-    """Run the pending points of ``suite_name``; returns the results folder."""
-    suite = load_suite(suite_name)
+    """Run the pending points of ``suite_name`` (a name, a path, or a parsed Suite); returns the
+    results folder."""
+    suite = suite_name if isinstance(suite_name, Suite) else load_suite(suite_name)
     state, rank, world = _distributed()
     device = state.device
     folder = results_dir(suite.name, results_root)
@@ -170,8 +172,10 @@ def sweep(suite_name: str, *, results_root: Path | None = None, floors: bool = T
         raise WeightsError(f"suite {suite.name} needs weights the manifest does not list: {needs}. "
                            "Train them first (`migbench fit METHOD ...`, see README, The embedded stack).")
     if state.is_main_process:
+        declared = sorted({point.precision for point, _ in todo})
         print(f"suite {suite.name}: {len(suite.points)} points, {len(suite.points) - len(todo)} done, "
-              f"{len(todo)} to run on {world} process(es)")
+              f"{len(todo)} to run on {world} process(es) of {device}; "
+              + ", ".join(explain_precision(p, device) for p in declared))
         if floors and todo:
             try:
                 _write_floors(folder, suite)

@@ -87,6 +87,15 @@ def resolve(precision: str, device: torch.device | str) -> str:
     return "bf16" if native_bf16(device) else "fp32"
 
 
+def explain(precision: str, device: torch.device | str) -> str:
+    """One line saying what ``precision`` resolves to on ``device`` and why, for logs."""
+    used = resolve(precision, device)
+    if precision != "auto":
+        return f"precision {used}"
+    device = torch.device(device)
+    return f"precision auto -> {used} ({device.type} {'with' if native_bf16(device) else 'without'} native bf16)"
+
+
 @contextlib.contextmanager
 def autocast(precision: str, device: torch.device | str, head_dtype: str = "auto") -> Iterator[None]:
     """Autocast to ``precision`` (``auto`` resolved for ``device``; fp32 is a no-op); with

@@ -1,8 +1,23 @@
-"""CI regression: the fixed-seed suite stays within its committed baseline's tolerances."""
+"""CI regression: the fixed-seed suite stays within its committed baseline's two-sample tolerance,
+and the same check flags a real regression."""
 
 import json
+import tempfile
+from pathlib import Path
 
-from migbench.benchmarks.regression import BASELINE, check, compare
+from migbench.benchmarks.regression import (
+    BASELINE,
+    BASELINE_SEEDS,
+    check,
+    compare,
+    regression_suite,
+    run_suite,
+    tolerance,
+)
+
+
+def baseline() -> dict:
+    return json.loads(BASELINE.read_text())
 
 
 def test_ci_regression_suite_matches_baseline() -> None:
@@ -10,12 +25,30 @@ def test_ci_regression_suite_matches_baseline() -> None:
     assert not failures, "\n".join(failures)
 
 
+def test_check_flags_lost_class_conditioning() -> None:
+    """A sampler that ignores the class (CFG at w = -1 leaves the unconditional logits) must fail
+    the same check, on whatever device runs it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        current = run_suite(Path(tmp), regression_suite(overrides={"maskgit.cfg_scale": -1.0}, labels=("maskgit",)))
+    failures = compare(current, {"runs": {"maskgit": baseline()["runs"]["maskgit"]}})
+    assert any("class_accuracy" in f for f in failures), failures
+
+
+def test_tolerance_is_the_two_sample_bound() -> None:
+    # Z s sqrt(1/3 + 1/12) = 5 * 0.02 * 0.6455 = 0.06455
+    assert abs(tolerance("class_accuracy", 0.02, 3, 12) - 0.0645497) < 1e-6
+    assert tolerance("class_accuracy", 0.0, 3, 12) == 0.005  # the floor
+
+
 def test_compare_flags_a_moved_metric() -> None:
-    baseline = json.loads(BASELINE.read_text())
-    label, metrics = next(iter(baseline["runs"].items()))
-    current = {lab: {m: dict(v) for m, v in ms.items()} for lab, ms in baseline["runs"].items()}
-    assert compare(current, baseline) == []
-    current[label]["fid"]["mean"] = metrics["fid"]["mean"] + 2 * metrics["fid"]["tolerance"]
-    assert any("fid" in f for f in compare(current, baseline))
+    base = baseline()
+    assert base["seeds"] == list(BASELINE_SEEDS)
+    label, metrics = next(iter(base["runs"].items()))
+    current = {lab: {m: list(v["values"][:3]) for m, v in ms.items()} for lab, ms in base["runs"].items()}
+    shift = {lab: {m: [v["mean"]] * 3 for m, v in ms.items()} for lab, ms in base["runs"].items()}
+    assert compare(shift, base) == []
+    tol = tolerance("fid", metrics["fid"]["sd"], 3, len(metrics["fid"]["values"]))
+    shift[label]["fid"] = [metrics["fid"]["mean"] + 1.01 * tol] * 3
+    assert any("fid" in f for f in compare(shift, base))
     del current[label]
-    assert any("missing" in f for f in compare(current, baseline))
+    assert any("missing" in f for f in compare(current, base))
