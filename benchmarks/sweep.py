@@ -3,29 +3,44 @@
 A point is skipped when its run hash (resolved recipe, backbone and method weight hashes, n, seed,
 batch size, reference, evaluator and extractor weights, sampler code version, method versions past
 1) already has a row. A suite whose pending points name untrained weights fails before sampling.
-Sampling is sharded over the processes of an ``accelerate launch`` (CPU or GPU): each process
-samples its batches (:mod:`migbench.generate`), the main process gathers, evaluates, appends the
-row and draws a grid. ``--processes P`` relaunches the sweep under ``accelerate launch``.
+``--processes P`` relaunches the sweep under ``accelerate launch`` (one GPU per process, or CPU
+processes where no GPU is visible).
+
+Per point, every process of the launch (CPU or GPU) runs its share of the batches
+(:mod:`migbench.generate`) and evaluates each batch as it comes (:class:`ShardEvaluator`):
+decode, quantise, then the extractor's features on the process's own device, one forward pass
+per sampling batch in fp32 (so a batch's features do not depend on which process made it), a
+sha256 of the batch's uint8 images and labels, the few samples a grid shows, and with
+``--keep-samples`` the batch appended to the process's raw sample shard. No process keeps its
+images. The main process gathers each one's :class:`Shard` (features, batch hashes, labels,
+indices, grid samples; at 50k ImageNet samples about 0.6 GB of Inception features in all, no
+images), orders the features by sample index (:func:`merge_shards`), computes the metrics from
+them (:func:`~migbench.benchmarks.metrics.evaluate.evaluate_features`, the numbers
+:func:`~migbench.benchmarks.metrics.evaluate.evaluate` gives for the same images), streams the
+shards into one ADM ``samples.npz`` if asked, appends the row and draws the grid. A row's
+``samples_sha256`` is :data:`FINGERPRINT`: the sha256 of the batch hashes in batch order, the
+same for any number of processes.
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
+import importlib.util
 import json
 import os
 import platform
-import shutil
 import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from migbench.benchmarks.metrics.evaluate import Extractor, evaluate
+from migbench.benchmarks.metrics.evaluate import Extractor, evaluate_features, extract_batch
 from migbench.benchmarks.results import append_row, read_rows, repair, results_dir, write_csv
 from migbench.benchmarks.suite import Point, Suite, SuiteError, load_suite
 from tqdm.auto import tqdm
@@ -34,12 +49,14 @@ import migbench
 from migbench import registry
 from migbench.config import stable_hash
 from migbench.data import CLASS_NAMES
-from migbench.generate import Generation, generate, merge
-from migbench.images import save_grid, save_samples
+from migbench.generate import Batch, Generation, generate, merge
+from migbench.images import SampleShard, grid_subset, merge_sample_shards, save_grid
 from migbench.precision import explain as explain_precision
 from migbench.precision import resolve as resolve_precision
 from migbench.recipe import Recipe
 from migbench.weights import WeightsError, git_revision, read_manifest
+
+FINGERPRINT = "batch-sha256-v2"  # samples_sha256 = samples_fingerprint(batch_sha256 of every batch)
 
 
 def method_weight_hashes(recipe: Recipe) -> dict[str, str]:
@@ -110,17 +127,117 @@ def provenance_key(provenance: dict[str, Any]) -> str:
 def _distributed() -> tuple[Any, int, int]:
     from accelerate import PartialState
 
-    # the other processes wait while the main one evaluates: allow hours, not the 30-min default
+    # the other processes wait while the main one scores a point (and merges its samples) and
+    # while it writes the floors: allow hours, not the 30-min default
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=datetime.timedelta(hours=6))
     return state, state.process_index, state.num_processes
 
 
-def _gather(state: Any, part: Generation) -> list[Generation]:
-    if state.num_processes == 1:
-        return [part]
-    from accelerate.utils import gather_object
+def batch_sha256(images: np.ndarray, labels: np.ndarray) -> str:
+    """sha256 of one batch: the shape of its images, their uint8 bytes (B, H, W, C) and its
+    labels (B,) as int64."""
+    digest = hashlib.sha256(str(images.shape).encode())
+    digest.update(np.ascontiguousarray(images).tobytes())
+    digest.update(np.ascontiguousarray(labels, np.int64).tobytes())
+    return digest.hexdigest()
 
-    return gather_object([part])
+
+def samples_fingerprint(batch_hashes: dict[int, str]) -> str:
+    """A run's ``samples_sha256`` (:data:`FINGERPRINT`): sha256 of the hex :func:`batch_sha256`
+    of batches 0, 1, ... joined in batch order; the same for any number of processes."""
+    if sorted(batch_hashes) != list(range(len(batch_hashes))):
+        raise ValueError(f"batch hashes missing: got batches {sorted(batch_hashes)}")
+    return hashlib.sha256("".join(batch_hashes[j] for j in range(len(batch_hashes))).encode()).hexdigest()
+
+
+@dataclass
+class Shard:
+    """What one process sends to the main one for a point: features, not images.
+
+    ``generation``: its share without images (labels and indices (n_p,), costs);
+    ``features``: {feature layer: (n_p, D), logits layer: (n_p, K)} in the extractor's dtype,
+    rows in ``generation.indices`` order (empty without batches); ``batch_sha256``: {batch index:
+    :func:`batch_sha256`}; ``grid``: its :func:`~migbench.images.grid_subset` as (images
+    (g, H, W, C) uint8, labels (g,), indices (g,)), g <= 100, None without batches;
+    ``samples``: its :class:`~migbench.images.SampleShard` file with ``--keep-samples``, else None.
+    """
+
+    generation: Generation
+    features: dict[str, torch.Tensor]
+    batch_sha256: dict[int, str]
+    grid: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    samples: Path | None
+
+
+class ShardEvaluator:
+    """The per-batch sink of one process (``generate(..., sink=...)``): extracts each batch's
+    features on ``device`` in one pass, hashes it, keeps the grid's samples and, given
+    ``samples``, appends the batch to that :class:`~migbench.images.SampleShard` file."""
+
+    def __init__(self, extractor: Extractor, device: torch.device, samples: Path | None = None) -> None:
+        self.extractor = extractor
+        self.device = device
+        self.features: dict[str, list[torch.Tensor]] = {}
+        self.batch_sha256: dict[int, str] = {}
+        self.grid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.samples = SampleShard(samples) if samples is not None else None
+
+    def __call__(self, batch: Batch) -> None:
+        for layer, feats in extract_batch(batch.images, self.extractor, self.device).items():
+            self.features.setdefault(layer, []).append(feats)
+        self.batch_sha256[batch.index] = batch_sha256(batch.images, batch.labels)
+        images, labels, indices = batch.images, batch.labels, batch.indices
+        if self.grid is not None:
+            images, labels, indices = (np.concatenate(pair) for pair in zip(self.grid, (images, labels, indices),
+                                                                             strict=True))
+        self.grid = grid_subset(images, labels, indices)
+        if self.samples is not None:
+            self.samples.write(batch.images)
+
+    def shard(self, generation: Generation) -> Shard:
+        """This process's :class:`Shard`, once ``generation`` (made with this sink) is done."""
+        if self.samples is not None:
+            self.samples.close()
+        return Shard(generation=generation, features={k: torch.cat(v) for k, v in self.features.items()},
+                     batch_sha256=self.batch_sha256, grid=self.grid,
+                     samples=self.samples.path if self.samples is not None else None)
+
+
+@dataclass
+class PointSamples:
+    """A point's samples as the main process holds them after the gather, in sample-index
+    order: ``generation`` (labels and indices (n,), costs; no images), ``features`` {layer:
+    (n, D) float64}, ``samples_sha256`` (:data:`FINGERPRINT`) and the grid's images
+    (g, H, W, C) and labels (g,)."""
+
+    generation: Generation
+    features: dict[str, torch.Tensor]
+    samples_sha256: str
+    grid_images: np.ndarray
+    grid_labels: np.ndarray
+
+
+def merge_shards(shards: list[Shard]) -> PointSamples:
+    """Join the processes' shards by sample index (the shards must cover every index once)."""
+    generation = merge([s.generation for s in shards])
+    used = [s for s in shards if len(s.generation.indices)]
+    order = torch.from_numpy(np.argsort(np.concatenate([s.generation.indices for s in used]), kind="stable"))
+    features = {layer: torch.cat([s.features[layer] for s in used])[order].double() for layer in used[0].features}
+    grid_images, grid_labels, _ = grid_subset(*(np.concatenate(part) for part in
+                                                zip(*(s.grid for s in used if s.grid is not None), strict=True)))
+    return PointSamples(generation=generation, features=features,
+                        samples_sha256=samples_fingerprint({j: h for s in shards for j, h in s.batch_sha256.items()}),
+                        grid_images=grid_images, grid_labels=grid_labels)
+
+
+def _gather(state: Any, shard: Shard) -> list[Shard]:
+    """Every process's shard, on the main process (a gather to rank 0, not an all-gather: the
+    other processes get an empty list)."""
+    if state.num_processes == 1:
+        return [shard]
+    gathered: list[Any] | None = [None] * state.num_processes if state.is_main_process else None
+    torch.distributed.gather_object(shard, gathered, dst=0)
+    return list(gathered) if gathered is not None else []
 
 
 def free_port() -> int:
@@ -131,14 +248,20 @@ def free_port() -> int:
 
 
 def relaunch(args: list[str], processes: int) -> int:
-    """Run ``migbench sweep`` under ``accelerate launch`` with ``processes`` processes."""
-    accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
-    if accelerate is None:
-        raise RuntimeError("`accelerate` is not on PATH; install it (pip install accelerate)")
+    """Run ``migbench sweep`` under ``accelerate launch`` with ``processes`` processes: one GPU
+    each, or CPU processes where no GPU is visible (more processes than GPUs is an error)."""
+    gpus = torch.cuda.device_count()
+    if 0 < gpus < processes:  # process p runs on GPU p
+        raise RuntimeError(f"--processes {processes} needs {processes} GPUs, {gpus} visible: use "
+                           f"--processes {gpus}, or CPU processes (CUDA_VISIBLE_DEVICES= migbench sweep ...)")
+    if importlib.util.find_spec("accelerate") is None:
+        raise RuntimeError("`accelerate` is not installed; install it (pip install accelerate)")
     # accelerate's --cpu launcher starts a single process; its multi-process launcher
-    # (torch.distributed.run) works on CPU too: PartialState(cpu=True) then picks gloo.
-    launch = [accelerate, "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port())]
+    # (torch.distributed.run) works on CPU too: PartialState(cpu=True) then picks gloo. It runs
+    # as this interpreter's module: a venv may lack the `accelerate` script on PATH.
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(free_port())]
     env = {**os.environ, "MIGBENCH_LAUNCHED": "1"}
     return subprocess.call([*launch, "-m", "migbench.cli", "sweep", *args], env=env)
 
@@ -185,13 +308,19 @@ def sweep(suite_name: str | Suite, *, results_root: Path | None = None, floors: 
     for point, h in bar:
         bar.set_postfix_str(f"{point.label} {dict(point.swept)} seed={point.seed}")
         stack = stacks[point.backbone]
+        sink = ShardEvaluator(extractor, device, folder / "samples" / f"{h}.shard{rank}" if keep_samples else None)
         part = generate(stack, point.recipe, suite.n, point.seed, batch_size=suite.batch_size,
                         device=device, process_index=rank, num_processes=world, precision=point.precision,
-                        head_dtype=point.head_dtype, progress=progress and state.is_main_process)
-        parts = _gather(state, part)
+                        head_dtype=point.head_dtype, progress=progress and state.is_main_process, sink=sink)
+        shards = _gather(state, sink.shard(part))
         if state.is_main_process:
-            result = merge(parts)
-            _record(folder, suite, point, h, stack, result, extractor, str(device), world, keep_samples)
+            result = merge_shards(shards)
+            if keep_samples:
+                shape = next(s.grid[0].shape[1:] for s in shards if s.grid is not None)
+                merge_sample_shards(folder / "samples" / f"{h}.npz",
+                                    [(s.samples, s.generation.indices) for s in shards], shape,
+                                    result.generation.labels)
+            _record(folder, suite, point, h, stack, result, extractor, device, world)
         state.wait_for_everyone()
     if state.is_main_process:
         write_csv(folder)
@@ -236,34 +365,28 @@ def _write_floors(folder: Path, suite: Suite) -> None:
     os.replace(tmp, path)
 
 
-def _record(folder: Path, suite: Suite, point: Point, h: str, stack: Any, result: Generation,
-            extractor: Extractor, device: str, world: int, keep_samples: bool) -> None:
-    evaluation = evaluate(result.images, result.labels, suite.reference, extractor)
-    save_grid(folder / "grids" / f"{h}.png", result.images, result.labels, CLASS_NAMES)
-    if keep_samples:
-        save_samples(folder / "samples" / f"{h}.npz", result.images, result.labels)
+def _record(folder: Path, suite: Suite, point: Point, h: str, stack: Any, result: PointSamples,
+            extractor: Extractor, device: torch.device, world: int) -> None:
+    generation = result.generation
+    evaluation = evaluate_features(result.features, generation.labels, suite.reference, extractor, device=device)
+    save_grid(folder / "grids" / f"{h}.png", result.grid_images, result.grid_labels, CLASS_NAMES)
     provenance = {**evaluation["provenance"], "weights": {**stack.weight_hashes, **method_weight_hashes(point.recipe)},
                   "seed": point.seed,
-                  "git_revision": git_revision(), "device": device, "processes": world,
+                  "git_revision": git_revision(), "device": str(device), "processes": world,
                   "python": platform.python_version(), "migbench": migbench.__version__,
                   "sampler_version": migbench.SAMPLER_VERSION, "method_versions": method_versions(point.recipe),
-                  "precision": result.precision, "head_dtype": result.head_dtype}
+                  "precision": generation.precision, "head_dtype": generation.head_dtype,
+                  "fingerprint": FINGERPRINT}
     row = {"suite": suite.name, "label": point.label, "backbone": point.backbone,
            "methods": list(point.recipe.methods), "swept": dict(point.swept),
            "overrides": dict(point.overrides), "recipe": point.recipe.describe(), "n": suite.n,
            "seed": point.seed, "batch_size": suite.batch_size, "reference": suite.reference,
-           "precision": result.precision, "head_dtype": result.head_dtype, "run_hash": h, "samples_sha256": sample_fingerprint(result), "metrics": evaluation["metrics"],
-           "cost": {"nfe_per_image": result.nfe_per_image,
-                    "images_per_second": round(result.images_per_second, 2),
-                    "sampling_seconds": round(result.sampling_seconds, 2),
-                    "extra_parameters": result.extra_parameters},
+           "precision": generation.precision, "head_dtype": generation.head_dtype, "run_hash": h,
+           "samples_sha256": result.samples_sha256, "metrics": evaluation["metrics"],
+           "cost": {"nfe_per_image": generation.nfe_per_image,
+                    "images_per_second": round(generation.images_per_second, 2),
+                    "sampling_seconds": round(generation.sampling_seconds, 2),
+                    "extra_parameters": generation.extra_parameters},
            "provenance": provenance, "provenance_key": provenance_key(provenance),
            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     append_row(folder, row)
-
-
-def sample_fingerprint(result: Generation) -> str:
-    """sha256 of the samples and labels (equal for any number of processes)."""
-    digest = hashlib.sha256(np.ascontiguousarray(result.images).tobytes())
-    digest.update(np.ascontiguousarray(result.labels).tobytes())
-    return digest.hexdigest()

@@ -4,11 +4,15 @@ Sample i has label ``balanced_labels(N)[i]`` and belongs to batch ``i // batch_s
 all comes from ``batch_generator(seed, j)``. A process with index p of P runs the batches
 j = p, p + P, ...; :func:`merge` puts the pieces back in index order. The result is therefore the
 same for any number of processes (tested with 1 and 2).
+
+With a ``sink``, each batch is handed over as soon as it is quantised (a :class:`Batch`) and not
+kept: a sweep evaluates it there and then, so no process ever holds all images.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,7 +31,9 @@ from migbench.rng import batch_generator
 
 @dataclass
 class Generation:
-    """Samples of one run (or one process's share): uint8 (n, H, W, C), labels (n,), indices (n,)."""
+    """Samples of one run (or one process's share): uint8 (n, H, W, C), labels (n,), indices (n,).
+
+    Made with a ``sink``, it holds no images: ``images`` is (0, H, W, C)."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -43,14 +49,27 @@ class Generation:
         return len(self.indices) / self.sampling_seconds if self.sampling_seconds > 0 else float("nan")
 
 
+@dataclass(frozen=True)
+class Batch:
+    """Batch ``index`` (j) as it leaves the quantiser: uint8 images (B, H, W, C), labels (B,) and
+    sample indices (B,) = j * batch_size + arange(B), all on the host."""
+
+    index: int
+    images: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray
+
+
 def generate(stack: Stack, recipe: Recipe, n: int, seed: int, *, batch_size: int = 250,
              device: str | torch.device = "cpu", process_index: int = 0, num_processes: int = 1,
              precision: str = "auto", head_dtype: str = "auto", progress: bool = True,
-             labels: torch.Tensor | None = None) -> Generation:
+             labels: torch.Tensor | None = None, sink: Callable[[Batch], None] | None = None) -> Generation:
     """Sample this process's share of ``n`` images (all of them when ``num_processes == 1``).
 
     ``precision`` (auto, bf16, fp16, fp32) is resolved for ``device`` by
-    :func:`migbench.precision.resolve`; the precision used is returned in the Generation."""
+    :func:`migbench.precision.resolve`; the precision used is returned in the Generation.
+    With ``sink``, every batch goes to ``sink`` in batch order and is not kept (the Generation
+    holds labels and indices but no images); time spent in ``sink`` is not sampling time."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if batch_size < 1:
@@ -68,16 +87,23 @@ def generate(stack: Stack, recipe: Recipe, n: int, seed: int, *, batch_size: int
     sampler = build_sampler(recipe, backbone)
     batches = list(range(process_index, -(-n // batch_size), num_processes))
     images, labels_out, indices = [], [], []
+    sink_seconds = 0.0
     started = time.perf_counter()
     for j in tqdm(batches, desc=f"sampling {recipe.label()}", disable=not progress, leave=False):
         idx = torch.arange(j * batch_size, min(n, (j + 1) * batch_size))
         batch_labels = all_labels[idx].to(device)
         with autocast(used, device, head_dtype):
             ids = sampler(batch_labels, batch_generator(seed, j, device))
-        images.append(quantize(tokenizer.decode(ids)).cpu().numpy())
+        batch_images = quantize(tokenizer.decode(ids)).cpu().numpy()
         labels_out.append(batch_labels.cpu().numpy())
         indices.append(idx.numpy())
-    seconds = time.perf_counter() - started
+        if sink is None:
+            images.append(batch_images)
+        else:
+            handed = time.perf_counter()
+            sink(Batch(j, batch_images, labels_out[-1], indices[-1]))
+            sink_seconds += time.perf_counter() - handed
+    seconds = time.perf_counter() - started - sink_seconds
     h, w = (s * 4 for s in tokenizer.grid)
     empty = np.zeros((0, h, w, stack.image_channels), np.uint8)
     return Generation(images=np.concatenate(images) if images else empty,
@@ -88,15 +114,20 @@ def generate(stack: Stack, recipe: Recipe, n: int, seed: int, *, batch_size: int
 
 
 def merge(parts: list[Generation]) -> Generation:
-    """Join the shares of several processes in sample-index order; costs add up over processes."""
+    """Join the shares of several processes in sample-index order; costs add up over processes.
+
+    Shares made with a ``sink`` hold no images, and neither does their merge."""
     indices = np.concatenate([p.indices for p in parts])
     order = np.argsort(indices, kind="stable")
     if not np.array_equal(indices[order], np.arange(len(indices))):
         raise ValueError("the parts do not cover the sample indices exactly once")
+    images = np.concatenate([p.images for p in parts])
+    if len(images) not in (0, len(indices)):
+        raise ValueError("some parts hold their images and others were made with a sink")
     total = sum(len(p.indices) for p in parts)
     kinds = {k for p in parts for k in p.nfe_per_image}
     nfe = {k: sum(p.nfe_per_image.get(k, 0.0) * len(p.indices) for p in parts) / total for k in kinds}
-    return Generation(images=np.concatenate([p.images for p in parts])[order],
+    return Generation(images=images[order] if len(images) else images,
                       labels=np.concatenate([p.labels for p in parts])[order], indices=indices[order],
                       nfe_per_image=nfe, sampling_seconds=max(p.sampling_seconds for p in parts),
                       extra_parameters=parts[0].extra_parameters, precision=parts[0].precision,

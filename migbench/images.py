@@ -1,7 +1,11 @@
-"""Where samples become images: the one quantiser, sample files and grids."""
+"""Where samples become images: the one quantiser, sample files (whole or in per-process
+shards merged by sample index) and grids."""
 
 from __future__ import annotations
 
+import os
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +37,67 @@ def save_samples(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
     np.savez(path, arr_0=images, arr_1=labels.astype(np.int64))
 
 
+class SampleShard:
+    """One process's samples, appended batch by batch to a raw file: uint8 rows (H, W, C) in the
+    order written, no header (:func:`merge_sample_shards` reads it back with the rows' indices)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file = open(path, "wb")
+
+    def write(self, images: np.ndarray) -> None:
+        """Append uint8 images (B, H, W, C)."""
+        if images.dtype != np.uint8 or images.ndim != 4:
+            raise ValueError(f"samples must be uint8 (B, H, W, C), got {images.dtype} {images.shape}")
+        self._file.write(np.ascontiguousarray(images).tobytes())
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def merge_sample_shards(path: Path, shards: Sequence[tuple[Path | None, np.ndarray]], image_shape: tuple[int, ...],
+                        labels: np.ndarray, chunk: int = 256) -> None:
+    """Write the ADM ``.npz`` (``arr_0`` uint8 (N, H, W, C), ``arr_1`` int64 (N,)) of several
+    :class:`SampleShard` files in sample-index order, then delete the shards.
+
+    ``shards`` holds each shard's path (None for a process without samples) and the sample
+    indices (n_p,) of its rows; together they cover 0..N-1 once. ``labels`` (N,) are in index
+    order. ``arr_0`` is streamed from memory-mapped shards ``chunk`` samples at a time, into a
+    temporary file renamed over ``path`` at the end.
+    """
+    n = sum(len(indices) for _, indices in shards)
+    owner, row = np.full(n, -1, np.int64), np.zeros(n, np.int64)
+    for p, (_, indices) in enumerate(shards):
+        owner[indices], row[indices] = p, np.arange(len(indices))
+    if len(labels) != n or (owner < 0).any():
+        raise ValueError("the shards do not cover the sample indices exactly once, or labels do not match them")
+    image_shape = tuple(int(d) for d in image_shape)
+    rows = [np.memmap(shard, np.uint8, "r", shape=(len(indices), *image_shape)) if shard is not None and len(indices)
+            else np.zeros((0, *image_shape), np.uint8) for shard, indices in shards]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+              "shape": (n, *image_shape)}
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        with archive.open("arr_0.npy", "w", force_zip64=True) as out:
+            np.lib.format.write_array_header_1_0(out, header)
+            for start in range(0, n, chunk):
+                ids = np.arange(start, min(n, start + chunk))
+                # runs of consecutive rows of one shard (a batch is one run)
+                cuts = np.flatnonzero((np.diff(owner[ids]) != 0) | (np.diff(row[ids]) != 1)) + 1
+                for run in np.split(ids, cuts):
+                    source = rows[owner[run[0]]]
+                    out.write(np.ascontiguousarray(source[row[run[0]]:row[run[-1]] + 1]).tobytes())
+        with archive.open("arr_1.npy", "w", force_zip64=True) as out:
+            np.lib.format.write_array(out, np.asarray(labels, np.int64))
+    del rows
+    os.replace(tmp, path)
+    for shard, _ in shards:
+        if shard is not None:
+            shard.unlink(missing_ok=True)
+
+
 def load_samples(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """Images uint8 (N, H, W, C) and labels (N,) (or None) from an ADM-layout ``.npz``."""
     with np.load(path) as data:
@@ -43,6 +108,22 @@ def load_samples(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"{path}: arr_0 must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
     return images, labels
+
+
+def grid_subset(images: np.ndarray, labels: np.ndarray, indices: np.ndarray, per_class: int = 10,
+                classes: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The samples a grid shows, in index order: the first ``per_class`` (by sample index) of each
+    of the ``classes`` smallest class ids present; images (n, H, W, C), labels (n,), indices (n,)
+    -> the same three, at most ``classes * per_class`` long.
+
+    The subset of a union equals the subset of the union of subsets, so a process can keep only
+    its own subset batch by batch, and the subset of the processes' subsets is that of all samples.
+    """
+    order = np.argsort(indices, kind="stable")
+    kept_classes = np.unique(labels)[:classes]
+    pick = np.concatenate([order[labels[order] == c][:per_class] for c in kept_classes]) if len(order) else order
+    pick = pick[np.argsort(indices[pick], kind="stable")]
+    return images[pick], labels[pick], indices[pick]
 
 
 def save_grid(path: Path, images: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...],

@@ -152,3 +152,56 @@ def test_npz_reference_with_statistics_uses_them_for_fid(random_classifier, tmp_
     np.savez(tmp_path / "wrong.npz", arr_0=images, mu=np.zeros(3), sigma=np.eye(3))
     with pytest.raises(ev.EvaluationError, match="dimension"):
         ev.evaluate(images, None, str(tmp_path / "wrong.npz"), FAKE, prc=False)
+
+
+def test_features_entry_point_gives_the_images_entry_points_numbers(random_classifier, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MIGBENCH_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(4)
+    np.savez(tmp_path / "ref.npz", arr_0=rng.integers(0, 256, (50, 32, 32, 1), dtype=np.uint8))
+    images = rng.integers(0, 256, (30, 32, 32, 1), dtype=np.uint8)
+    labels = np.arange(30) % 10
+    ref = str(tmp_path / "ref.npz")
+    from_images = ev.evaluate(images, labels, ref, FAKE, device="cpu")
+    feats = ev.extract(images, FAKE, device="cpu")
+    assert ev.evaluate_features(feats, labels, ref, FAKE, device="cpu") == from_images  # bit-identical floats
+    # the extractor's float32 values, kept in float32 (Inception's dtype), give the same numbers
+    as_float32 = {k: v.float() for k, v in feats.items()}
+    assert ev.evaluate_features(as_float32, labels, ref, FAKE, device="cpu") == from_images
+    # features of the sweep's batches, gathered out of order and put back by sample index
+    batches = [np.arange(s, min(30, s + 7)) for s in range(0, 30, 7)]
+    shards = [batches[0::2], batches[1::2]]
+    parts = [(np.concatenate(b), [ev.extract_batch(images[i], FAKE, "cpu") for i in b]) for b in shards]
+    indices = np.concatenate([i for i, _ in parts])
+    order = torch.from_numpy(np.argsort(indices))
+    merged = {k: torch.cat([f[k] for _, fs in parts for f in fs])[order].double() for k in feats}
+    assert ev.evaluate_features(merged, labels, ref, FAKE, device="cpu") == ev.evaluate(
+        images, labels, ref, FAKE, batch_size=7, device="cpu")
+
+
+def test_extract_batch_takes_one_image_and_keeps_the_extractor_dtype(random_classifier) -> None:
+    images = np.random.default_rng(5).integers(0, 256, (5, 32, 32, 1), dtype=np.uint8)
+    one = ev.extract_batch(images[:1], FAKE, "cpu")
+    assert one[FEATURE_LAYER].shape == (1, 256) and one[FEATURE_LAYER].dtype == torch.float64
+    assert one[FEATURE_LAYER].device.type == "cpu"
+    whole = ev.extract(images, FAKE, batch_size=5, device="cpu")
+    batch = ev.extract_batch(images, FAKE, "cpu")
+    assert all(torch.equal(whole[k], batch[k]) for k in whole)
+
+
+def test_evaluate_features_checks_its_input() -> None:
+    f = features(10, d=256)
+    with pytest.raises(ev.EvaluationError, match="layers"):
+        ev.evaluate_features({FEATURE_LAYER: f[FEATURE_LAYER]}, ref="fmnist-test", extractor=FAKE)
+    with pytest.raises(ev.EvaluationError, match="at least 2"):
+        ev.evaluate_features({k: v[:1] for k, v in f.items()}, ref="fmnist-test", extractor=FAKE)
+    with pytest.raises(ev.EvaluationError, match="same number"):
+        ev.evaluate_features({FEATURE_LAYER: f[FEATURE_LAYER], LOGITS_LAYER: f[LOGITS_LAYER][:5]},
+                             ref="fmnist-test", extractor=FAKE)
+
+
+def test_exact_fp32_restores_the_backend_settings() -> None:
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
+    with ev.exact_fp32():
+        assert (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32) == (True, False, False, False)
+    assert (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32) == before

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -131,18 +132,123 @@ def test_sweep_survives_sigkill(tmp_path) -> None:
 
 
 def test_one_and_two_processes_agree(tmp_path) -> None:
-    suite = toy_suite(tmp_path)
-    outputs = {}
+    """CPU processes explicitly (so this also passes on a machine with one GPU). 20 samples in
+    batches of 8: process 0 runs batches 0 and 2 (the last one partial), process 1 batch 1."""
+    from migbench.benchmarks.metrics.evaluate import Extractor, evaluate
+    from migbench.benchmarks.sweep import batch_sha256, samples_fingerprint
+
+    from migbench.images import load_samples
+
+    suite = toy_suite(tmp_path, n=20)
+    outputs, samples, grids = {}, {}, {}
     for processes in (1, 2):
         root = tmp_path / f"p{processes}"
-        proc = run_cli("sweep", str(suite), "--results", str(root), "--no-floors",
-                       "--processes", str(processes))
+        proc = run_cli("sweep", str(suite), "--results", str(root), "--no-floors", "--keep-samples",
+                       "--processes", str(processes), env_extra={"CUDA_VISIBLE_DEVICES": ""})
         out, _ = proc.communicate(timeout=600)
         assert proc.returncode == 0, out
-        rows = read_rows(root / "toy_suite")
+        folder = root / "toy_suite"
+        rows = read_rows(folder)
         assert len(rows) == 5 and {r["provenance"]["processes"] for r in rows} == {processes}
+        assert {r["provenance"]["device"].split(":")[0] for r in rows} == {"cpu"}  # cpu:0 under gloo
         outputs[processes] = {r["run_hash"]: (r["samples_sha256"], r["metrics"]) for r in rows}
+        # one merged samples.npz per point; the shards and temporary files are gone
+        assert sorted(p.name for p in (folder / "samples").iterdir()) == sorted(f"{h}.npz" for h in outputs[processes])
+        samples[processes] = {h: load_samples(folder / "samples" / f"{h}.npz") for h in outputs[processes]}
+        grids[processes] = {h: (folder / "grids" / f"{h}.png").read_bytes() for h in outputs[processes]}
     assert outputs[1] == outputs[2]
+    assert grids[1] == grids[2]
+    for row in read_rows(tmp_path / "p2" / "toy_suite"):
+        images, labels = samples[2][row["run_hash"]]
+        np.testing.assert_array_equal(images, samples[1][row["run_hash"]][0])
+        assert images.shape == (20, 32, 32, 1) and labels.tolist() == [i % 10 for i in range(20)]
+        hashes = {j: batch_sha256(images[j * 8:(j + 1) * 8], labels[j * 8:(j + 1) * 8]) for j in range(3)}
+        assert row["samples_sha256"] == samples_fingerprint(hashes)
+        assert row["provenance"]["fingerprint"] == "batch-sha256-v2"
+        # metrics from the gathered features == metrics of the merged images (extracted per sampling batch)
+        direct = evaluate(images, labels, row["reference"], Extractor.fmnist(), batch_size=row["batch_size"],
+                          device="cpu")
+        assert direct["metrics"] == row["metrics"]
+
+
+def test_processes_send_features_not_images(tmp_path, monkeypatch) -> None:
+    """The gather carries features, hashes, labels, indices and at most 100 grid samples: at 240
+    samples its pickle is bounded by those, not by the 240 images."""
+    from migbench.benchmarks import sweep as sweep_module
+
+    sent = []
+    real_gather = sweep_module._gather
+
+    def spy(state, shard):
+        sent.append(shard)
+        return real_gather(state, shard)
+
+    monkeypatch.setattr(sweep_module, "_gather", spy)
+    n = 240
+    sweep_module.sweep(str(toy_suite(tmp_path, n=n)), results_root=tmp_path / "results", floors=False,
+                       progress=False, limit=1)
+    (shard,) = sent
+    assert shard.generation.images.shape[0] == 0 and len(shard.generation.indices) == n
+    grid_images, grid_labels, _ = shard.grid
+    assert len(grid_images) == 100 and np.bincount(grid_labels).tolist() == [10] * 10
+    features = sum(t.numel() * t.element_size() for t in shard.features.values())
+    assert {len(t) for t in shard.features.values()} == {n} and len(shard.batch_sha256) == n // 8
+    bound = features + grid_images.nbytes + 8 * (3 * n + len(grid_labels) * 2) + 64 * len(shard.batch_sha256) + 16_384
+    assert len(pickle.dumps(shard)) <= bound < features + n * grid_images[0].nbytes
+
+
+def test_sample_shards_merge_into_one_adm_file(tmp_path) -> None:
+    from migbench.images import SampleShard, load_samples, merge_sample_shards
+
+    rng = np.random.default_rng(0)
+    n, batch, processes = 23, 3, 3
+    images = rng.integers(0, 256, (n, 4, 6, 3), dtype=np.uint8)
+    labels = rng.integers(0, 7, n)
+    shards = []
+    for p in range(processes):
+        shard = SampleShard(tmp_path / f"x.shard{p}")
+        indices = [np.arange(j * batch, min(n, (j + 1) * batch)) for j in range(p, -(-n // batch), processes)]
+        for idx in indices:
+            shard.write(images[idx])
+        shard.close()
+        shards.append((shard.path, np.concatenate(indices)))
+    shards.append((None, np.zeros(0, np.int64)))  # a process without batches
+    merge_sample_shards(tmp_path / "s.npz", shards, images.shape[1:], labels, chunk=4)
+    got, got_labels = load_samples(tmp_path / "s.npz")
+    np.testing.assert_array_equal(got, images)
+    np.testing.assert_array_equal(got_labels, labels)
+    assert got_labels.dtype == np.int64
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
+    with pytest.raises(ValueError, match="exactly once"):
+        merge_sample_shards(tmp_path / "t.npz", [(None, np.zeros(0, np.int64))], images.shape[1:], labels)
+
+
+def test_grid_subset_of_shards_is_that_of_all() -> None:
+    from migbench.images import grid_subset
+
+    rng = np.random.default_rng(1)
+    n = 400
+    labels = rng.integers(0, 13, n)
+    images = rng.integers(0, 256, (n, 2, 2, 1), dtype=np.uint8)
+    indices = rng.permutation(n)
+    whole = grid_subset(images, labels, indices)
+    order = np.argsort(indices)
+    expected = np.concatenate([order[labels[order] == c][:10] for c in range(10)])
+    expected = expected[np.argsort(indices[expected])]
+    np.testing.assert_array_equal(whole[2], indices[expected])
+    parts = [grid_subset(images[s], labels[s], indices[s]) for s in (slice(0, 150), slice(150, 151), slice(151, n))]
+    merged = grid_subset(*(np.concatenate(x) for x in zip(*parts, strict=True)))
+    for a, b in zip(whole, merged, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_more_processes_than_gpus_is_refused(monkeypatch) -> None:
+    import torch
+    from migbench.benchmarks.sweep import relaunch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(RuntimeError, match="needs 2 GPUs, 1 visible"):
+        relaunch(["suite"], 2)
 
 
 def fake_row(label, value, seed, fid, is_mean, key="k1"):

@@ -1,8 +1,14 @@
 """The one evaluator: torch-fidelity metrics on uint8 samples against a hashed reference set.
 
 Features come from a torch-fidelity feature extractor (``fmnist-classifier`` by default; the
-ImageNet path uses ``inception-v3-compat``); FID, IS, KID and precision/recall are computed by
-torch-fidelity's own metric functions on those features. Reference features are cached under
+ImageNet path uses ``inception-v3-compat``) on a device of the caller's choosing (each process of
+a sweep uses its own), in fp32 with cuDNN deterministic and TF32 off, batch by batch:
+:func:`extract_batch` gives the features of one batch, :func:`extract` of many images. FID, IS,
+KID and precision/recall are computed by torch-fidelity's own metric functions on those features
+(:func:`metrics_from_features`; precision/recall on the GPU where there is one). Two entry points
+share it: :func:`evaluate` takes images, :func:`evaluate_features` takes features extracted
+elsewhere (a sweep's processes extract their own batches and gather only features), and both
+give the same numbers for the same features. Reference features are cached under
 ``<cache>/refs`` by the *content* hash of the reference images and the extractor's weight hash,
 never by name alone. Every result carries its provenance.
 
@@ -11,8 +17,10 @@ Samples: uint8 (N, H, W, C), C in {1, 3}, the layout of ``samples.npz``'s ``arr_
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -64,8 +72,8 @@ class EvaluationError(ValueError):
     """Samples or references of the wrong shape, type or range, or an empty set."""
 
 
-def check_samples(images: np.ndarray, what: str = "samples") -> None:
-    """uint8 (N, H, W, C), N >= 2, C in {1, 3}; raises EvaluationError otherwise."""
+def check_samples(images: np.ndarray, what: str = "samples", minimum: int = 2) -> None:
+    """uint8 (N, H, W, C), N >= ``minimum``, C in {1, 3}; raises EvaluationError otherwise."""
     if not isinstance(images, np.ndarray):
         raise EvaluationError(f"{what} must be a numpy array, got {type(images).__name__}")
     if images.dtype != np.uint8:
@@ -73,8 +81,8 @@ def check_samples(images: np.ndarray, what: str = "samples") -> None:
                               f"got {images.dtype}")
     if images.ndim != 4 or images.shape[3] not in (1, 3):
         raise EvaluationError(f"{what} must have shape (N, H, W, C) with C in (1, 3), got {images.shape}")
-    if images.shape[0] < 2:
-        raise EvaluationError(f"{what}: need at least 2 images, got {images.shape[0]}")
+    if images.shape[0] < minimum:
+        raise EvaluationError(f"{what}: need at least {minimum} images, got {images.shape[0]}")
 
 
 def content_hash(images: np.ndarray) -> str:
@@ -120,31 +128,61 @@ class Extractor:
                 "logits_layer": self.logits_layer, "extractor_weights": self.weights_id}
 
 
+def default_device() -> torch.device:
+    """The current CUDA device where there is one, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
+@contextlib.contextmanager
+def exact_fp32() -> Iterator[None]:
+    """Full fp32 on CUDA (no TF32 in convolutions or matrix products), deterministic cuDNN
+    algorithms chosen without autotuning; the previous settings come back afterwards. A no-op
+    on the CPU. Under it, a batch's features depend only on the batch and the GPU model."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
+    cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = True, False, False, False
+    try:
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
 @lru_cache(maxsize=4)
-def _module(extractor: Extractor) -> torch.nn.Module:
+def _module(extractor: Extractor, device: str) -> torch.nn.Module:
     _ensure_registered()
     kwargs: dict[str, Any] = {"verbose": False}
     if extractor.weights_path:
         kwargs["feature_extractor_weights_path"] = extractor.weights_path
-    return create_feature_extractor(extractor.name, [extractor.feature_layer, extractor.logits_layer],
-                                    cuda=torch.cuda.is_available(), **kwargs)
+    module = create_feature_extractor(extractor.name, [extractor.feature_layer, extractor.logits_layer],
+                                      cuda=False, **kwargs)
+    return module.to(device)
 
 
 @torch.no_grad()
-def extract(images: np.ndarray, extractor: Extractor, batch_size: int = 500) -> dict[str, torch.Tensor]:
-    """Features {layer: (N, D) float64} of uint8 images (N, H, W, C), in fp32 (no autocast)."""
-    check_samples(images)
-    module = _module(extractor)
-    out: dict[str, list[torch.Tensor]] = {extractor.feature_layer: [], extractor.logits_layer: []}
-    for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2)
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        device = next(module.parameters()).device
+def extract_batch(images: np.ndarray, extractor: Extractor,
+                  device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """Features {layer: (B, D)} of one batch of uint8 images (B, H, W, C), B >= 1, on the host in
+    the extractor's own dtype (float32 for Inception, float64 for ``fmnist-classifier``), computed
+    on ``device`` (default: :func:`default_device`) in one forward pass, fp32, no autocast."""
+    check_samples(images, minimum=1)
+    device = torch.device(device) if device is not None else default_device()
+    module = _module(extractor, str(device))
+    x = torch.from_numpy(images).permute(0, 3, 1, 2)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    with exact_fp32():
         feats = module.convert_features_tuple_to_dict(module(x.contiguous().to(device)))
-        for name in out:
-            out[name].append(feats[name].double().cpu())
-    return {name: torch.cat(parts) for name, parts in out.items()}
+    return {name: feats[name].cpu() for name in (extractor.feature_layer, extractor.logits_layer)}
+
+
+def extract(images: np.ndarray, extractor: Extractor, batch_size: int = 500,
+            device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """Features {layer: (N, D) float64} of uint8 images (N, H, W, C), N >= 2, extracted
+    ``batch_size`` at a time by :func:`extract_batch` on ``device``."""
+    check_samples(images)
+    parts = [extract_batch(images[start:start + batch_size], extractor, device)
+             for start in range(0, len(images), batch_size)]
+    return {name: torch.cat([part[name] for part in parts]).double() for name in parts[0]}
 
 
 @dataclass(frozen=True)
@@ -231,10 +269,14 @@ def fid_from_statistics(sample_features: torch.Tensor, stats: dict[str, np.ndarr
 def metrics_from_features(sample: dict[str, torch.Tensor], ref: dict[str, torch.Tensor],
                           extractor: Extractor, labels: np.ndarray | None = None,
                           kid_subset_size: int = 1000, prc: bool = True,
-                          ref_statistics: dict[str, np.ndarray] | None = None) -> dict[str, float]:
-    """FID, IS, KID, precision/recall (torch-fidelity) and class accuracy from features.
+                          ref_statistics: dict[str, np.ndarray] | None = None,
+                          device: torch.device | str | None = None) -> dict[str, float]:
+    """FID, IS, KID, precision/recall (torch-fidelity) and class accuracy from features
+    {layer: (N, D) float64} of the samples and of the reference.
 
     FID uses ``ref_statistics`` (ADM ``mu``/``sigma``) when given, else the reference features.
+    Precision/recall (N x 10k distances) run on ``device`` (default: :func:`default_device`), in
+    fp32 without TF32; the rest on the CPU.
     """
     fl, ll = extractor.feature_layer, extractor.logits_layer
     n, n_ref = len(sample[fl]), len(ref[fl])
@@ -252,8 +294,11 @@ def metrics_from_features(sample: dict[str, torch.Tensor], ref: dict[str, torch.
         if len(ref_prc) > PRC_REFERENCE_SIZE:
             pick = torch.randperm(len(ref_prc), generator=torch.Generator().manual_seed(RNG_SEED))
             ref_prc = ref_prc[pick[:PRC_REFERENCE_SIZE]]
-        pr = prc_features_to_metric(sample[fl].float(), ref_prc.float(), prc_neighborhood=3,
-                                    prc_batch_size=2000, save_cpu_ram=True, verbose=False)
+        device = torch.device(device) if device is not None else default_device()
+        with exact_fp32():
+            pr = prc_features_to_metric(sample[fl].float().to(device), ref_prc.float().to(device),
+                                        prc_neighborhood=3, prc_batch_size=2000, save_cpu_ram=True,
+                                        verbose=False)
         out["precision"], out["recall"] = pr[KEY_METRIC_PRECISION], pr[KEY_METRIC_RECALL]
     if labels is not None and extractor.name == EXTRACTOR_NAME:
         if len(labels) != n:
@@ -264,14 +309,42 @@ def metrics_from_features(sample: dict[str, torch.Tensor], ref: dict[str, torch.
 
 def evaluate(images: np.ndarray, labels: np.ndarray | None = None, ref: str = "fmnist-train",
              extractor: Extractor | None = None, data_dir: str | None = None,
-             prc: bool = True) -> dict[str, Any]:
-    """Every metric of ``images`` against reference ``ref``, with provenance."""
+             prc: bool = True, batch_size: int = 500,
+             device: torch.device | str | None = None) -> dict[str, Any]:
+    """Every metric of uint8 ``images`` (N, H, W, C) against reference ``ref``, with provenance.
+
+    Features are extracted ``batch_size`` images at a time on ``device`` (default:
+    :func:`default_device`), then scored by :func:`evaluate_features`."""
     check_samples(images)
     extractor = extractor or Extractor.fmnist()
+    return evaluate_features(extract(images, extractor, batch_size, device), labels, ref, extractor,
+                             data_dir, prc, device)
+
+
+def evaluate_features(features: dict[str, torch.Tensor], labels: np.ndarray | None = None,
+                      ref: str = "fmnist-train", extractor: Extractor | None = None,
+                      data_dir: str | None = None, prc: bool = True,
+                      device: torch.device | str | None = None) -> dict[str, Any]:
+    """Every metric of samples given by their features against reference ``ref``, with provenance.
+
+    ``features`` are {feature layer: (N, D), logits layer: (N, K)} of ``extractor`` (any float
+    dtype; used as float64), in the samples' order, with ``labels`` (N,) in the same order: what
+    :func:`extract` gives for the images, so the metrics equal :func:`evaluate`'s for them.
+    ``device`` is where precision/recall run (default: :func:`default_device`).
+    """
+    extractor = extractor or Extractor.fmnist()
+    layers = (extractor.feature_layer, extractor.logits_layer)
+    if any(layer not in features for layer in layers):
+        raise EvaluationError(f"features must hold the layers {layers} of {extractor.name}, got {tuple(features)}")
+    n = len(features[extractor.feature_layer])
+    if n < 2 or len(features[extractor.logits_layer]) != n:
+        raise EvaluationError(f"need features of at least 2 samples, the same number in both layers, "
+                              f"got {tuple(len(features[layer]) for layer in layers)}")
     reference_set = reference(ref, data_dir)
-    metrics = metrics_from_features(extract(images, extractor), reference_features(reference_set, extractor),
-                                    extractor, labels, prc=prc, ref_statistics=reference_set.statistics)
-    return {"metrics": metrics, "provenance": provenance(extractor, reference_set, len(images))}
+    sample = {layer: features[layer].double() for layer in layers}
+    metrics = metrics_from_features(sample, reference_features(reference_set, extractor), extractor, labels,
+                                    prc=prc, ref_statistics=reference_set.statistics, device=device)
+    return {"metrics": metrics, "provenance": provenance(extractor, reference_set, n)}
 
 
 def provenance(extractor: Extractor, ref: Reference, n: int) -> dict[str, Any]:
