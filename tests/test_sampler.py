@@ -106,6 +106,14 @@ def test_samples_are_all_decoded_and_balanced(stack) -> None:
     assert sorted(sample(stack, "maskgit", n=20).labels.tolist()) == sorted(list(range(10)) * 2)
 
 
+@pytest.mark.parametrize("bad", [10, -2])
+def test_generate_rejects_bad_labels_before_sampling(stack, bad) -> None:
+    """Labels are validated once per run at generate(); the forward itself does not sync to check."""
+    labels = torch.tensor([0, 1, bad, 3])
+    with pytest.raises(ValueError, match=r"labels must be class ids in \[0, 10\) or -1"):
+        generate(stack, resolve("maskgit"), 4, 0, labels=labels, progress=False)
+
+
 @pytest.mark.parametrize("name", OPTIONAL)
 def test_neutral_config_reproduces_baseline(stack, name) -> None:
     base = sample(stack, "maskgit", {"maskgit.cfg_scale": 1.0})
