@@ -193,6 +193,39 @@ def test_negative_prior_rows_average_incompatible_tokens() -> None:
     assert weights.tolist() == [[[0.5, 0.0, 0.5]]]
 
 
+def test_incompatibility_is_kept_compact_and_edges_move_with_the_module() -> None:
+    """No fp32 (C, N, K) weights live on the module (1 GB at ImageNet size): a bool indicator;
+    the graphs' normalised edges are buffers (cached on the module's device, not copied per layer)."""
+    stack = toy()
+    module = make_module(stack)
+    assert module.incompatible.dtype == torch.bool and module.incompatible.shape == (10, 64, 16)
+    assert all(b.numel() < 10 * 64 * 16 or b.dtype == torch.bool for b in module.buffers())
+    derived = {"incompatible", *(f"{g}_{p}" for g in ("co", "s") for p in ("source", "target", "norm"))}
+    assert derived <= {name for name, _ in module.named_buffers()} and not derived & set(module.state_dict())
+    buffers = {id(b) for b in module.buffers()}
+    for graph in ("co", "s"):
+        assert all(id(e) in buffers for e in module.edges(graph))
+        assert all(e.device.type == "cpu" for e in module.edges(graph, torch.device("cpu")))
+
+
+def test_constants_are_those_of_the_fp32_weights() -> None:
+    """constants() from the bool buffer equals the old precomputed fp32 weights bit for bit."""
+    stack = toy()
+    torch.manual_seed(0)
+    co, sem = normalise(torch.rand(16, 16)), normalise((torch.rand(16, 16) > 0.8).double())
+    incompatible = torch.rand(10, 64, 16) > 0.5
+    module = KAMIGModule(stack.backbone.width, stack.backbone.depth, stack.backbone.head, co, sem, incompatible)
+    embeddings = stack.backbone.token_embeddings().detach()
+    with torch.no_grad():
+        got = module.constants(embeddings)
+        expected = (module.co_encoder(embeddings, GCNConv.normalised_edges(co, 16)),
+                    module.s_encoder(embeddings, GCNConv.normalised_edges(sem, 16)),
+                    module.prior(NegativePrior.weights(incompatible), embeddings))
+        on_cpu = module.constants(embeddings, aggregate_on=torch.device("cpu"))
+    for a, b, c in zip(got, expected, on_cpu, strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
 def test_one_graph_recipes_switch_the_other_graphs_off() -> None:
     from migbench.methods.ka_mig.train import KAMIGRecipe
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from migbench.methods.ka_mig.encoder import GCNConv, GraphEncoder, NegativePrior
+from migbench.methods.ka_mig.encoder import Edges, GCNConv, GraphEncoder, NegativePrior
 from migbench.methods.ka_mig.graphs import Graph
 from torch import nn
 
@@ -34,6 +34,7 @@ Constants = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 Terms = tuple[torch.Tensor | None, torch.Tensor | None]  # (visible term, prior term), (B, N, d) each
 PRIOR_FOLD_LIMIT = 2**26  # numbers (256 MB in fp32) the per-block prior tables may take
 Hook = Callable[[torch.Tensor, HookContext], torch.Tensor]
+EDGE_PARTS = ("source", "target", "norm")  # the buffers of a graph's normalised edges
 
 
 @dataclass(frozen=True)
@@ -78,14 +79,36 @@ class KAMIGModule(nn.Module):
         self.negative = nn.ModuleList(zero_linear(width) for _ in range(depth))
         self.head = nn.Linear(width, num_tokens)
         self.head.load_state_dict(head.state_dict())
-        self.co_edges = GCNConv.normalised_edges(co_graph, num_tokens)
-        self.s_edges = GCNConv.normalised_edges(s_graph, num_tokens)
-        self.register_buffer("prior_weights", NegativePrior.weights(incompatible), persistent=False)
+        for graph, edges in (("co", co_graph), ("s", s_graph)):  # buffers: they move with the module
+            for part, tensor in zip(EDGE_PARTS, GCNConv.normalised_edges(edges, num_tokens), strict=True):
+                self.register_buffer(f"{graph}_{part}", tensor, persistent=False)
+        # compact (bool, C x N x K): the fp32 row-normalised weights exist only inside constants()
+        self.register_buffer("incompatible", incompatible.bool(), persistent=False)
 
-    def constants(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """C_co (K, d), C_s (K, d), P^c (C, N, d) from the frozen code embeddings (K, d)."""
-        return (self.co_encoder(embeddings, self.co_edges), self.s_encoder(embeddings, self.s_edges),
-                self.prior(self.prior_weights, embeddings))
+    def edges(self, graph: str, device: torch.device | None = None) -> Edges:
+        """Normalised edges of graph ``co`` or ``s``, on the module's device or on ``device``."""
+        edges = tuple(getattr(self, f"{graph}_{part}") for part in EDGE_PARTS)
+        return edges if device is None else tuple(e.to(device) for e in edges)
+
+    def constants(self, embeddings: torch.Tensor, aggregate_on: torch.device | None = None) -> Constants:
+        """C_co (K, d), C_s (K, d), P^c (C, N, d) from the frozen code embeddings (K, d).
+
+        Dense products run where ``embeddings`` and the module are; the GCNs' scatter-adds where
+        the edges are: the module's device, or ``aggregate_on`` (the fold uses the CPU)."""
+        co, s = self.edges("co", aggregate_on), self.edges("s", aggregate_on)
+        weights = NegativePrior.weights(self.incompatible)
+        return self.co_encoder(embeddings, co), self.s_encoder(embeddings, s), self.prior(weights, embeddings)
+
+    def fold(self, switches: Switches, embeddings: torch.Tensor, device: torch.device) -> dict[str, Hook]:
+        """:meth:`folded_hooks` of the constants of ``embeddings`` (K, d), with this module moved
+        to the sampling ``device``: every dense product (GCN weights, the prior product, the block
+        projections) runs there, deterministically; the GCN scatter-adds run on the CPU, since
+        CUDA's index_add_ is not deterministic. So every process holds bit-identical tables (on
+        one kind of GPU), and on a CPU device this is the all-CPU fold it always was."""
+        self.to(device)
+        with torch.no_grad():
+            constants = self.constants(embeddings.detach().float().to(device), aggregate_on=torch.device("cpu"))
+            return self.folded_hooks(switches, constants, device)
 
     def online_parameters(self, switches: Switches) -> int:
         """Parameters run per pass on the online path, counting only what the graphs switched on use."""
