@@ -226,6 +226,51 @@ def test_constants_are_those_of_the_fp32_weights() -> None:
         assert torch.equal(a, b) and torch.equal(a, c)
 
 
+@pytest.mark.parametrize("token_slice,length", [(slice(1, None), 65), (slice(0, 64), 65), (slice(0, 64), 64)])
+def test_padded_delta_adds_like_the_slice_assignment(token_slice, length) -> None:
+    """x + padded delta is x[:, image] + delta bit for bit at the image rows and x elsewhere."""
+    from migbench.methods.ka_mig.fusion import _pad_to_sequence
+
+    x = torch.randn(3, length, 8)
+    x[:, 64:] = -0.0  # a -0.0 outside the image rows becomes +0.0: equal, and equal downstream
+    x[:, :1, :4] = -0.0
+    delta = torch.randn(3, 64, 8)
+    old = x.clone()
+    old[:, token_slice] = old[:, token_slice] + delta
+    new = x + _pad_to_sequence(delta, token_slice, length)
+    assert torch.equal(new[:, token_slice].view(torch.int32), old[:, token_slice].view(torch.int32))
+    assert torch.equal(new, old)
+
+
+def test_fused_logits_are_bit_identical_to_the_slice_assignment(monkeypatch) -> None:
+    """Logits of the folded and online paths with the padded add equal those of the old
+    clone-and-assign fusion (copied here), bit for bit, for every switch combination."""
+    from migbench.methods.ka_mig import fusion
+
+    def clone_and_assign(index, switches, terms):
+        def fuse(x, ctx):
+            delta = fusion._delta(terms(index, ctx), ctx.masked, switches)
+            if delta is None:
+                return x
+            x = x.clone()
+            x[:, ctx.token_slice] = x[:, ctx.token_slice] + delta.to(x.dtype)
+            return x
+        return fuse
+
+    stack = toy()
+    module = trained_like(stack)
+    ids = torch.randint(0, 16, (3, 64))
+    ids[:, :20] = stack.backbone.layout.mask_id
+    labels = torch.tensor([3, NULL_LABEL, 7])
+    cases = [(switches, folded) for switches in SWITCH_CASES for folded in (True, False)]
+    with torch.no_grad():
+        new = [run(stack, module, switches, ids, labels, folded) for switches, folded in cases]
+        monkeypatch.setattr(fusion.KAMIGModule, "_fusion", staticmethod(clone_and_assign))
+        old = [run(stack, module, switches, ids, labels, folded) for switches, folded in cases]
+    for a, b in zip(new, old, strict=True):
+        assert torch.equal(a.view(torch.int32), b.view(torch.int32))
+
+
 def test_one_graph_recipes_switch_the_other_graphs_off() -> None:
     from migbench.methods.ka_mig.train import KAMIGRecipe
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from migbench.methods.ka_mig.encoder import Edges, GCNConv, GraphEncoder, NegativePrior
 from migbench.methods.ka_mig.graphs import Graph
 from torch import nn
@@ -202,19 +203,24 @@ class KAMIGModule(nn.Module):
         """Block ``index``'s hook: x += visible term at visible tokens - prior term at masked ones
         (or at all tokens, the official code); the class token gets nothing."""
         def fuse(x: torch.Tensor, ctx: HookContext) -> torch.Tensor:
-            visible, negative = terms(index, ctx)
-            masked = ctx.masked
-            delta = visible * (~masked)[..., None].to(visible.dtype) if visible is not None else None
-            if negative is not None:
-                if switches.negative_positions == "masked":
-                    negative = negative * masked[..., None].to(negative.dtype)
-                delta = -negative if delta is None else delta - negative
+            delta = _delta(terms(index, ctx), ctx.masked, switches)
             if delta is None:
                 return x
-            x = x.clone()
-            x[:, ctx.token_slice] = x[:, ctx.token_slice] + delta.to(x.dtype)
-            return x
+            return x + _pad_to_sequence(delta.to(x.dtype), ctx.token_slice, x.shape[1])
         return fuse
+
+
+def _delta(terms: Terms, masked: torch.Tensor, switches: Switches) -> torch.Tensor | None:
+    """What block fusion adds at the image positions (B, N, d): the visible term (B, N, d) where
+    ``masked`` (B, N) is False, minus the prior term at masked positions (at every position with
+    ``negative_positions="all"``); None when no graph term is on."""
+    visible, negative = terms
+    delta = visible * (~masked)[..., None].to(visible.dtype) if visible is not None else None
+    if negative is not None:
+        if switches.negative_positions == "masked":
+            negative = negative * masked[..., None].to(negative.dtype)
+        delta = -negative if delta is None else delta - negative
+    return delta
 
 
 def _positive_term(f: nn.Linear, switches: Switches, c_co: torch.Tensor, c_s: torch.Tensor,
@@ -230,6 +236,17 @@ def _positive_term(f: nn.Linear, switches: Switches, c_co: torch.Tensor, c_s: to
         if on:
             total = total + f(graph[rows] if rows is not None else graph)
     return total
+
+
+def _pad_to_sequence(delta: torch.Tensor, token_slice: slice, length: int) -> torch.Tensor:
+    """delta (B, N, d) at the image positions ``token_slice`` of a (B, length, d) sequence, zero
+    rows elsewhere (the class token): adding it is one add, no copy of the activations. Image
+    rows get x + delta as before; other rows x + 0.0, which is x (a -0.0 would become +0.0,
+    equal in every later operation)."""
+    start, stop, step = token_slice.indices(length)
+    if step != 1:
+        raise ValueError(f"token_slice must be contiguous, got {token_slice}")
+    return F.pad(delta, (0, 0, start, length - stop))
 
 
 def _visible_ids(ctx: HookContext) -> torch.Tensor:
