@@ -271,6 +271,33 @@ def test_fused_logits_are_bit_identical_to_the_slice_assignment(monkeypatch) -> 
         assert torch.equal(a.view(torch.int32), b.view(torch.int32))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fold_is_deterministic_and_close_to_the_cpu_fold() -> None:
+    """Folding on CUDA (dense products there, scatter-adds on the CPU) gives bit-identical tables
+    every time, close to the CPU fold; the module, its edges included, ends on the device."""
+    stack = toy()
+    module = trained_like(stack)
+    embeddings = stack.backbone.token_embeddings()
+    ids = torch.randint(0, 16, (3, 64))
+    ids[:, :20] = stack.backbone.layout.mask_id
+    labels = torch.tensor([3, NULL_LABEL, 7])
+
+    def logits(device: str) -> torch.Tensor:
+        hooks = HookSet()
+        for site, hook in module.fold(Switches(), embeddings, torch.device(device)).items():
+            hooks.add(site, hook, "ka_mig")
+        backbone = stack.backbone.to(device)
+        with torch.no_grad():
+            return backbone(ids.to(device), labels.to(device), hooks).logits.cpu()
+
+    on_cpu = logits("cpu")
+    first, second = logits("cuda"), logits("cuda")
+    assert all(e.is_cuda for graph in ("co", "s") for e in module.edges(graph))
+    assert torch.equal(first, second)
+    torch.testing.assert_close(first, on_cpu, rtol=1e-4, atol=1e-4)
+
+
 def test_one_graph_recipes_switch_the_other_graphs_off() -> None:
     from migbench.methods.ka_mig.train import KAMIGRecipe
 

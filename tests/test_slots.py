@@ -58,3 +58,16 @@ def test_unequal_masked_counts_fail_loudly() -> None:
     state.masked[0, state.masked[0].int().argmin()] = True  # row 0 now holds 4
     with pytest.raises(RuntimeError, match="exactly 3 masked positions"):
         categorical(torch.randn(2, 8, 4), state)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_categorical_is_bit_identical_to_boolean_indexing_on_cuda() -> None:
+    logits = torch.randn(64, 256, 1024, generator=torch.Generator().manual_seed(0)).cuda() * 8.0
+    states = [random_state(64, 256, 1024, 100, seed=0, generator_seed=0) for _ in range(2)]
+    for state in states:
+        state.ids, state.masked = state.ids.cuda(), state.masked.cuda()
+        state.generator = torch.Generator(device="cuda").manual_seed(3)
+    tokens, logp = categorical(logits, states[0])
+    ref_tokens, ref_logp = categorical_by_boolean_indexing(logits, states[1])
+    assert torch.equal(tokens, ref_tokens) and torch.equal(logp.view(torch.int32), ref_logp.view(torch.int32))
