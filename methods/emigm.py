@@ -82,9 +82,9 @@ class AncestralSchedule:
 
     With a CPU batch generator the counts come from it, before any other draw of the batch (as
     they always have: CPU samples are unchanged). With a CUDA batch generator they come from a
-    CPU generator seeded with the batch generator's seed (:func:`host_generator`): reading counts
-    drawn on the device would wait on it once per step, and the device stream stays untouched.
-    Either way the plan is a function of the batch seed alone, the same in every process."""
+    CPU generator seeded with the batch generator's seed (:func:`host_generator`): counts drawn on
+    the device would have to be read back, a wait on it per step; the device's random stream is
+    left untouched. Either way the plan depends on the batch seed alone, in every process."""
 
     steps: int
     mask_schedule: str
