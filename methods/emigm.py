@@ -8,9 +8,11 @@ Two methods, following the released code (ML-GSAI/eMIGM ``models/emigm.py: sampl
   exp 1 - e^{-5t}, poly-0.5 sqrt(t), log ln(1 + (e^5 - 1) t)/5); the *number* revealed is drawn
   once per step and shared by the batch (upstream reuses row 0's uniforms), at least one per step,
   all at the last step; which positions is uniform per image; tokens are never re-masked. The
-  counts are drawn up front from the batch generator (same distribution, known to the CFG
-  schedule before the step). Takes the ``schedule`` and ``scorer`` slots; MaskGIT's keep-decoded
-  selector and categorical token sampler stay. Neutral setting: ``enabled = false``.
+  counts are drawn up front on the host (same distribution, known to the CFG schedule before the
+  step): from the batch generator on the CPU, from a CPU generator seeded like it on an
+  accelerator (:class:`AncestralSchedule`). Takes the ``schedule`` and ``scorer`` slots;
+  MaskGIT's keep-decoded selector and categorical token sampler stay. Neutral setting:
+  ``enabled = false``.
 
 ``cfg_interval`` -- time-interval CFG and eMIGM's CFG-scale schedules, on whatever sampler runs:
   guidance only when the *next* time s lies in (t_min, t_max] (open at t_min, closed at t_max);
@@ -65,20 +67,36 @@ class EMIGMConfig:
             raise ValueError(f"emigm.steps must be >= 1, got {self.steps}")
 
 
+def host_generator(generator: torch.Generator) -> torch.Generator:
+    """The CPU generator eMIGM's counts are drawn from: ``generator`` itself when it lives on the
+    CPU; for an accelerator's generator, a CPU generator seeded with its seed
+    (``generator.initial_seed()``), so planning never waits on the device."""
+    if generator.device.type == "cpu":
+        return generator
+    return torch.Generator().manual_seed(generator.initial_seed())
+
+
 @dataclass(frozen=True)
 class AncestralSchedule:
-    """eMIGM's schedule slot: random reveal counts shared by the batch, drawn from its generator."""
+    """eMIGM's schedule slot: random reveal counts shared by the batch, drawn up front on the host.
+
+    With a CPU batch generator the counts come from it, before any other draw of the batch (as
+    they always have: CPU samples are unchanged). With a CUDA batch generator they come from a
+    CPU generator seeded with the batch generator's seed (:func:`host_generator`): counts drawn on
+    the device would have to be read back, a wait on it per step; the device's random stream is
+    left untouched. Either way the plan depends on the batch seed alone, in every process."""
 
     steps: int
     mask_schedule: str
 
     def plan(self, num_tokens: int, generator: torch.Generator) -> list[StepInfo]:
         grid = time_grid(self.steps)
+        host = host_generator(generator)
         infos, masked = [], num_tokens
         for k in range(self.steps):
             last = k == self.steps - 1
             p = transfer_probability(self.mask_schedule, grid[k], grid[k + 1], last)
-            draws = torch.rand(masked, generator=generator, device=generator.device)
+            draws = torch.rand(masked, generator=host)
             count = masked if last else max(1, int((draws < p).sum()))
             infos.append(StepInfo(step=k, num_steps=self.steps, t=grid[k], s=grid[k + 1],
                                   masked_before=masked, masked_after=masked - count, num_tokens=num_tokens))

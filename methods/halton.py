@@ -69,6 +69,15 @@ def halton_order(height: int, width: int) -> tuple[int, ...]:
     return tuple(seen)
 
 
+def halton_rank(side: int, device: torch.device) -> torch.Tensor:
+    """(side * side,) int64 on ``device``: each position's index in the 2-D Halton order, built
+    once per install on the backbone's device (no copy per batch)."""
+    order = torch.tensor(halton_order(side, side))
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    return rank.to(device)
+
+
 def revealed_after_step(step: int, num_steps: int, num_tokens: int) -> int:
     """r_k = max(k + 1, int(N (1 - arccos((k+1)/T) / (pi/2))))."""
     ratio = (step + 1) / num_steps
@@ -104,10 +113,8 @@ class Halton:
     def install(builder: SamplerBuilder, config: HaltonConfig) -> None:
         if not config.enabled:
             return
-        side = int(math.isqrt(builder.backbone.seq_len))
-        order = torch.tensor(halton_order(side, side))
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(len(order))
+        device = next(builder.backbone.parameters()).device
+        rank = halton_rank(int(math.isqrt(builder.backbone.seq_len)), device)
 
         def ranks(state: SampleState) -> torch.Tensor:
             """(B, N) position ranks in the (possibly rolled) order; smaller = earlier."""
@@ -115,7 +122,7 @@ class Halton:
                 (b, n), device = state.ids.shape, state.ids.device
                 shift = (torch.randint(0, n, (b, 1), generator=state.generator, device=device)
                          if config.randomize else torch.zeros(b, 1, dtype=torch.long, device=device))
-                state.memory["halton_rank"] = (rank.to(device)[None] + shift) % n
+                state.memory["halton_rank"] = (rank[None] + shift) % n
             return state.memory["halton_rank"]
 
         def scorer(candidates: torch.Tensor, logp: torch.Tensor, state: SampleState) -> torch.Tensor:

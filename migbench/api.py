@@ -39,9 +39,14 @@ class VocabLayout:
             raise ValueError(f"inconsistent vocabulary layout: {self}")
 
     def class_ids(self, labels: torch.Tensor) -> torch.Tensor:
-        """Input ids (B,) of the class tokens for ``labels`` (B,), NULL_LABEL -> null class."""
-        if labels.numel() and (int(labels.min()) < NULL_LABEL or int(labels.max()) >= self.num_classes):
-            raise ValueError(f"labels must lie in [0, {self.num_classes}) or be NULL_LABEL={NULL_LABEL}")
+        """Input ids (B,) of the class tokens for ``labels`` (B,), NULL_LABEL -> null class.
+
+        Labels are validated once per run where they enter (``generate`` checks the whole label
+        vector; trainers read dataset labels). Here only ``torch._assert_async`` guards the range:
+        a RuntimeError on the CPU, a device-side assert on CUDA, and never a host sync (which
+        would stall every forward and break a ``torch.compile`` graph)."""
+        in_range = ((labels >= NULL_LABEL) & (labels < self.num_classes)).all()
+        torch._assert_async(in_range, f"labels must lie in [0, {self.num_classes}) or be NULL_LABEL={NULL_LABEL}")
         null = torch.full_like(labels, self.null_class_id)
         return torch.where(labels == NULL_LABEL, null, labels + self.class_offset)
 

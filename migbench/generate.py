@@ -63,13 +63,16 @@ class Batch:
 def generate(stack: Stack, recipe: Recipe, n: int, seed: int, *, batch_size: int = 250,
              device: str | torch.device = "cpu", process_index: int = 0, num_processes: int = 1,
              precision: str = "auto", head_dtype: str = "auto", progress: bool = True,
-             labels: torch.Tensor | None = None, sink: Callable[[Batch], None] | None = None) -> Generation:
+             labels: torch.Tensor | None = None, sink: Callable[[Batch], None] | None = None,
+             compile_backbone: bool = False) -> Generation:
     """Sample this process's share of ``n`` images (all of them when ``num_processes == 1``).
 
     ``precision`` (auto, bf16, fp16, fp32) is resolved for ``device`` by
     :func:`migbench.precision.resolve`; the precision used is returned in the Generation.
     With ``sink``, every batch goes to ``sink`` in batch order and is not kept (the Generation
-    holds labels and indices but no images); time spent in ``sink`` is not sampling time."""
+    holds labels and indices but no images); time spent in ``sink`` is not sampling time.
+    ``compile_backbone`` runs the backbone passes through ``torch.compile(dynamic=False)``
+    (:meth:`Sampler.compile_backbone`; off by default)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if batch_size < 1:
@@ -85,6 +88,8 @@ def generate(stack: Stack, recipe: Recipe, n: int, seed: int, *, batch_size: int
     backbone = stack.backbone.to(device)
     tokenizer = stack.tokenizer.to(device)
     sampler = build_sampler(recipe, backbone)
+    if compile_backbone:
+        sampler.compile_backbone()
     batches = list(range(process_index, -(-n // batch_size), num_processes))
     images, labels_out, indices = [], [], []
     sink_seconds = 0.0

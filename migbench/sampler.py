@@ -165,6 +165,12 @@ class Sampler:
         self.nfe: dict[str, int] = {}
         self.images = 0
 
+    def compile_backbone(self) -> None:
+        """Run this sampler's backbone passes through ``torch.compile(dynamic=False)``: one graph
+        per batch shape and hook set (the forward has no graph break and no host sync). The
+        module itself is left as it is; compiled kernels may round differently from eager ones."""
+        self.backbone = torch.compile(self.backbone, dynamic=False)
+
     def nfe_per_image(self) -> dict[str, float]:
         """Passes per image so far, by kind ("backbone", "critic", ...), and their total."""
         per = {k: v / max(1, self.images) for k, v in self.nfe.items()}

@@ -13,18 +13,34 @@ def gumbel_max(logp: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return (logp + gumbel(logp.shape, generator, logp.device)).argmax(dim=-1)
 
 
+def masked_positions(masked: torch.Tensor, count: int) -> torch.Tensor:
+    """Positions (B, count) of the masked entries of ``masked`` (B, N), ascending in each row.
+
+    Every row must hold exactly ``count`` masked entries (true of every sampler: the schedule is
+    shared by the batch, and every selector leaves ``masked_after`` masked); a static shape, so
+    no host sync. The row-major order is that of boolean indexing ``x[masked]``. The invariant
+    is checked by ``torch._assert_async`` (no host sync on CUDA)."""
+    torch._assert_async((masked.sum(dim=1) == count).all(),
+                        f"every row must hold exactly {count} masked positions")
+    return masked.to(torch.int8).argsort(dim=1, descending=True, stable=True)[:, :count]
+
+
 def categorical(logits: torch.Tensor, state: SampleState) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample ids at the masked positions from softmax(logits (B, N, K)) by Gumbel-max.
 
     Returns ids (B, N) (kept ids elsewhere) and the log-probability of each sampled id (B, N)
-    (0 elsewhere). Only masked rows are computed: the visible ones are never used.
-    """
-    masked = state.masked
-    logp = torch.log_softmax(logits[masked], dim=-1)
+    (0 elsewhere). Only the ``m = state.info.masked_before`` masked positions of each row are
+    computed, gathered as (B * m, K) rows in row-major order: the same rows, in the same order,
+    as ``logits[masked]``, so the Gumbel noise (B * m, K) and the samples are bit-identical to
+    boolean indexing, without its data-dependent shape (a host sync per step)."""
+    (b, n, k), m = logits.shape, state.info.masked_before
+    pos = masked_positions(state.masked, m)
+    picked = logits.gather(1, pos[..., None].expand(b, m, k)).reshape(b * m, k)
+    logp = torch.log_softmax(picked, dim=-1)
     chosen = gumbel_max(logp, state.generator)
-    tokens = state.ids.masked_scatter(masked, chosen)
-    out = torch.zeros(masked.shape, dtype=logp.dtype, device=logp.device)
-    return tokens, out.masked_scatter(masked, logp.gather(-1, chosen[:, None]).squeeze(-1))
+    chosen_logp = logp.gather(-1, chosen[:, None]).view(b, m)
+    tokens = state.ids.scatter(1, pos, chosen.view(b, m))
+    return tokens, torch.zeros((b, n), dtype=logp.dtype, device=logp.device).scatter(1, pos, chosen_logp)
 
 
 def categorical_everywhere(logits: torch.Tensor, state: SampleState) -> tuple[torch.Tensor, torch.Tensor]:

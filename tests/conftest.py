@@ -19,3 +19,31 @@ def first_step_logits():
         sampler(labels, torch.Generator().manual_seed(0))
         return seen[0]
     return run
+
+
+@pytest.fixture
+def toy_trained_parts(monkeypatch):
+    """Trained methods load random components that fit the toy backbone instead of committed ones."""
+    from migbench.backbones.stacks import toy
+    from migbench.backbones.transformer import TransformerConfig
+    from migbench.methods import self_guidance, token_critic
+    from migbench.methods.self_guidance.adapter import TOASTAdapter
+    from migbench.methods.token_critic.critic import TokenCritic
+
+    torch.manual_seed(0)
+    critic = TokenCritic(TransformerConfig(codebook_size=16, width=32, depth=2, heads=2)).eval()
+    monkeypatch.setattr(token_critic, "load_critic", lambda name: critic)
+    adapter = TOASTAdapter(num_classes=10, width=32, depth=2, factor=4).eval()
+    monkeypatch.setattr(self_guidance, "load_adapter", lambda name: adapter)
+
+    from migbench.methods import ka_mig
+    from migbench.methods.ka_mig.fusion import KAMIGModule
+    from migbench.methods.ka_mig.graphs import normalise
+
+    backbone = toy().backbone
+    module = KAMIGModule(backbone.width, backbone.depth, backbone.head, normalise(torch.rand(16, 16)),
+                         normalise(torch.rand(16, 16)), torch.rand(10, 64, 16) > 0.5).eval()
+    with torch.no_grad():
+        for layer in [*module.positive, *module.negative]:
+            torch.nn.init.normal_(layer.weight, std=0.05)
+    monkeypatch.setattr(ka_mig, "load_module", lambda name, graphs, backbone: module.requires_grad_(False))

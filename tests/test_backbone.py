@@ -60,8 +60,9 @@ def test_vocabulary_layout() -> None:
     assert layout.class_ids(torch.tensor([0, 9, NULL_LABEL])).tolist() == [513, 522, 523]
     shared = TransformerConfig(null_is_mask=True).layout()
     assert shared.null_class_id == shared.mask_id
-    with pytest.raises(ValueError):
-        layout.class_ids(torch.tensor([10]))
+    for bad in (10, NULL_LABEL - 1):  # checked without a host sync: a RuntimeError on the CPU
+        with pytest.raises(RuntimeError, match="labels must lie in"):
+            layout.class_ids(torch.tensor([0, bad]))
     with pytest.raises(ValueError):
         VocabLayout(codebook_size=4, mask_id=3, num_classes=2, class_offset=5, null_class_id=7, vocab_size=8)
 

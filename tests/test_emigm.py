@@ -9,6 +9,7 @@ from migbench.methods.emigm import (
     CFG_SCHEDULES,
     AncestralSchedule,
     CFGIntervalConfig,
+    host_generator,
     interval_scale,
     transfer_probability,
 )
@@ -50,6 +51,62 @@ def test_ancestral_counts_follow_the_probabilities() -> None:
 def test_at_least_one_reveal_per_step() -> None:
     plan = AncestralSchedule(64, "exp").plan(64, torch.Generator().manual_seed(0))
     assert all(i.masked_before - i.masked_after >= 1 for i in plan)
+
+
+def old_plan(schedule: AncestralSchedule, num_tokens: int, generator: torch.Generator) -> list[StepInfo]:
+    """The plan before the host-sync removal, drawing from the batch generator (the reference)."""
+    grid = time_grid(schedule.steps)
+    infos, masked = [], num_tokens
+    for k in range(schedule.steps):
+        last = k == schedule.steps - 1
+        p = transfer_probability(schedule.mask_schedule, grid[k], grid[k + 1], last)
+        draws = torch.rand(masked, generator=generator, device=generator.device)
+        count = masked if last else max(1, int((draws < p).sum()))
+        infos.append(StepInfo(step=k, num_steps=schedule.steps, t=grid[k], s=grid[k + 1],
+                              masked_before=masked, masked_after=masked - count, num_tokens=num_tokens))
+        masked -= count
+        if masked == 0:
+            break
+    return infos
+
+
+@pytest.mark.parametrize("steps,mask_schedule", [(16, "exp"), (8, "cosine"), (64, "linear")])
+def test_cpu_plan_is_unchanged(steps, mask_schedule) -> None:
+    """On the CPU the counts still come from the batch generator: same plan, same state after it."""
+    for seed in range(20):
+        new, old = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        schedule = AncestralSchedule(steps, mask_schedule)
+        assert schedule.plan(256, new) == old_plan(schedule, 256, old)
+        assert torch.equal(torch.rand(4, generator=new), torch.rand(4, generator=old))
+
+
+class AcceleratorGenerator:
+    """Stands in for a CUDA generator: only ``device`` and ``initial_seed`` are read."""
+
+    device = torch.device("cuda")
+
+    def initial_seed(self) -> int:
+        return 1234
+
+
+def test_accelerator_counts_come_from_a_host_generator_with_the_batch_seed() -> None:
+    host = host_generator(AcceleratorGenerator())
+    assert host.device.type == "cpu" and host.initial_seed() == 1234
+    cpu = torch.Generator().manual_seed(5)
+    assert host_generator(cpu) is cpu
+    plan = AncestralSchedule(16, "exp").plan(64, AcceleratorGenerator())
+    assert plan == old_plan(AncestralSchedule(16, "exp"), 64, torch.Generator().manual_seed(1234))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_plan_leaves_the_device_stream_alone() -> None:
+    cuda = torch.Generator(device="cuda").manual_seed(7)
+    plan = AncestralSchedule(16, "exp").plan(256, cuda)
+    assert plan == AncestralSchedule(16, "exp").plan(256, torch.Generator().manual_seed(7))
+    untouched = torch.Generator(device="cuda").manual_seed(7)
+    assert torch.equal(torch.rand(8, generator=cuda, device="cuda"),
+                       torch.rand(8, generator=untouched, device="cuda"))
 
 
 def info_at(s: float, masked_after: int = 32) -> StepInfo:

@@ -1,7 +1,8 @@
 """Halton order against hand values and upstream's reveal counts."""
 
 import numpy as np
-from migbench.methods.halton import halton_order, halton_sequence, revealed_after_step
+import torch
+from migbench.methods.halton import halton_order, halton_rank, halton_sequence, revealed_after_step
 
 
 def test_van_der_corput() -> None:
@@ -16,6 +17,12 @@ def test_order_covers_grid_and_starts_as_upstream() -> None:
     assert order[:3] == (4 * 8 + 2, 2 * 8 + 5, 6 * 8 + 0)
 
 
+def test_rank_is_the_inverse_of_the_order() -> None:
+    rank = halton_rank(8, torch.device("cpu"))
+    assert rank.dtype == torch.int64 and rank.device.type == "cpu"
+    assert [int(rank[p]) for p in halton_order(8, 8)] == list(range(64))
+
+
 def test_reveal_counts() -> None:
     # r_k = max(k+1, int(64 (1 - arccos((k+1)/8) / (pi/2)))): ratio 1/8 -> 1 - 0.9202 = 0.0798 -> 5
     assert revealed_after_step(0, 8, 64) == 5
@@ -24,7 +31,6 @@ def test_reveal_counts() -> None:
 
 
 def test_revealed_tokens_kept_unless_resampling() -> None:
-    import torch
     from migbench.backbones.stacks import toy
 
     from migbench.recipe import build_sampler, resolve

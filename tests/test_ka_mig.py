@@ -193,6 +193,111 @@ def test_negative_prior_rows_average_incompatible_tokens() -> None:
     assert weights.tolist() == [[[0.5, 0.0, 0.5]]]
 
 
+def test_incompatibility_is_kept_compact_and_edges_move_with_the_module() -> None:
+    """No fp32 (C, N, K) weights live on the module (1 GB at ImageNet size): a bool indicator;
+    the graphs' normalised edges are buffers (cached on the module's device, not copied per layer)."""
+    stack = toy()
+    module = make_module(stack)
+    assert module.incompatible.dtype == torch.bool and module.incompatible.shape == (10, 64, 16)
+    assert all(b.numel() < 10 * 64 * 16 or b.dtype == torch.bool for b in module.buffers())
+    derived = {"incompatible", *(f"{g}_{p}" for g in ("co", "s") for p in ("source", "target", "norm"))}
+    assert derived <= {name for name, _ in module.named_buffers()} and not derived & set(module.state_dict())
+    buffers = {id(b) for b in module.buffers()}
+    for graph in ("co", "s"):
+        assert all(id(e) in buffers for e in module.edges(graph))
+        assert all(e.device.type == "cpu" for e in module.edges(graph, torch.device("cpu")))
+
+
+def test_constants_are_those_of_the_fp32_weights() -> None:
+    """constants() from the bool buffer equals the old precomputed fp32 weights bit for bit."""
+    stack = toy()
+    torch.manual_seed(0)
+    co, sem = normalise(torch.rand(16, 16)), normalise((torch.rand(16, 16) > 0.8).double())
+    incompatible = torch.rand(10, 64, 16) > 0.5
+    module = KAMIGModule(stack.backbone.width, stack.backbone.depth, stack.backbone.head, co, sem, incompatible)
+    embeddings = stack.backbone.token_embeddings().detach()
+    with torch.no_grad():
+        got = module.constants(embeddings)
+        expected = (module.co_encoder(embeddings, GCNConv.normalised_edges(co, 16)),
+                    module.s_encoder(embeddings, GCNConv.normalised_edges(sem, 16)),
+                    module.prior(NegativePrior.weights(incompatible), embeddings))
+        on_cpu = module.constants(embeddings, aggregate_on=torch.device("cpu"))
+    for a, b, c in zip(got, expected, on_cpu, strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
+
+
+@pytest.mark.parametrize("token_slice,length", [(slice(1, None), 65), (slice(0, 64), 65), (slice(0, 64), 64)])
+def test_padded_delta_adds_like_the_slice_assignment(token_slice, length) -> None:
+    """x + padded delta is x[:, image] + delta bit for bit at the image rows and x elsewhere."""
+    from migbench.methods.ka_mig.fusion import _pad_to_sequence
+
+    x = torch.randn(3, length, 8)
+    x[:, 64:] = -0.0  # a -0.0 outside the image rows becomes +0.0: equal, and equal downstream
+    x[:, :1, :4] = -0.0
+    delta = torch.randn(3, 64, 8)
+    old = x.clone()
+    old[:, token_slice] = old[:, token_slice] + delta
+    new = x + _pad_to_sequence(delta, token_slice, length)
+    assert torch.equal(new[:, token_slice].view(torch.int32), old[:, token_slice].view(torch.int32))
+    assert torch.equal(new, old)
+
+
+def test_fused_logits_are_bit_identical_to_the_slice_assignment(monkeypatch) -> None:
+    """Logits of the folded and online paths with the padded add equal those of the old
+    clone-and-assign fusion (copied here), bit for bit, for every switch combination."""
+    from migbench.methods.ka_mig import fusion
+
+    def clone_and_assign(index, switches, terms):
+        def fuse(x, ctx):
+            delta = fusion._delta(terms(index, ctx), ctx.masked, switches)
+            if delta is None:
+                return x
+            x = x.clone()
+            x[:, ctx.token_slice] = x[:, ctx.token_slice] + delta.to(x.dtype)
+            return x
+        return fuse
+
+    stack = toy()
+    module = trained_like(stack)
+    ids = torch.randint(0, 16, (3, 64))
+    ids[:, :20] = stack.backbone.layout.mask_id
+    labels = torch.tensor([3, NULL_LABEL, 7])
+    cases = [(switches, folded) for switches in SWITCH_CASES for folded in (True, False)]
+    with torch.no_grad():
+        new = [run(stack, module, switches, ids, labels, folded) for switches, folded in cases]
+        monkeypatch.setattr(fusion.KAMIGModule, "_fusion", staticmethod(clone_and_assign))
+        old = [run(stack, module, switches, ids, labels, folded) for switches, folded in cases]
+    for a, b in zip(new, old, strict=True):
+        assert torch.equal(a.view(torch.int32), b.view(torch.int32))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fold_is_deterministic_and_close_to_the_cpu_fold() -> None:
+    """Folding on CUDA (dense products there, scatter-adds on the CPU) gives bit-identical tables
+    every time, close to the CPU fold; the module, its edges included, ends on the device."""
+    stack = toy()
+    module = trained_like(stack)
+    embeddings = stack.backbone.token_embeddings()
+    ids = torch.randint(0, 16, (3, 64))
+    ids[:, :20] = stack.backbone.layout.mask_id
+    labels = torch.tensor([3, NULL_LABEL, 7])
+
+    def logits(device: str) -> torch.Tensor:
+        hooks = HookSet()
+        for site, hook in module.fold(Switches(), embeddings, torch.device(device)).items():
+            hooks.add(site, hook, "ka_mig")
+        backbone = stack.backbone.to(device)
+        with torch.no_grad():
+            return backbone(ids.to(device), labels.to(device), hooks).logits.cpu()
+
+    on_cpu = logits("cpu")
+    first, second = logits("cuda"), logits("cuda")
+    assert all(e.is_cuda for graph in ("co", "s") for e in module.edges(graph))
+    assert torch.equal(first, second)
+    torch.testing.assert_close(first, on_cpu, rtol=1e-4, atol=1e-4)
+
+
 def test_one_graph_recipes_switch_the_other_graphs_off() -> None:
     from migbench.methods.ka_mig.train import KAMIGRecipe
 

@@ -105,13 +105,10 @@ class KAMIG:
         layout = backbone.layout
         switches = config.switches()
         if config.precompute:
-            # folded on CPU, once: CUDA's index_add_ is not deterministic, and every process must
-            # hold bit-identical tables for samples to be independent of the process count
-            with torch.no_grad():
-                embeddings = backbone.token_embeddings().detach().float().cpu()
-                hooks = module.cpu().folded_hooks(switches, module.constants(embeddings), device)
+            # folded once; the scatter-adds on the CPU (CUDA's index_add_ is not deterministic) so
+            # every process holds bit-identical tables and samples do not depend on the process count
+            hooks = module.fold(switches, backbone.token_embeddings(), device)
             online, precomputed = module.precomputed_sizes(switches, layout.num_classes, backbone.seq_len)
-            module.to(device)
         else:
             online, precomputed = module.online_parameters(switches), 0
 

@@ -19,6 +19,8 @@ from torch import nn
 
 from migbench.api import NULL_LABEL
 
+Edges = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (source (E,), target (E,), norm (E,))
+
 
 class GCNConv(nn.Module):
     """x (K, d_in) -> (K, d_out): D^-1/2 (A + I) D^-1/2 x W + b over a weighted directed graph."""
@@ -30,7 +32,7 @@ class GCNConv(nn.Module):
         nn.init.xavier_uniform_(self.lin.weight)
 
     @staticmethod
-    def normalised_edges(graph: Graph, num_nodes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def normalised_edges(graph: Graph, num_nodes: int) -> Edges:
         """(source, target, norm) after adding the missing self loops (weight 1)."""
         source, target = graph.edge_index
         weight = graph.edge_weight.float()
@@ -44,11 +46,14 @@ class GCNConv(nn.Module):
         inv = degree.pow(-0.5).masked_fill(degree == 0, 0.0)
         return source, target, inv[source] * weight * inv[target]
 
-    def forward(self, x: torch.Tensor, edges: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        source, target, norm = (e.to(x.device) for e in edges)
-        h = self.lin(x)
+    def forward(self, x: torch.Tensor, edges: Edges) -> torch.Tensor:
+        """x (K, d_in) -> (K, d_out). The dense product x W runs where x is, the scatter-add where
+        the edges are (KA-MIG's fold keeps them on the CPU: CUDA's index_add_ is not
+        deterministic); where both are on one device nothing moves."""
+        source, target, norm = edges
+        h = self.lin(x).to(norm.device)
         out = torch.zeros_like(h).index_add_(0, target, h[source] * norm[:, None].to(h.dtype))
-        return out + self.bias
+        return out.to(x.device) + self.bias
 
 
 class GraphEncoder(nn.Module):
@@ -58,7 +63,7 @@ class GraphEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(GCNConv(width, width) for _ in range(layers))
 
-    def forward(self, x: torch.Tensor, edges: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, edges: Edges) -> torch.Tensor:
         outputs = []
         for layer in self.layers:
             x = torch.relu(layer(x, edges))
@@ -75,7 +80,8 @@ class NegativePrior(nn.Module):
 
     @staticmethod
     def weights(incompatible: torch.Tensor) -> torch.Tensor:
-        """Row-normalised indicator: 1/|I_{c,i}| on incompatible tokens (0 rows stay 0)."""
+        """Row-normalised indicator (C, N, K) fp32 of the bool indicator (C, N, K): 1/|I_{c,i}| on
+        incompatible tokens (0 rows stay 0)."""
         counts = incompatible.sum(-1, keepdim=True).clamp_min(1)
         return incompatible.float() / counts
 

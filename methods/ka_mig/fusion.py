@@ -23,7 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from migbench.methods.ka_mig.encoder import GCNConv, GraphEncoder, NegativePrior
+import torch.nn.functional as F
+from migbench.methods.ka_mig.encoder import Edges, GCNConv, GraphEncoder, NegativePrior
 from migbench.methods.ka_mig.graphs import Graph
 from torch import nn
 
@@ -34,6 +35,7 @@ Constants = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 Terms = tuple[torch.Tensor | None, torch.Tensor | None]  # (visible term, prior term), (B, N, d) each
 PRIOR_FOLD_LIMIT = 2**26  # numbers (256 MB in fp32) the per-block prior tables may take
 Hook = Callable[[torch.Tensor, HookContext], torch.Tensor]
+EDGE_PARTS = ("source", "target", "norm")  # the buffers of a graph's normalised edges
 
 
 @dataclass(frozen=True)
@@ -78,14 +80,36 @@ class KAMIGModule(nn.Module):
         self.negative = nn.ModuleList(zero_linear(width) for _ in range(depth))
         self.head = nn.Linear(width, num_tokens)
         self.head.load_state_dict(head.state_dict())
-        self.co_edges = GCNConv.normalised_edges(co_graph, num_tokens)
-        self.s_edges = GCNConv.normalised_edges(s_graph, num_tokens)
-        self.register_buffer("prior_weights", NegativePrior.weights(incompatible), persistent=False)
+        for graph, edges in (("co", co_graph), ("s", s_graph)):  # buffers: they move with the module
+            for part, tensor in zip(EDGE_PARTS, GCNConv.normalised_edges(edges, num_tokens), strict=True):
+                self.register_buffer(f"{graph}_{part}", tensor, persistent=False)
+        # compact (bool, C x N x K): the fp32 row-normalised weights exist only inside constants()
+        self.register_buffer("incompatible", incompatible.bool(), persistent=False)
 
-    def constants(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """C_co (K, d), C_s (K, d), P^c (C, N, d) from the frozen code embeddings (K, d)."""
-        return (self.co_encoder(embeddings, self.co_edges), self.s_encoder(embeddings, self.s_edges),
-                self.prior(self.prior_weights, embeddings))
+    def edges(self, graph: str, device: torch.device | None = None) -> Edges:
+        """Normalised edges of graph ``co`` or ``s``, on the module's device or on ``device``."""
+        edges = tuple(getattr(self, f"{graph}_{part}") for part in EDGE_PARTS)
+        return edges if device is None else tuple(e.to(device) for e in edges)
+
+    def constants(self, embeddings: torch.Tensor, aggregate_on: torch.device | None = None) -> Constants:
+        """C_co (K, d), C_s (K, d), P^c (C, N, d) from the frozen code embeddings (K, d).
+
+        Dense products run where ``embeddings`` and the module are; the GCNs' scatter-adds where
+        the edges are: the module's device, or ``aggregate_on`` (the fold uses the CPU)."""
+        co, s = self.edges("co", aggregate_on), self.edges("s", aggregate_on)
+        weights = NegativePrior.weights(self.incompatible)
+        return self.co_encoder(embeddings, co), self.s_encoder(embeddings, s), self.prior(weights, embeddings)
+
+    def fold(self, switches: Switches, embeddings: torch.Tensor, device: torch.device) -> dict[str, Hook]:
+        """:meth:`folded_hooks` of the constants of ``embeddings`` (K, d), with this module moved
+        to the sampling ``device``: every dense product (GCN weights, the prior product, the block
+        projections) runs there, deterministically; the GCN scatter-adds run on the CPU, since
+        CUDA's index_add_ is not deterministic. So every process holds bit-identical tables (on
+        one kind of GPU), and on a CPU device this is the all-CPU fold it always was."""
+        self.to(device)
+        with torch.no_grad():
+            constants = self.constants(embeddings.detach().float().to(device), aggregate_on=torch.device("cpu"))
+            return self.folded_hooks(switches, constants, device)
 
     def online_parameters(self, switches: Switches) -> int:
         """Parameters run per pass on the online path, counting only what the graphs switched on use."""
@@ -179,19 +203,24 @@ class KAMIGModule(nn.Module):
         """Block ``index``'s hook: x += visible term at visible tokens - prior term at masked ones
         (or at all tokens, the official code); the class token gets nothing."""
         def fuse(x: torch.Tensor, ctx: HookContext) -> torch.Tensor:
-            visible, negative = terms(index, ctx)
-            masked = ctx.masked
-            delta = visible * (~masked)[..., None].to(visible.dtype) if visible is not None else None
-            if negative is not None:
-                if switches.negative_positions == "masked":
-                    negative = negative * masked[..., None].to(negative.dtype)
-                delta = -negative if delta is None else delta - negative
+            delta = _delta(terms(index, ctx), ctx.masked, switches)
             if delta is None:
                 return x
-            x = x.clone()
-            x[:, ctx.token_slice] = x[:, ctx.token_slice] + delta.to(x.dtype)
-            return x
+            return x + _pad_to_sequence(delta.to(x.dtype), ctx.token_slice, x.shape[1])
         return fuse
+
+
+def _delta(terms: Terms, masked: torch.Tensor, switches: Switches) -> torch.Tensor | None:
+    """What block fusion adds at the image positions (B, N, d): the visible term (B, N, d) where
+    ``masked`` (B, N) is False, minus the prior term at masked positions (at every position with
+    ``negative_positions="all"``); None when no graph term is on."""
+    visible, negative = terms
+    delta = visible * (~masked)[..., None].to(visible.dtype) if visible is not None else None
+    if negative is not None:
+        if switches.negative_positions == "masked":
+            negative = negative * masked[..., None].to(negative.dtype)
+        delta = -negative if delta is None else delta - negative
+    return delta
 
 
 def _positive_term(f: nn.Linear, switches: Switches, c_co: torch.Tensor, c_s: torch.Tensor,
@@ -207,6 +236,17 @@ def _positive_term(f: nn.Linear, switches: Switches, c_co: torch.Tensor, c_s: to
         if on:
             total = total + f(graph[rows] if rows is not None else graph)
     return total
+
+
+def _pad_to_sequence(delta: torch.Tensor, token_slice: slice, length: int) -> torch.Tensor:
+    """delta (B, N, d) at the image positions ``token_slice`` of a (B, length, d) sequence, zero
+    rows elsewhere (the class token): adding it is one add, no copy of the activations. Image
+    rows get x + delta as before; other rows x + 0.0, which is x (a -0.0 would become +0.0,
+    equal in every later operation)."""
+    start, stop, step = token_slice.indices(length)
+    if step != 1:
+        raise ValueError(f"token_slice must be contiguous, got {token_slice}")
+    return F.pad(delta, (0, 0, start, length - stop))
 
 
 def _visible_ids(ctx: HookContext) -> torch.Tensor:
