@@ -104,7 +104,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         classes = torch.tensor([int(c) for c in args.classes.split(",")])
         labels = classes[torch.arange(args.n) % len(classes)]
     result = generate(stack, recipe, args.n, args.seed, batch_size=args.batch_size,
-                      device=args.device, precision=args.precision, head_dtype=args.head_dtype, labels=labels)
+                      device=args.device, precision=args.precision, head_dtype=args.head_dtype, labels=labels,
+                      compile_backbone=args.compile)
     out = Path(args.out)
     save_samples(out / "samples.npz", result.images, result.labels)
     save_grid(out / "grid.png", result.images, result.labels, CLASS_NAMES)
@@ -115,6 +116,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             "images_per_second": round(result.images_per_second, 2),
             "wall_seconds": round(time.perf_counter() - started, 3), "weights": stack.weight_hashes,
             "device": str(args.device), "precision": result.precision, "head_dtype": result.head_dtype,
+            "compile_backbone": args.compile,
             "versions": {"torch": torch.__version__, "python": platform.python_version()}}
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"{args.n} samples of {recipe.label()} on {stack.name}: "
@@ -302,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autocast precision; auto = bf16 where the device runs it natively, else fp32")
     p.add_argument("--head-dtype", default="auto", choices=HEAD_DTYPES,
                    help="fp32 runs the output head in fp32 under bf16/fp16 autocast")
+    p.add_argument("--compile", action="store_true",
+                   help="run the backbone through torch.compile (static shapes; pays on GPUs, costs a compile first)")
     p.add_argument("--out", default="out/sample")
     p.set_defaults(func=_cmd_sample)
 
