@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch_fidelity
+from migbench.benchmarks.metrics.diversity import density_coverage, per_class_scores
 from migbench.benchmarks.metrics.fmnist_classifier import (
     EXTRACTOR_NAME,
     FEATURE_LAYER,
@@ -231,10 +232,13 @@ def fid_from_statistics(sample_features: torch.Tensor, stats: dict[str, np.ndarr
 def metrics_from_features(sample: dict[str, torch.Tensor], ref: dict[str, torch.Tensor],
                           extractor: Extractor, labels: np.ndarray | None = None,
                           kid_subset_size: int = 1000, prc: bool = True,
-                          ref_statistics: dict[str, np.ndarray] | None = None) -> dict[str, float]:
-    """FID, IS, KID, precision/recall (torch-fidelity) and class accuracy from features.
+                          ref_statistics: dict[str, np.ndarray] | None = None,
+                          ref_labels: np.ndarray | None = None) -> dict[str, Any]:
+    """FID, IS, KID, precision/recall (torch-fidelity), density/coverage (``prdc``, same features
+    and k), class accuracy and per-class scores (``per_class``, :mod:`.diversity`) from features.
 
-    FID uses ``ref_statistics`` (ADM ``mu``/``sigma``) when given, else the reference features.
+    FID uses ``ref_statistics`` (ADM ``mu``/``sigma``) when given, else the reference features;
+    per-class FID splits the reference by ``ref_labels``, else by the network's prediction.
     """
     fl, ll = extractor.feature_layer, extractor.logits_layer
     n, n_ref = len(sample[fl]), len(ref[fl])
@@ -255,10 +259,12 @@ def metrics_from_features(sample: dict[str, torch.Tensor], ref: dict[str, torch.
         pr = prc_features_to_metric(sample[fl].float(), ref_prc.float(), prc_neighborhood=3,
                                     prc_batch_size=2000, save_cpu_ram=True, verbose=False)
         out["precision"], out["recall"] = pr[KEY_METRIC_PRECISION], pr[KEY_METRIC_RECALL]
+        out.update(density_coverage(ref_prc.float().numpy(), sample[fl].float().numpy(), nearest_k=3))
     if labels is not None and extractor.name == EXTRACTOR_NAME:
         if len(labels) != n:
             raise EvaluationError(f"{len(labels)} labels for {n} samples")
         out["class_accuracy"] = float((sample[ll].argmax(1).numpy() == labels).mean())
+        out["per_class"] = per_class_scores(sample[fl], sample[ll], labels, ref[fl], ref[ll], ref_labels)
     return out
 
 
