@@ -118,7 +118,8 @@ def plot_precision_recall(table: pd.DataFrame, floors: dict[str, Any] | None, pa
     planes = [("recall", "precision")]
     if "density" in table and table["density"].notna().any():
         planes.append(("coverage", "density"))
-    fig, axes = plt.subplots(1, len(planes), figsize=(6.5 * len(planes), 5.5), dpi=120, squeeze=False)
+    fig, axes = plt.subplots(1, len(planes), figsize=(8.0 if len(planes) == 1 else 13.0, 5.5), dpi=120,
+                             squeeze=False)
     for ax, (x, y) in zip(axes[0], planes, strict=True):
         for label, group, style in runs(table):
             drawn = group.dropna(subset=[x, y])
@@ -161,12 +162,15 @@ def plot_cost(table: pd.DataFrame, floors: dict[str, Any] | None, path: Path, ti
                         ls="none", **style)
             best = drawn.loc[drawn["fid"].idxmin()]
             ax.plot(best["x"], best["fid"], ms=11, mec="black", mew=1.5, zorder=5, ls="none", **style)
+        if cost == "nfe":  # room around the NFE values, so the spread reads as a cluster around each
+            ax.set_xlim(0.85 * data["nfe"].min(), 1.15 * data["nfe"].max())
+        left, right = ax.get_xlim()
         front = cost_front(data, cost)
         x = front[cost] * (front["label"].map(spread) if cost == "nfe" else 1.0)  # through the drawn markers
-        right = data[cost].max() * (max(spread.values()) if cost == "nfe" else 1.0)
         # steps-post: from each front point on, its FID is reachable; the last step runs to the right edge
         ax.plot([*x, right], [*front["fid"], front["fid"].iloc[-1]], color="black", ls="--", lw=1,
                 drawstyle="steps-post", zorder=4, label="Pareto front (FID and cost)")
+        ax.set_xlim(left, right)
         _fid_floors(ax, floors)
         ax.set_xlabel(f"{name}, lower is cheaper")
         ax.set_ylabel("FID (lower is better)")

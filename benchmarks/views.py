@@ -70,19 +70,22 @@ def views(table: pd.DataFrame, rows: list[dict[str, Any]], floors: dict[str, Any
     note = older_rows_note(rows, floors)
     lines = [note, ""] if note else []
     lines += ["### Quality against diversity", "",
-              "Precision (quality) against recall (diversity) along each run's swept knob, and density "
-              "against coverage (Naeem et al., ICML 2020; prdc, on the features, reference subset and k = 3 "
-              "of precision/recall): unlike precision and recall they are not inflated by outliers. Error "
+              "Precision (quality) against recall (diversity) along each run's swept knob and, for rows that "
+              "carry them, density against coverage (Naeem et al., ICML 2020; prdc, on the features, reference "
+              "subset and k = 3 of precision/recall), which outliers do not inflate as they do precision and "
+              "recall. Error "
               "bars: 95% interval over seeds; grey markers: quality floors; large outlined marker: a run's "
               "best FID.", ""]
     plot_precision_recall(table, floors, out / f"precision_recall{tag}.png", f"{title}: quality vs diversity")
     lines += [f"![precision-recall and density-coverage](precision_recall{tag}.png)", ""]
     where = measured_on(rows)
     points = plot_cost(table, floors, out / f"fid_cost{tag}.png", f"{title}: FID vs cost", where)
+    unrecorded = "; rows made before the precision was recorded were bf16" if any(
+        "precision" not in r for r in rows) else ""
     lines += ["### FID against cost", "",
               "NFE per image, and seconds per 1,000 images (1000 / images/s of the fastest seed: sampling "
-              f"only, measured on {where}; rows made before the precision was recorded were bf16). Dashed: "
-              "the Pareto front, points no other point beats on both FID and cost.", "",
+              f"only, measured on {where}{unrecorded}). Dashed: the Pareto front, points no other point beats "
+              "on both FID and cost.", "",
               f"![FID against cost](fid_cost{tag}.png)", "", "Pareto front, FID against time:", "",
               _cost_front_table(points), ""]
     best = best_points(rows)
