@@ -30,6 +30,8 @@ from tabulate import tabulate  # noqa: E402
 HEATMAP_MAX_CLASSES = 50
 EXTREMES = 10
 RELIABLE_N_PER_DIM = 2
+SPLITS = {"labels": "by their labels",
+          "predicted": "by the class the metrics network predicts (its errors raise per-class FID)"}
 
 
 def seed_mean(per_seed: list[list[float | None]]) -> np.ndarray:
@@ -128,9 +130,8 @@ def bias_note(points: list[dict[str, Any]]) -> str:
     """One sentence: samples per class against feature dimensions, and the reference split."""
     n = int(min(p["n"].min() for p in points))
     dim = int(points[0]["feature_dim"])
-    split = {p["reference_classes"] for p in points}
-    text = (f"At least {n} samples per class in {dim} feature dimensions; reference split by "
-            f"{' / '.join(sorted(split))} class. ")
+    split = sorted({SPLITS[p["reference_classes"]] for p in points})
+    text = f"At least {n} samples per class in {dim} feature dimensions; reference images split {' / '.join(split)}. "
     if n < RELIABLE_N_PER_DIM * dim:
         short = sum(int((p["n"] < RELIABLE_N_PER_DIM * dim).sum()) for p in points)
         text += (f"n < {RELIABLE_N_PER_DIM} × {dim} for {short} of {sum(len(p['n']) for p in points)} "

@@ -23,6 +23,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 PLOT_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+AXIS_NAMES = {"density": "density (quality; 1: as dense as the data, above: crowded)"}
 FLOOR_STYLES = {"data": ("*", ":"), "tokenizer": ("p", "--")}  # marker in metric planes, line style for FID
 
 
@@ -127,11 +128,11 @@ def plot_precision_recall(table: pd.DataFrame, floors: dict[str, Any] | None, pa
                 _draw_run(ax, drawn, x, y, style, label)
         _floor_points(ax, floors, x, y)
         ax.set_xlabel(f"{x} (diversity, higher is better)")
-        ax.set_ylabel(f"{y} (quality, higher is better)")
+        ax.set_ylabel(AXIS_NAMES.get(y, f"{y} (quality, higher is better)"))
         ax.grid(alpha=0.3)
     axes[0][0].set_title("precision vs recall", fontsize=10)
     if len(planes) > 1:
-        axes[0][1].set_title("density vs coverage (density 1: samples as dense as the data)", fontsize=10)
+        axes[0][1].set_title("density vs coverage", fontsize=10)
     fig.suptitle(f"{title}; large outlined marker: a run's best FID", fontsize=10)
     _save(fig, list(axes[0]), path, _legend_columns(table))
     return _points(table, [c for plane in planes for c in plane])

@@ -25,7 +25,7 @@ torch-fidelity's function, as for the overall FID) compares them with the refere
 class c: by their labels when the caller passes them, else by the class the metrics network
 predicts for them (``reference_classes`` in the result says which). The predicted split costs
 accuracy: on Fashion-MNIST train it agrees with the labels for 93.7% of images, and real test
-images (500 per class) score a per-class FID of 0.5-2.5 against the labelled split but 0.8-10.3
+images (about 500 per class) score a per-class FID of 0.45-2.5 against the labelled split but 0.8-10.3
 against the predicted one (Shirt worst). With n_c samples per class in d feature dimensions the
 estimate is also biased upward, the more so the smaller n_c / d; ``feature_dim`` and ``n`` are
 stored so reports can say where.
