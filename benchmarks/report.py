@@ -1,4 +1,5 @@
-"""`migbench report SUITE`: Markdown tables, FID-IS curves and grids, from results/ only.
+"""`migbench report SUITE`: Markdown tables, figures (:mod:`.plots`, :mod:`.views`) and grids, from
+results/ only.
 
 Rows are grouped by provenance (evaluator, extractor weights, reference content, N): numbers of
 different groups are never put in one table or plot. Over seeds, every metric is shown as the
@@ -14,20 +15,18 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import pandas as pd
+from migbench.benchmarks.plots import plot_fid_is
+from migbench.benchmarks.results import flatten, read_rows, results_dir
+from migbench.benchmarks.views import views
+from scipy import stats
+from tabulate import tabulate
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from migbench.benchmarks.results import flatten, read_rows, results_dir  # noqa: E402
-from scipy import stats  # noqa: E402
-from tabulate import tabulate  # noqa: E402
+from migbench.paths import repo_root
 
-from migbench.paths import repo_root  # noqa: E402
-
-METRICS = ("fid", "is_mean", "kid_mean", "precision", "recall", "class_accuracy")
+METRICS = ("fid", "is_mean", "kid_mean", "precision", "recall", "density", "coverage", "class_accuracy")
 HEADERS = {"fid": "FID ↓", "is_mean": "IS ↑", "kid_mean": "KID×10³ ↓", "precision": "precision ↑",
-           "recall": "recall ↑", "class_accuracy": "class acc ↑"}
+           "recall": "recall ↑", "density": "density", "coverage": "coverage ↑", "class_accuracy": "class acc ↑"}
 
 
 def interval(values: pd.Series) -> tuple[float, float]:
@@ -120,47 +119,6 @@ def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
         if not dominated:
             keep.append(i)
     return table.loc[keep].sort_values("fid")
-
-
-PLOT_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
-
-
-def plot_colors() -> list[tuple[float, ...]]:
-    """18 distinct colours: tab10, then Dark2, so a suite's first 18 runs never share a colour."""
-    return [*plt.get_cmap("tab10").colors, *plt.get_cmap("Dark2").colors]
-
-
-def plot_fid_is(table: pd.DataFrame, floors: dict[str, Any] | None, path: Path, title: str) -> None:
-    """IS on x, FID on y; a line per run label, points labelled by the swept value, each run's best
-    FID drawn large with a black outline."""
-    fig, ax = plt.subplots(figsize=(10, 5.5), dpi=120)
-    colors = plot_colors()
-    for i, (label, group) in enumerate(table.groupby("label", sort=False)):
-        group = group.sort_values("swept_value", key=lambda s: pd.to_numeric(s, errors="coerce"))
-        # colour and marker cycle at different periods (18, 7): no two of the first 126 runs look alike
-        color, marker = colors[i % len(colors)], PLOT_MARKERS[i % len(PLOT_MARKERS)]
-        ax.errorbar(group["is_mean"], group["fid"], xerr=group.get("is_mean_ci"), yerr=group.get("fid_ci"),
-                    marker=marker, ms=5, capsize=2, color=color, label=label)
-        for _, r in group.iterrows():
-            ax.annotate(str(r["swept_value"]), (r["is_mean"], r["fid"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7, color=color)
-        best = group.loc[group["fid"].idxmin()]
-        ax.plot(best["is_mean"], best["fid"], marker=marker, ms=11, color=color, mec="black", mew=1.5, zorder=5)
-    if floors:
-        for kind, style in (("data", ":"), ("tokenizer", "--")):
-            fid = floors[kind]["metrics"]["fid"]
-            ax.axhline(fid, color="grey", ls=style, lw=1)
-            ax.annotate(f"{kind} floor {fid:.2f}", (ax.get_xlim()[0], fid), fontsize=7, color="grey",
-                        xytext=(2, 2), textcoords="offset points")
-    ax.set_xlabel("Inception-style score (IS, higher is better)")
-    ax.set_ylabel("FID (lower is better)")
-    ax.set_title(f"{title}; large outlined marker: a run's best FID", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # outside: never over a point
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def _floors_table(floors: dict[str, Any]) -> str:
@@ -294,6 +252,7 @@ def report(suite: str, results_root: Path | None = None, reports_root: Path | No
         best = best_per_run(table)
         lines += ["### Best FID per run", "", metrics_table(best), "", f"![FID-IS curves]({plot_name})", "",
                   "### Pareto front (FID ↓, IS ↑)", "", metrics_table(pareto_front(table)), "",
+                  *views(table, group_rows, floors_here, out, tag, f"{suite} (N={p['n']})"),
                   "### Cost", "", "Mean over each run's points (images/s: the fastest seed of each point); "
                   "sampling only (evaluation excluded), "
                   f"{p['device']}, batch of the suite. Online parameters run at sampling time; precomputed "

@@ -74,7 +74,7 @@ def flatten(row: dict[str, Any]) -> dict[str, Any]:
     flat: dict[str, Any] = {"label": row["label"], "backbone": row["backbone"], "seed": row["seed"],
                             "n": row["n"], "run_hash": row["run_hash"]}
     flat.update({k: v for k, v in row["swept"].items()})
-    flat.update(row["metrics"])
+    flat.update({k: v for k, v in row["metrics"].items() if not isinstance(v, dict)})  # per_class: not a column
     flat["nfe"] = row["cost"]["nfe_per_image"]["total"]
     flat["images_per_s"] = row["cost"]["images_per_second"]
     extra = row["cost"].get("extra_parameters", {})

@@ -7,6 +7,7 @@ import inspect
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from migbench.precision import HEAD_DTYPES, PRECISIONS
 
@@ -125,11 +126,13 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_metrics(title: str, metrics: dict[str, float]) -> None:
+def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
+    """The scalar metrics as a table (``per_class`` lists stay in the JSON output)."""
     from tabulate import tabulate
 
     print(title)
-    print(tabulate([[k, f"{v:.4f}"] for k, v in metrics.items()], headers=["metric", "value"]))
+    print(tabulate([[k, f"{v:.4f}"] for k, v in metrics.items() if not isinstance(v, dict)],
+                   headers=["metric", "value"]))
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:

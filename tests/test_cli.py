@@ -51,7 +51,8 @@ def test_eval_prints_and_writes_json(tmp_path, capsys) -> None:
     main(["sample", "--n", "20", "--out", str(out), "--set", "maskgit.steps=4"])
     assert main(["eval", str(out / "samples.npz"), "--ref", "fmnist-test"]) == 0
     result = json.loads((out / "eval.json").read_text())
-    assert set(result["metrics"]) >= {"fid", "is_mean", "kid_mean", "precision", "recall", "class_accuracy"}
+    assert set(result["metrics"]) >= {"fid", "is_mean", "kid_mean", "precision", "recall", "density", "coverage",
+                                      "class_accuracy", "per_class"}
     assert result["provenance"]["n"] == 20 and result["provenance"]["reference"] == "fmnist-test"
     assert "fid" in capsys.readouterr().out
 

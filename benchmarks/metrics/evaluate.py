@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch_fidelity
+from migbench.benchmarks.metrics.diversity import density_coverage, per_class_scores
 from migbench.benchmarks.metrics.fmnist_classifier import (
     EXTRACTOR_NAME,
     FEATURE_LAYER,
@@ -270,11 +271,14 @@ def metrics_from_features(sample: dict[str, torch.Tensor], ref: dict[str, torch.
                           extractor: Extractor, labels: np.ndarray | None = None,
                           kid_subset_size: int = 1000, prc: bool = True,
                           ref_statistics: dict[str, np.ndarray] | None = None,
-                          device: torch.device | str | None = None) -> dict[str, float]:
-    """FID, IS, KID, precision/recall (torch-fidelity) and class accuracy from features
+                          ref_labels: np.ndarray | None = None,
+                          device: torch.device | str | None = None) -> dict[str, Any]:
+    """FID, IS, KID, precision/recall (torch-fidelity), density/coverage (``prdc``, same features
+    and k), class accuracy and per-class scores (``per_class``, :mod:`.diversity`) from features
     {layer: (N, D) float64} of the samples and of the reference.
 
-    FID uses ``ref_statistics`` (ADM ``mu``/``sigma``) when given, else the reference features.
+    FID uses ``ref_statistics`` (ADM ``mu``/``sigma``) when given, else the reference features;
+    per-class FID splits the reference by ``ref_labels``, else by the network's prediction.
     Precision/recall (N x 10k distances) run on ``device`` (default: :func:`default_device`), in
     fp32 without TF32; the rest on the CPU.
     """
@@ -300,10 +304,12 @@ def metrics_from_features(sample: dict[str, torch.Tensor], ref: dict[str, torch.
                                         prc_neighborhood=3, prc_batch_size=2000, save_cpu_ram=True,
                                         verbose=False)
         out["precision"], out["recall"] = pr[KEY_METRIC_PRECISION], pr[KEY_METRIC_RECALL]
+        out.update(density_coverage(ref_prc.float().numpy(), sample[fl].float().numpy(), nearest_k=3))
     if labels is not None and extractor.name == EXTRACTOR_NAME:
         if len(labels) != n:
             raise EvaluationError(f"{len(labels)} labels for {n} samples")
         out["class_accuracy"] = float((sample[ll].argmax(1).numpy() == labels).mean())
+        out["per_class"] = per_class_scores(sample[fl], sample[ll], labels, ref[fl], ref[ll], ref_labels)
     return out
 
 
@@ -343,7 +349,8 @@ def evaluate_features(features: dict[str, torch.Tensor], labels: np.ndarray | No
     reference_set = reference(ref, data_dir)
     sample = {layer: features[layer].double() for layer in layers}
     metrics = metrics_from_features(sample, reference_features(reference_set, extractor), extractor, labels,
-                                    prc=prc, ref_statistics=reference_set.statistics, device=device)
+                                    prc=prc, ref_statistics=reference_set.statistics,
+                                    ref_labels=reference_set.labels, device=device)
     return {"metrics": metrics, "provenance": provenance(extractor, reference_set, n)}
 
 
