@@ -124,8 +124,13 @@ def environment() -> dict[str, str]:
     """Where a baseline was measured (informative: the check holds on any device)."""
     import torch
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or platform.machine()
-    return {"device": device, "torch": torch.__version__, "python": platform.python_version()}
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    else:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")] if Path("/proc/cpuinfo").exists() else []
+        device = f"{names[0] if names else platform.machine()} ({len(names) or '?'} cores), CPU"
+    return {"device": device, "precision": "fp32", "torch": torch.__version__, "python": platform.python_version()}
 
 
 def check(update: bool = False, progress: bool = False) -> list[str]:
