@@ -46,21 +46,23 @@ def load_transformer(name: str, folder: Path | None = None) -> MaskedTransformer
 
 @torch.no_grad()
 def encode_all(tokenizer: VQTokenizer, images: torch.Tensor, batch: int = 1000) -> torch.Tensor:
-    """images (M, 1, 32, 32) -> ids (M, N) int16."""
-    return torch.cat([tokenizer.encode(images[i:i + batch]).to(torch.int16)
+    """images (M, 1, 32, 32) -> ids (M, N) int16 on the CPU, encoded on the tokenizer's device."""
+    device = tokenizer.codebook().device
+    return torch.cat([tokenizer.encode(images[i:i + batch].to(device)).to(torch.int16).cpu()
                       for i in range(0, len(images), batch)])
 
 
-def token_maps(split: str, tokenizer_name: str = TOKENIZER, data_dir: str | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids (M, N) int64 and labels (M,) of a split, cached by the tokenizer's sha256."""
+def token_maps(split: str, tokenizer_name: str = TOKENIZER, data_dir: str | None = None,
+               device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (M, N) int64 and labels (M,) of a split on the CPU, cached by the tokenizer's
+    sha256; a missing cache is encoded on ``device`` (a trainer passes its own)."""
     sha = weights.manifest_entry(tokenizer_name)["sha256"]
     path = cache_dir() / "tokens" / f"{sha[:16]}-{split}.pt"
     if path.exists():
         cached = torch.load(path, map_location="cpu")
         return cached["ids"].long(), cached["labels"]
     images, labels = load_split(split, data_dir).tensors()
-    ids = encode_all(load_tokenizer(tokenizer_name), images)
+    ids = encode_all(load_tokenizer(tokenizer_name).to(device), images)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"ids": ids, "labels": labels, "tokenizer_sha256": sha}, tmp)

@@ -3,7 +3,8 @@
 Per sample: t ~ U(0, 1) (clamped below at ``t_min``), mask ceil(gamma(t) N) random positions
 (at least one), replace them by the mask id, drop the class to the null class with probability
 ``class_dropout``, and minimise cross-entropy with label smoothing at the masked positions only
-(Chang et al. 2022). AdamW, warm-up + cosine learning rate, bf16 autocast, resumable.
+(Chang et al. 2022). AdamW, warm-up + cosine learning rate, ``precision`` autocast
+(:mod:`migbench.precision`), resumable, on the loop's device (the GPU where there is one).
 
 Recipes: ``maskgit`` (cosine schedule) is the default backbone ``fmnist_maskgit``; ``emigm``
 follows eMIGM's released training scripts (exp schedule, t clamped at 0.2, loss weight w = 1,
@@ -28,6 +29,7 @@ from migbench.backbones.transformer import MaskedTransformer, TransformerConfig
 
 from migbench import weights
 from migbench.api import NULL_LABEL
+from migbench.precision import autocast
 from migbench.schedules import MASK_SCHEDULES, elbo_weight
 from migbench.training import TrainLoop, batch_indices, warmup_cosine
 
@@ -119,15 +121,17 @@ def validation_masks(rows: int, num_tokens: int, recipe: BackboneRecipe
 
 @torch.no_grad()
 def validation_metrics(model: MaskedTransformer, ids: torch.Tensor, labels: torch.Tensor,
-                       recipe: BackboneRecipe) -> dict[str, float]:
+                       recipe: BackboneRecipe, precision: str) -> dict[str, float]:
     """Masked-token loss (no smoothing) and accuracy on held-out maps (M, N), with
-    :func:`validation_masks`; each batch's per-token mean is weighted by its rows."""
+    :func:`validation_masks`; each batch's per-token mean is weighted by its rows. Runs on the
+    model's device under ``precision`` autocast (a trainer passes the precision it trained in)."""
     model.eval()
+    device = next(model.parameters()).device
     total_loss = total_acc = 0.0
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with autocast(precision, device):
         for rows, mask in validation_masks(len(ids), ids.shape[1], recipe):
-            x, y = ids[rows], labels[rows]
-            loss, acc = masked_loss(model, x, y, mask, 0.0)
+            x, y = ids[rows].to(device), labels[rows].to(device)
+            loss, acc = masked_loss(model, x, y, mask.to(device), 0.0)
             total_loss += float(loss) * len(x)
             total_acc += float(acc) * len(x)
     return {"val_masked_loss": round(total_loss / len(ids), 4),
@@ -137,37 +141,38 @@ def validation_metrics(model: MaskedTransformer, ids: torch.Tensor, labels: torc
 def train_backbone(run_dir: Path, recipe: BackboneRecipe = BackboneRecipe(),
                    config: TransformerConfig | None = None, data_dir: str | None = None,
                    command: str = "migbench train backbone", stop_after: int | None = None,
-                   commit: bool = True) -> MaskedTransformer:
+                   commit: bool = True, precision: str = "auto") -> MaskedTransformer:
     """Train (resuming from ``run_dir``), then save ``recipe.name`` with its manifest entry."""
     started = time.monotonic()
     config = config or TransformerConfig(null_is_mask=recipe.null_is_mask)
-    ids, labels = token_maps("train", TOKENIZER, data_dir)
+    loop = TrainLoop(name=f"train {recipe.name}", total_steps=recipe.steps, seed=recipe.seed,
+                     run_dir=run_dir, precision=precision, stop_after=stop_after,
+                     lr_at=lambda s: warmup_cosine(s, recipe.steps, recipe.warmup, recipe.lr, recipe.lr / 50))
+    ids, labels = token_maps("train", TOKENIZER, data_dir, loop.device)
     model = MaskedTransformer(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, betas=(0.9, 0.95),
                                   weight_decay=recipe.weight_decay)
 
-    def step_fn(net: torch.nn.Module, step: int, gen: torch.Generator
+    def step_fn(net: torch.nn.Module, step: int, gen: torch.Generator, device: torch.device
                 ) -> tuple[torch.Tensor, dict[str, float]]:
         idx = batch_indices(len(ids), recipe.batch_size, recipe.seed, step)
         x, y = ids[idx], labels[idx].clone()
         y[torch.rand(len(y), generator=gen) < recipe.class_dropout] = NULL_LABEL
         t = sample_times(len(x), recipe.t_min, gen)
         mask = sample_mask(len(x), x.shape[1], recipe.mask_schedule, recipe.t_min, gen, t)
-        weights = (torch.tensor([elbo_weight(recipe.mask_schedule, float(v)) for v in t])
+        weights = (torch.tensor([elbo_weight(recipe.mask_schedule, float(v)) for v in t]).to(device)
                    if recipe.loss_weight == "elbo" else None)
-        loss, acc = masked_loss(net, x, y, mask, recipe.label_smoothing, weights)
+        loss, acc = masked_loss(net, x.to(device), y.to(device), mask.to(device), recipe.label_smoothing, weights)
         return loss, {"masked_accuracy": float(acc)}
 
-    loop = TrainLoop(name=f"train {recipe.name}", total_steps=recipe.steps, seed=recipe.seed,
-                     run_dir=run_dir, stop_after=stop_after,
-                     lr_at=lambda s: warmup_cosine(s, recipe.steps, recipe.warmup, recipe.lr, recipe.lr / 50))
     model = loop.run(model, optimizer, step_fn)
-    if not commit or (stop_after is not None and stop_after < recipe.steps):
+    if not commit or loop.stops_early:
         return model
-    test_ids, test_labels = token_maps("test", TOKENIZER, data_dir)
-    saved = weights.publish(
+    saved = loop.publish(
         recipe.name, model, lambda: MaskedTransformer(config),
-        lambda m: validation_metrics(m, test_ids, test_labels, recipe), command=command, started=started,
+        lambda m: validation_metrics(m, *token_maps("test", TOKENIZER, data_dir, loop.device), recipe,
+                                     loop.precision_used),
+        command=command, started=started,
         config={"model": model.describe(), "recipe": asdict(recipe),
                 "tokenizer_sha256": weights.manifest_entry(TOKENIZER)["sha256"]})
     return saved.requires_grad_(False)

@@ -96,7 +96,8 @@ class EMAQuantizer(nn.Module):
         self.embedding.copy_(F.normalize(self.ema_sum, dim=1))
         dead = self.ema_count < self.restart_threshold
         if dead.any():
-            picks = torch.randint(0, z.shape[0], (int(dead.sum()),), generator=generator)
+            # drawn on the generator's device (the training step's CPU generator), used on z's
+            picks = torch.randint(0, z.shape[0], (int(dead.sum()),), generator=generator).to(z.device)
             self.embedding[dead] = z[picks]
             self.ema_sum[dead] = z[picks]
             self.ema_count[dead] = 1.0

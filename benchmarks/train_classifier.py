@@ -2,7 +2,9 @@
 
 Cross-entropy with label smoothing 0.1, SGD-free AdamW with warm-up/cosine, light augmentation
 (random horizontal flip and a random shift of up to 2 pixels, both seeded per step), fp32 (the
-metric network stays out of bf16). Test accuracy is measured on the weights exactly as saved.
+metric network stays out of bf16: ``precision="auto"`` means fp32 here; an explicit bf16 or fp16 is
+honoured), on the loop's device (the GPU where there is one). Test accuracy is measured on the
+weights exactly as saved, in fp32.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import torch.nn.functional as F
 from migbench.benchmarks.metrics.fmnist_classifier import FMNISTClassifier
 from migbench.benchmarks.metrics.loading import CLASSIFIER
 
-from migbench import weights
 from migbench.data import load_split
 from migbench.training import TrainLoop, batch_indices, warmup_cosine
 
@@ -42,35 +43,41 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 @torch.no_grad()
 def accuracy(net: FMNISTClassifier, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy of ``net`` on ``images`` (M, 1, 32, 32), on the network's device."""
     net.eval()
-    correct = sum(int((net(images[i:i + 1000])[1].argmax(1) == labels[i:i + 1000]).sum())
+    device = next(net.parameters()).device
+    correct = sum(int((net(images[i:i + 1000].to(device))[1].argmax(1).cpu() == labels[i:i + 1000]).sum())
                   for i in range(0, len(images), 1000))
     return correct / len(images)
 
 
 def train_classifier(run_dir: Path, recipe: ClassifierRecipe = ClassifierRecipe(),
                      data_dir: str | None = None, command: str = "migbench train classifier",
-                     stop_after: int | None = None) -> FMNISTClassifier:
+                     stop_after: int | None = None, precision: str = "auto") -> FMNISTClassifier:
+    """Train (resuming from ``run_dir``), then save the classifier with its manifest entry;
+    ``precision`` ``auto`` trains in fp32 (see the module docstring)."""
     started = time.monotonic()
+    loop = TrainLoop(name="train classifier", total_steps=recipe.steps, seed=recipe.seed,
+                     run_dir=run_dir, precision="fp32" if precision == "auto" else precision,
+                     stop_after=stop_after,
+                     lr_at=lambda s: warmup_cosine(s, recipe.steps, recipe.warmup, recipe.lr, 0.0))
     images, labels = load_split("train", data_dir).tensors()
     net = FMNISTClassifier()
     optimizer = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
 
-    def step_fn(model: torch.nn.Module, step: int, gen: torch.Generator
+    def step_fn(model: torch.nn.Module, step: int, gen: torch.Generator, device: torch.device
                 ) -> tuple[torch.Tensor, dict[str, float]]:
         idx = batch_indices(len(images), recipe.batch_size, recipe.seed, step)
-        _, logits = model(augment(images[idx], gen))
-        loss = F.cross_entropy(logits, labels[idx], label_smoothing=0.1)
-        return loss, {"train_accuracy": float((logits.argmax(1) == labels[idx]).float().mean())}
+        x, y = augment(images[idx], gen).to(device), labels[idx].to(device)
+        _, logits = model(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=0.1)
+        return loss, {"train_accuracy": float((logits.argmax(1) == y).float().mean())}
 
-    loop = TrainLoop(name="train classifier", total_steps=recipe.steps, seed=recipe.seed,
-                     run_dir=run_dir, precision="fp32", stop_after=stop_after,
-                     lr_at=lambda s: warmup_cosine(s, recipe.steps, recipe.warmup, recipe.lr, 0.0))
     net = loop.run(net, optimizer, step_fn)
-    if stop_after is not None and stop_after < recipe.steps:
+    if loop.stops_early:
         return net
     test_images, test_labels = load_split("test", data_dir).tensors()
-    saved = weights.publish(
+    saved = loop.publish(
         CLASSIFIER, net, FMNISTClassifier,
         lambda m: {"test_accuracy": round(accuracy(m, test_images, test_labels), 4)},
         command=command, started=started, half=False,

@@ -35,17 +35,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from migbench.backbones.train_tokenizer import TokenizerRecipe, train_tokenizer
 
         recipe = TokenizerRecipe(**({"steps": args.steps} if args.steps else {}))
-        train_tokenizer(run_dir, recipe=recipe, data_dir=args.data_dir, command=command)
+        train_tokenizer(run_dir, recipe=recipe, data_dir=args.data_dir, command=command, precision=args.precision)
     elif args.what == "backbone":
         from migbench.backbones.train_backbone import BackboneRecipe, train_backbone
 
         recipe = BackboneRecipe.named(args.recipe, steps=args.steps)
-        train_backbone(run_dir, recipe=recipe, data_dir=args.data_dir, command=command)
+        train_backbone(run_dir, recipe=recipe, data_dir=args.data_dir, command=command, precision=args.precision)
     elif args.what == "classifier":
         from migbench.benchmarks.train_classifier import ClassifierRecipe, train_classifier
 
         recipe = ClassifierRecipe(**({"steps": args.steps} if args.steps else {}))
-        train_classifier(run_dir, recipe=recipe, data_dir=args.data_dir, command=command)
+        train_classifier(run_dir, recipe=recipe, data_dir=args.data_dir, command=command, precision=args.precision)
     print(f"weights and manifest entry written; training log in {run_dir}/train.log")
     return 0
 
@@ -60,7 +60,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     command = args.command_line
     options = {k: v for k, v in (("steps", args.steps), ("label", args.label),
                                  ("graphs_only", args.graphs_only or None), ("only", args.only),
-                                 ("init", args.init), ("lr", args.lr)) if v is not None}
+                                 ("init", args.init), ("lr", args.lr), ("precision", args.precision))
+               if v is not None}
     accepted = inspect.signature(method.fit).parameters
     unknown = [k for k in options if k not in accepted]
     if unknown:
@@ -270,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
     p.add_argument("--run-dir", default=None, help="checkpoint/log folder (default runs/WHAT, runs/backbone_RECIPE)")
     p.add_argument("--data-dir", default=None)
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="training autocast; auto = bf16 where the device runs it natively, else fp32 "
+                        "(the classifier: fp32)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("fit", help="train a method's own components (critic, adapter, graph modules)")
@@ -285,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None,
                    help="ka_mig: learning rate instead of the paper's 1e-4 (a probe; weights named ..._lr<value>)")
     p.add_argument("--run-dir", default=None, help="checkpoint/log folder (default runs/METHOD[_OPTION...])")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="training autocast; auto = bf16 where the device runs it natively, else fp32")
     p.set_defaults(func=_cmd_fit)
 
     p = sub.add_parser("diagnose", help="ka_mig: what the incompatibility prior could give, and what each trained model takes")

@@ -4,6 +4,12 @@ Every random draw of step ``k`` comes from ``step_generator(seed, k)`` and every
 ``batch_indices(n, batch, seed, k)``, so a run resumed from a checkpoint at step k produces the
 same weights as an uninterrupted run. Checkpoints are written atomically (temp file + rename)
 every ``checkpoint_every_s`` seconds and at the end; a crash loses at most that much work.
+
+Device contract: the loop trains on the accelerator's device (this process's GPU where there is
+one, else the CPU), :attr:`TrainLoop.device`. A trainer moves its frozen helper models there
+once, before :meth:`TrainLoop.run`; its step function receives the device and moves each batch
+there. Random draws stay on the per-step CPU generator and the drawn tensors are moved, so a CPU
+run's numbers do not depend on whether a GPU exists elsewhere, and a GPU run uses the same draws.
 """
 
 from __future__ import annotations
@@ -15,20 +21,36 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 
+from migbench import weights
 from migbench.precision import accelerate_mixed_precision
 from migbench.precision import resolve as resolve_precision
+from migbench.rng import gumbel
 
-StepFn = Callable[[torch.nn.Module, int, torch.Generator], tuple[torch.Tensor, dict[str, float]]]
+StepFn = Callable[[torch.nn.Module, int, torch.Generator, torch.device],
+                  tuple[torch.Tensor, dict[str, float]]]
+"""``step_fn(model, step, generator, device)`` -> (loss, metrics) of one batch: ``generator`` is the
+step's CPU generator (every random draw), ``device`` the model's device (batches go there)."""
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
     """A CPU generator whose state depends only on (seed, step)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def moved_gumbel_max(logp: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One sample per row of log-probabilities ``logp`` (..., K) by Gumbel-max, the noise drawn
+    from ``generator`` on its own device (the step's CPU generator) and moved to ``logp``'s.
+
+    The same draws on every device; on the CPU the same result as :func:`migbench.slots.gumbel_max`.
+    """
+    return (logp + gumbel(logp.shape, generator, generator.device).to(logp.device)).argmax(dim=-1)
 
 
 def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> torch.Tensor:
@@ -67,6 +89,19 @@ class TrainLoop:
     precision_used: str | None = field(default=None, init=False)  # bf16 | fp16 | fp32, set by run()
 
     @property
+    def device(self) -> torch.device:
+        """The device this loop trains on: the accelerator's (CUDA where available, else CPU).
+
+        Known before :meth:`run`, so trainers can move frozen helper models there first.
+        """
+        return PartialState(cpu=not torch.cuda.is_available()).device
+
+    @property
+    def stops_early(self) -> bool:
+        """Whether ``stop_after`` ends the run before ``total_steps`` (nothing is then published)."""
+        return self.stop_after is not None and self.stop_after < self.total_steps
+
+    @property
     def checkpoint_path(self) -> Path:
         return self.run_dir / "checkpoint.pt"
 
@@ -78,14 +113,17 @@ class TrainLoop:
             extra_state: Callable[[], dict] | None = None) -> torch.nn.Module:
         """Train ``model`` to ``total_steps``, resuming from ``checkpoint_path`` if present.
 
-        ``step_fn(model, step, generator)`` returns (loss, metrics) for one batch; it runs under
-        the accelerator's autocast for ``precision``. Returns the unwrapped model.
+        ``step_fn(model, step, generator, device)`` returns (loss, metrics) for one batch (see
+        :data:`StepFn`); it runs under the accelerator's autocast for ``precision``, frozen passes
+        inside it included. Returns the unwrapped model, on :attr:`device`.
         """
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = self.device
         self.precision_used = resolve_precision(self.precision, device)
-        accelerator = Accelerator(cpu=device.type == "cpu",
-                                  mixed_precision=accelerate_mixed_precision(self.precision, device))
+        if self.precision_used == "fp16" and device.type == "cpu":
+            raise ValueError(f"{self.name}: fp16 training needs a GPU (accelerate runs no fp16 autocast "
+                             "on the CPU); use bf16 or fp32")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        accelerator = _accelerator(device, accelerate_mixed_precision(self.precision, device))
         start = self._resume(model, optimizer)
         model, optimizer = accelerator.prepare(model, optimizer)
         model.train()
@@ -99,7 +137,7 @@ class TrainLoop:
                     group["lr"] = self.lr_at(step)
                 torch.manual_seed(self.seed * 1_000_003 + step)
                 with accelerator.autocast():
-                    loss, metrics = step_fn(model, step, step_generator(self.seed, step))
+                    loss, metrics = step_fn(model, step, step_generator(self.seed, step), accelerator.device)
                 optimizer.zero_grad(set_to_none=True)
                 accelerator.backward(loss)
                 if self.grad_clip is not None:
@@ -116,6 +154,18 @@ class TrainLoop:
                     last_save = time.monotonic()
         self._save(accelerator, model, optimizer, end, extra_state)
         return accelerator.unwrap_model(model)
+
+    def publish(self, name: str, model: torch.nn.Module, fresh: Callable[[], torch.nn.Module],
+                measure: Callable[[torch.nn.Module], dict[str, float]], *, command: str,
+                started: float, config: dict[str, Any], half: bool = True) -> torch.nn.Module:
+        """:func:`migbench.weights.publish` of ``model`` after :meth:`run`: the reloaded copy is
+        measured on :attr:`device`, and ``config["precision"]`` records the precision used."""
+        if self.precision_used is None:
+            raise RuntimeError(f"{self.name}: publish() comes after run()")
+        device = self.device
+        return weights.publish(name, model, lambda: fresh().to(device), measure, command=command,
+                               started=started, config={**config, "precision": self.precision_used},
+                               half=half)
 
     def _resume(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
         if not self.checkpoint_path.exists():
@@ -146,3 +196,13 @@ class TrainLoop:
             return False
         state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
         return int(state["step"]) >= self.total_steps
+
+
+def _accelerator(device: torch.device, mixed_precision: str) -> Accelerator:
+    """An Accelerator on ``device`` with ``mixed_precision``. accelerate keeps one process-wide
+    state and refuses another precision once set, so an earlier loop's state with another
+    precision (the fp32 classifier, then a bf16 trainer) is cleared first."""
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision") != mixed_precision:
+        AcceleratorState._reset_state()
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed_precision)

@@ -20,10 +20,10 @@ def run(run_dir, stop_after=None, name="tiny"):
     model = MaskedTransformer(TINY)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
-    def step_fn(net, step, gen):
+    def step_fn(net, step, gen, device):
         idx = batch_indices(len(DATA), 16, 0, step)
         mask = sample_mask(16, 64, "cosine", 0.0, gen)
-        loss, acc = masked_loss(net, DATA[idx], LABELS[idx], mask, 0.1)
+        loss, acc = masked_loss(net, DATA[idx].to(device), LABELS[idx].to(device), mask.to(device), 0.1)
         return loss, {"acc": float(acc)}
 
     loop = TrainLoop(name=name, total_steps=6, seed=0, run_dir=run_dir, stop_after=stop_after,

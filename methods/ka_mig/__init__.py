@@ -123,12 +123,12 @@ class KAMIG:
 
     @staticmethod
     def fit(run_dir: Path, command: str, steps: int | None = None, graphs_only: bool = False,
-            only: str | None = None, lr: float | None = None) -> None:
+            only: str | None = None, lr: float | None = None, precision: str = "auto") -> None:
         """Build the graphs, or fine-tune the module; ``only`` trains a one-graph ablation model
         (weights ``fmnist_ka_mig_<graph>``, sampled with the matching ``ka_mig.*`` switches) or,
         with ``"head"``, the head-only control ``fmnist_ka_mig_head`` (sampled with every graph off).
         ``lr`` replaces the paper's 1e-4 for a probe of the fine-tuning budget; the weights' name
-        then ends in ``_lr<value>``."""
+        then ends in ``_lr<value>``. ``precision``: the training autocast (:mod:`migbench.precision`)."""
         from dataclasses import replace
 
         from migbench.methods.ka_mig.train import KAMIGRecipe, build_graphs, train_ka_mig
@@ -145,4 +145,4 @@ class KAMIG:
         if graphs_only:
             build_graphs(recipe, command=command)
         else:
-            train_ka_mig(run_dir, recipe, command=command)
+            train_ka_mig(run_dir, recipe, command=command, precision=precision)

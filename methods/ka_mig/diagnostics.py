@@ -14,6 +14,9 @@ backbone and every trained KA-MIG model in the manifest:
   ``CE(logits - b * ruled_out, target)``, at the best b of ``BIASES``: what G_p gives used as a
   plain logit prior on top of that model, a yardstick for the negative prior P^c that KA-MIG
   learns to fuse. b is picked on the same maps it is scored on (one number over ~10^5 tokens).
+
+The passes run on the GPU where there is one (else the CPU) under ``precision`` autocast
+(:mod:`migbench.precision`); the folded tables are built on the CPU, as at install time.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from migbench.methods.ka_mig.train import KAMIGRecipe
 
 from migbench import weights
 from migbench.api import HookSet
+from migbench.precision import autocast, resolve
 
 BIASES = (0.5, 1.0, 1.5, 2.0, 3.0, 5.0)
 GRAPH_LABELS = {"": "all three", "cooccurrence": "G_co only", "semantic": "G_s only",
@@ -69,6 +73,8 @@ class Diagnosis:
     maps: int
     masked_tokens: int
     ruled_out_targets: float  # fraction of held-out masked targets G_p rules out
+    device: str  # where the passes ran (cpu, cuda)
+    precision: str  # the autocast precision used: bf16, fp16 or fp32
 
     def markdown(self) -> str:
         lines = ["| model | graphs | held-out masked loss | mass on ruled-out tokens | "
@@ -80,7 +86,8 @@ class Diagnosis:
                          f"{r.biased_losses[b]:.4f} (b = {b:g}{edge}) |")
         lines += ["", f"{self.maps:,} held-out maps, {self.masked_tokens:,} masked tokens (validation masks, "
                       f"seed {VALIDATION_SEED}); {self.ruled_out_targets:.2%} of the masked targets are "
-                      f"tokens G_p rules out. b is picked from {', '.join(f'{b:g}' for b in BIASES)} on these maps."]
+                      f"tokens G_p rules out. b is picked from {', '.join(f'{b:g}' for b in BIASES)} on these maps; "
+                      f"passes in {self.precision} on {self.device}."]
         return "\n".join(lines)
 
 
@@ -94,13 +101,17 @@ def trained_models() -> list[tuple[str, KAMIGRecipe]]:
 
 
 @torch.no_grad()
-def diagnose(maps: int = 10_000) -> Diagnosis:
+def diagnose(maps: int = 10_000, device: torch.device | str | None = None,
+             precision: str = "auto") -> Diagnosis:
     """Measure the backbone and every trained KA-MIG model on the first ``maps`` held-out maps
-    (at most the test split's 10,000)."""
+    (at most the test split's 10,000), on ``device`` (default: CUDA where available, else the
+    CPU) under ``precision`` autocast."""
     from migbench.methods.ka_mig import graphs_from_state, load_module
 
     if maps < 1:
         raise ValueError(f"maps must be at least 1, got {maps}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    used = resolve(precision, device)
     models = trained_models()
     if not models:
         raise weights.WeightsError("no trained KA-MIG model in the manifest; run `migbench fit ka_mig`")
@@ -111,16 +122,19 @@ def diagnose(maps: int = 10_000) -> Diagnosis:
     backbone_name, graphs_name = shared.pop()
     backbone = load_transformer(backbone_name).eval()
     ruled_out_table = graphs_from_state(weights.load_weights(graphs_name)[0])[2]  # (C, N, K)
-    ids, labels = token_maps("test", TOKENIZER)
+    ids, labels = token_maps("test", TOKENIZER, device=device)
     ids, labels = ids[:maps], labels[:maps]
     hook_sets: list[tuple[str, str, HookSet]] = [(backbone_name, "— (frozen backbone)", HookSet())]
     embeddings = backbone.token_embeddings().float()
     for name, recipe in models:
-        module = load_module(name, graphs_name, backbone)
+        module = load_module(name, graphs_name, backbone).cpu()  # folded on the CPU, as install does
         hooks = HookSet()
-        for site, hook in module.folded_hooks(recipe.switches(), module.constants(embeddings)).items():
+        folded = module.folded_hooks(recipe.switches(), module.constants(embeddings), device)
+        module.to(device)  # the head copy (and an unfolded prior's projections) run per pass
+        for site, hook in folded.items():
             hooks.add(site, hook, "ka_mig")
         hook_sets.append((name, GRAPH_LABELS[recipe.only], hooks))
+    backbone.to(device)
 
     loss = [0.0] * len(hook_sets)
     mass = [0.0] * len(hook_sets)
@@ -128,13 +142,14 @@ def diagnose(maps: int = 10_000) -> Diagnosis:
     ruled_out_targets = count = 0
     for rows, mask in validation_masks(len(ids), ids.shape[1], BackboneRecipe.named("maskgit")):
         x, y = ids[rows], labels[rows]
-        inputs = x.masked_fill(mask, backbone.layout.mask_id)
         ruled_out = ruled_out_table[y][mask]  # (M, K) at the masked positions
         targets = x[mask]
         count += len(targets)
         ruled_out_targets += int(ruled_out.gather(1, targets[:, None]).sum())
+        inputs = x.masked_fill(mask, backbone.layout.mask_id).to(device)
+        y, mask, ruled_out, targets = y.to(device), mask.to(device), ruled_out.to(device), targets.to(device)
         for i, (_, _, hooks) in enumerate(hook_sets):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with autocast(used, device):
                 logits = backbone(inputs, y, hooks).logits.float()[mask]
             loss[i] += float(F.cross_entropy(logits, targets, reduction="sum"))
             mass[i] += float(incompatible_mass(logits, ruled_out).sum())
@@ -143,4 +158,4 @@ def diagnose(maps: int = 10_000) -> Diagnosis:
     rows_out = tuple(ModelRow(name, graphs, loss[i] / count, mass[i] / count,
                               {b: v / count for b, v in biased[i].items()})
                      for i, (name, graphs, _) in enumerate(hook_sets))
-    return Diagnosis(rows_out, len(ids), count, ruled_out_targets / count)
+    return Diagnosis(rows_out, len(ids), count, ruled_out_targets / count, device.type, used)

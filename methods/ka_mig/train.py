@@ -16,6 +16,9 @@ the backbone's own training schedule (cosine), for the same reason upstream uses
 Also unlike upstream: no EMA of the trained weights (upstream evaluates an EMA at 0.9999, which
 after 1500 steps is still mostly the initial weights) and no embedding dropout (our backbone was
 trained without dropout).
+
+Fine-tuning runs on the loop's device (the GPU where there is one) with the frozen backbone moved
+there once; its passes run under the same ``precision`` autocast as the trained modules.
 """
 
 from __future__ import annotations
@@ -103,15 +106,21 @@ def build_graphs(recipe: KAMIGRecipe, command: str, data_dir: str | None = None)
 
 
 def train_ka_mig(run_dir: Path, recipe: KAMIGRecipe = KAMIGRecipe(), data_dir: str | None = None,
-                 command: str = "migbench fit ka_mig", stop_after: int | None = None) -> KAMIGModule:
+                 command: str = "migbench fit ka_mig", stop_after: int | None = None,
+                 precision: str = "auto") -> KAMIGModule:
+    """Fine-tune KA-MIG's modules (building the graphs first if the manifest lacks them), then
+    save ``recipe.name`` with its manifest entry."""
     from migbench.methods.ka_mig import graphs_from_state
 
     started = time.monotonic()
-    backbone = load_transformer(recipe.backbone)
+    loop = TrainLoop(name=f"fit {recipe.name}", total_steps=recipe.steps, seed=recipe.seed, run_dir=run_dir,
+                     precision=precision, stop_after=stop_after, grad_clip=None,
+                     lr_at=lambda s: recipe.lr * min(1.0, (s + 1) / recipe.warmup))
+    backbone = load_transformer(recipe.backbone).to(loop.device)
     if recipe.graphs not in weights.read_manifest():
         build_graphs(recipe, command=command + " (graphs)", data_dir=data_dir)
     co, sem, incompatible = graphs_from_state(weights.load_weights(recipe.graphs)[0])
-    ids, labels = token_maps("train", TOKENIZER, data_dir)
+    ids, labels = token_maps("train", TOKENIZER, data_dir, loop.device)
 
     def fresh() -> KAMIGModule:
         return KAMIGModule(backbone.width, backbone.depth, backbone.head, co, sem, incompatible)
@@ -127,30 +136,28 @@ def train_ka_mig(run_dir: Path, recipe: KAMIGRecipe = KAMIGRecipe(), data_dir: s
             hooks.add(site, hook, "ka_mig")
         return _Hooked(backbone, hooks)
 
-    def step_fn(net: torch.nn.Module, step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    def step_fn(net: torch.nn.Module, step: int, gen: torch.Generator, device: torch.device
+                ) -> tuple[torch.Tensor, dict[str, float]]:
         idx = batch_indices(len(ids), recipe.batch_size, recipe.seed, step)
         x, y = ids[idx], labels[idx].clone()
         y[torch.rand(len(y), generator=gen) < recipe.class_dropout] = NULL_LABEL
         mask = sample_mask(len(x), x.shape[1], "cosine", 0.0, gen)
-        loss, acc = masked_loss(hooked(net), x, y, mask, recipe.label_smoothing)
+        loss, acc = masked_loss(hooked(net), x.to(device), y.to(device), mask.to(device), recipe.label_smoothing)
         return loss, {"masked_accuracy": float(acc)}
 
-    loop = TrainLoop(name=f"fit {recipe.name}", total_steps=recipe.steps, seed=recipe.seed, run_dir=run_dir,
-                     stop_after=stop_after, grad_clip=None,
-                     lr_at=lambda s: recipe.lr * min(1.0, (s + 1) / recipe.warmup))
     module = loop.run(module, optimizer, step_fn)
-    if stop_after is not None and stop_after < recipe.steps:
+    if loop.stops_early:
         return module
-    test_ids, test_labels = token_maps("test", TOKENIZER, data_dir)
 
     def measure(net: KAMIGModule) -> dict[str, float]:
         # the backbone's own held-out metric (same fixed masks), so the two are comparable
-        return validation_metrics(hooked(net), test_ids, test_labels, BackboneRecipe.named("maskgit"))
+        return validation_metrics(hooked(net), *token_maps("test", TOKENIZER, data_dir, loop.device),
+                                  BackboneRecipe.named("maskgit"), loop.precision_used)
 
-    return weights.publish(recipe.name, module, fresh, measure, command=command, started=started,
-                           config={"model": {"kind": "ka_mig"}, "recipe": asdict(recipe),
-                                   "backbone_sha256": weights.manifest_entry(recipe.backbone)["sha256"],
-                                   "graphs_sha256": weights.manifest_entry(recipe.graphs)["sha256"]})
+    return loop.publish(recipe.name, module, fresh, measure, command=command, started=started,
+                        config={"model": {"kind": "ka_mig"}, "recipe": asdict(recipe),
+                                "backbone_sha256": weights.manifest_entry(recipe.backbone)["sha256"],
+                                "graphs_sha256": weights.manifest_entry(recipe.graphs)["sha256"]})
 
 
 class _Hooked(torch.nn.Module):

@@ -90,10 +90,11 @@ class SelfGuidance:
             scale_at=lambda info: guidance_scale(config.scale_schedule, config.scale, info.step, info.num_steps)))
 
     @staticmethod
-    def fit(run_dir: Path, command: str, steps: int | None = None) -> None:
+    def fit(run_dir: Path, command: str, steps: int | None = None, precision: str = "auto") -> None:
+        """Train the TOAST adapter; ``precision``: the training autocast (:mod:`migbench.precision`)."""
         from dataclasses import replace
 
         from migbench.methods.self_guidance.train import AdapterRecipe, train_adapter
 
         recipe = AdapterRecipe() if steps is None else replace(AdapterRecipe(), steps=steps)
-        train_adapter(run_dir, recipe, command=command)
+        train_adapter(run_dir, recipe, command=command, precision=precision)

@@ -14,6 +14,9 @@ Per batch (official code ``gen_corr_loss_toast``; the README credits CMLMC):
 Upstream: 50k steps at batch 256 (about 10 epochs of ImageNet), AdamW lr 1e-4, betas (0.9, 0.96),
 weight decay 0, cosine schedule with 5k warm-up, EMA. Here the recipe is scaled to the tiny stack
 (steps, warm-up) with the same optimiser settings and no EMA.
+
+Training runs on the loop's device (the GPU where there is one) with the frozen backbone moved
+there once; its passes run under the same ``precision`` autocast as the adapter's.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from migbench.methods.self_guidance.adapter import AuxiliaryPass, TOASTAdapter, 
 
 from migbench import weights
 from migbench.api import HookSet
-from migbench.slots import gumbel_max
-from migbench.training import TrainLoop, batch_indices, warmup_cosine
+from migbench.precision import autocast
+from migbench.training import TrainLoop, batch_indices, moved_gumbel_max, warmup_cosine
 
 SUBSTITUTION_RATE = 0.3
 FEEDBACK_WEIGHT = 0.1
@@ -63,14 +66,19 @@ def substitution_mask(masked: torch.Tensor, rate: float, generator: torch.Genera
 @torch.no_grad()
 def corrupted_batch(backbone: MaskedTransformer, x0: torch.Tensor, labels: torch.Tensor,
                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The corrupted canvas (B, N) (mask ids + substituted samples) and the substitution mask."""
+    """The corrupted canvas (B, N) (mask ids + substituted samples) and the substitution mask,
+    on the device of ``x0`` and the backbone.
+
+    Every draw comes from ``generator`` (the step's CPU generator) and is moved to that device.
+    The backbone's pass runs in the caller's autocast.
+    """
+    device = x0.device
     masked = sample_mask(len(x0), x0.shape[1], "cosine", 0.0, generator)
     blank = torch.full_like(x0, backbone.layout.mask_id)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits = backbone(blank, labels).logits.float()
-    samples = gumbel_max(torch.log_softmax(logits, -1), generator)
-    substituted = substitution_mask(masked, SUBSTITUTION_RATE, generator)
-    canvas = torch.where(substituted, samples, x0).masked_fill(masked, backbone.layout.mask_id)
+    logits = backbone(blank, labels).logits.float()
+    samples = moved_gumbel_max(torch.log_softmax(logits, -1), generator)
+    substituted = substitution_mask(masked, SUBSTITUTION_RATE, generator).to(device)
+    canvas = torch.where(substituted, samples, x0).masked_fill(masked.to(device), backbone.layout.mask_id)
     return canvas, substituted
 
 
@@ -95,16 +103,18 @@ def correction_loss(backbone: MaskedTransformer, adapter: TOASTAdapter, aux: Aux
 
 @torch.no_grad()
 def held_out_correction(backbone: MaskedTransformer, adapter: TOASTAdapter, ids: torch.Tensor,
-                        labels: torch.Tensor, recipe: AdapterRecipe, batch: int = 500) -> dict[str, float]:
-    """Correction accuracy and loss (no smoothing) at substituted positions on held-out maps."""
+                        labels: torch.Tensor, precision: str, batch: int = 500) -> dict[str, float]:
+    """Correction accuracy and loss (no smoothing) at substituted positions on held-out maps, on
+    the adapter's device under ``precision`` autocast."""
     aux = AuxiliaryPass(backbone.depth)
     hooks = aux.hooks()
+    device = next(adapter.parameters()).device
     gen = torch.Generator().manual_seed(2468)
     total = correct = loss = 0.0
     for i in range(0, len(ids), batch):
-        x0, y = ids[i:i + batch], labels[i:i + batch]
-        canvas, substituted = corrupted_batch(backbone, x0, y, gen)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        x0, y = ids[i:i + batch].to(device), labels[i:i + batch].to(device)
+        with autocast(precision, device):
+            canvas, substituted = corrupted_batch(backbone, x0, y, gen)
             main = backbone(canvas, y)
             logits = auxiliary_logits(backbone, adapter, aux, hooks, y, main.last_block).float()
         n = int(substituted.sum())
@@ -116,32 +126,35 @@ def held_out_correction(backbone: MaskedTransformer, adapter: TOASTAdapter, ids:
 
 
 def train_adapter(run_dir: Path, recipe: AdapterRecipe = AdapterRecipe(), data_dir: str | None = None,
-                  command: str = "migbench fit self_guidance", stop_after: int | None = None) -> TOASTAdapter:
+                  command: str = "migbench fit self_guidance", stop_after: int | None = None,
+                  precision: str = "auto") -> TOASTAdapter:
+    """Train the adapter (resuming from ``run_dir``), then save ``recipe.name`` with its manifest entry."""
     started = time.monotonic()
-    backbone = load_transformer(recipe.backbone)
-    ids, labels = token_maps("train", TOKENIZER, data_dir)
+    loop = TrainLoop(name=f"fit {recipe.name}", total_steps=recipe.steps, seed=recipe.seed, run_dir=run_dir,
+                     precision=precision, stop_after=stop_after, grad_clip=None,
+                     lr_at=lambda s: warmup_cosine(s, recipe.steps, recipe.warmup, recipe.lr))
+    backbone = load_transformer(recipe.backbone).to(loop.device)
+    ids, labels = token_maps("train", TOKENIZER, data_dir, loop.device)
     num_classes, width, depth = backbone.layout.num_classes, backbone.width, backbone.depth
     adapter = TOASTAdapter(num_classes, width, depth, recipe.factor)
     aux = AuxiliaryPass(depth)
     hooks = aux.hooks()
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=recipe.lr, betas=(0.9, 0.96), weight_decay=0.0)
 
-    def step_fn(net: torch.nn.Module, step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    def step_fn(net: torch.nn.Module, step: int, gen: torch.Generator, device: torch.device
+                ) -> tuple[torch.Tensor, dict[str, float]]:
         idx = batch_indices(len(ids), recipe.batch_size, recipe.seed, step)
-        x0, y = ids[idx], labels[idx]
+        x0, y = ids[idx].to(device), labels[idx].to(device)
         canvas, substituted = corrupted_batch(backbone, x0, y, gen)
         return correction_loss(backbone, net, aux, hooks, x0, y, canvas, substituted, recipe.label_smoothing)
 
-    loop = TrainLoop(name=f"fit {recipe.name}", total_steps=recipe.steps, seed=recipe.seed, run_dir=run_dir,
-                     stop_after=stop_after, grad_clip=None,
-                     lr_at=lambda s: warmup_cosine(s, recipe.steps, recipe.warmup, recipe.lr))
     adapter = loop.run(adapter, optimizer, step_fn)
-    if stop_after is not None and stop_after < recipe.steps:
+    if loop.stops_early:
         return adapter
-    test_ids, test_labels = token_maps("test", TOKENIZER, data_dir)
-    return weights.publish(
+    return loop.publish(
         recipe.name, adapter, lambda: TOASTAdapter(num_classes, width, depth, recipe.factor),
-        lambda m: held_out_correction(backbone, m, test_ids, test_labels, recipe),
+        lambda m: held_out_correction(backbone, m, *token_maps("test", TOKENIZER, data_dir, loop.device),
+                                      loop.precision_used),
         command=command, started=started,
         config={"model": {"kind": "toast_adapter", "num_classes": num_classes, "width": width,
                           "depth": depth, "factor": recipe.factor},

@@ -102,9 +102,10 @@ class TokenCriticMethod:
 
     @staticmethod
     def fit(run_dir: Path, command: str, steps: int | None = None, label: str | None = None,
-            init: str | None = None) -> None:
+            init: str | None = None, precision: str = "auto") -> None:
         """Train the critic; ``label`` mask|differs, ``init`` generator|scratch (see :mod:`.train`).
-        Non-default choices name the weights ``fmnist_token_critic_<differs>_<scratch>``."""
+        Non-default choices name the weights ``fmnist_token_critic_<differs>_<scratch>``.
+        ``precision``: the training autocast (:mod:`migbench.precision`)."""
         from dataclasses import replace
 
         from migbench.methods.token_critic.train import CriticRecipe, train_critic
@@ -113,4 +114,4 @@ class TokenCriticMethod:
         recipe = replace(CriticRecipe(), **{k: v for k, v in options if v is not None})
         variant = "".join(f"_{v}" for v, default in ((recipe.label, "mask"), (recipe.init, "generator"))
                           if v != default)  # a variant never overwrites the default critic
-        train_critic(run_dir, replace(recipe, name=recipe.name + variant), command=command)
+        train_critic(run_dir, replace(recipe, name=recipe.name + variant), command=command, precision=precision)

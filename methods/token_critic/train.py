@@ -10,6 +10,9 @@ deviation): 1 where the spliced token differs from x0. Held-out metrics on test 
 :func:`.critic.breakdown` of the scores against the mask label (within-canvas, by mask ratio,
 oracle).
 
+Training runs on the loop's device (the GPU where there is one) with the frozen generator moved
+there once; the generator's pass runs under the same ``precision`` autocast as the critic's.
+
 ``init``: "generator" (default) makes the critic the generator's size (the paper) and starts its
 body from the generator's weights (our choice, see :mod:`.critic`); "scratch" the same size from
 random weights.
@@ -29,8 +32,8 @@ from migbench.backbones.transformer import MaskedTransformer
 from migbench.methods.token_critic.critic import TokenCritic, auroc, breakdown
 
 from migbench import weights
-from migbench.slots import gumbel_max
-from migbench.training import TrainLoop, batch_indices, warmup_cosine
+from migbench.precision import autocast
+from migbench.training import TrainLoop, batch_indices, moved_gumbel_max, warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -57,11 +60,14 @@ class CriticRecipe:
 @torch.no_grad()
 def corrupt(generator: MaskedTransformer, x0: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
             gen: torch.Generator) -> torch.Tensor:
-    """x0 (B, N) with the ``mask`` positions replaced by the generator's samples (bf16 pass)."""
+    """x0 (B, N) with the ``mask`` positions replaced by the generator's samples.
+
+    Everything is on the generator's device; the Gumbel noise is drawn from ``gen`` (the step's
+    CPU generator) and moved there. The pass runs in the caller's autocast.
+    """
     inputs = x0.masked_fill(mask, generator.layout.mask_id)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits = generator(inputs, labels).logits.float()
-    sampled = gumbel_max(torch.log_softmax(logits, -1), gen)
+    logits = generator(inputs, labels).logits.float()
+    sampled = moved_gumbel_max(torch.log_softmax(logits, -1), gen)
     return torch.where(mask, sampled, x0)
 
 
@@ -72,28 +78,30 @@ def critic_labels(x0: torch.Tensor, spliced: torch.Tensor, mask: torch.Tensor, k
 
 @torch.no_grad()
 def held_out_scores(critic: TokenCritic, generator: MaskedTransformer, ids: torch.Tensor,
-                    labels: torch.Tensor, recipe: CriticRecipe, batch: int = 500
+                    labels: torch.Tensor, recipe: CriticRecipe, precision: str, batch: int = 500
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Critic logits (M, N), masks (M, N) and "differs" flags (M, N) on held-out splices (fixed masks)."""
+    """Critic logits (M, N), masks (M, N) and "differs" flags (M, N) on held-out splices (fixed
+    masks), on the CPU; both networks run on their device under ``precision`` autocast."""
     critic.eval()
+    device = next(critic.parameters()).device
     gen = torch.Generator().manual_seed(4321)
     scores, masks, differs = [], [], []
-    for i in range(0, len(ids), batch):
-        x0, y = ids[i:i + batch], labels[i:i + batch]
-        mask = sample_mask(len(x0), x0.shape[1], recipe.mask_schedule, 0.0, gen)
-        spliced = corrupt(generator, x0, y, mask, gen)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            scores.append(critic(spliced, y))
-        masks.append(mask)
-        differs.append(spliced != x0)
+    with autocast(precision, device):
+        for i in range(0, len(ids), batch):
+            x0, y = ids[i:i + batch].to(device), labels[i:i + batch].to(device)
+            mask = sample_mask(len(x0), x0.shape[1], recipe.mask_schedule, 0.0, gen)
+            spliced = corrupt(generator, x0, y, mask.to(device), gen)
+            scores.append(critic(spliced, y).cpu())
+            masks.append(mask)
+            differs.append((spliced != x0).cpu())
     return torch.cat(scores), torch.cat(masks), torch.cat(differs)
 
 
 def held_out_metrics(critic: TokenCritic, generator: MaskedTransformer, ids: torch.Tensor,
-                     labels: torch.Tensor, recipe: CriticRecipe) -> dict[str, object]:
+                     labels: torch.Tensor, recipe: CriticRecipe, precision: str) -> dict[str, object]:
     """The manifest's critic metrics: AUROC against the training label, and the breakdown against
     the mask label (the paper's)."""
-    scores, mask, differs = held_out_scores(critic, generator, ids, labels, recipe)
+    scores, mask, differs = held_out_scores(critic, generator, ids, labels, recipe, precision)
     split = breakdown(scores, mask, differs)
     target = mask if recipe.label == "mask" else differs
     return {"held_out_auroc": round(auroc(scores, target), 4),
@@ -103,34 +111,37 @@ def held_out_metrics(critic: TokenCritic, generator: MaskedTransformer, ids: tor
 
 
 def train_critic(run_dir: Path, recipe: CriticRecipe = CriticRecipe(), data_dir: str | None = None,
-                 command: str = "migbench fit token_critic", stop_after: int | None = None) -> TokenCritic:
+                 command: str = "migbench fit token_critic", stop_after: int | None = None,
+                 precision: str = "auto") -> TokenCritic:
+    """Train the critic (resuming from ``run_dir``), then save ``recipe.name`` with its manifest entry."""
     started = time.monotonic()
-    generator = load_transformer(recipe.generator)
-    ids, labels = token_maps("train", TOKENIZER, data_dir)
+    loop = TrainLoop(name=f"fit {recipe.name}", total_steps=recipe.steps, seed=recipe.seed, run_dir=run_dir,
+                     precision=precision, stop_after=stop_after,
+                     lr_at=lambda s: warmup_cosine(s, recipe.steps, recipe.warmup, recipe.lr, recipe.lr / 20))
+    generator = load_transformer(recipe.generator).to(loop.device)
+    ids, labels = token_maps("train", TOKENIZER, data_dir, loop.device)
     critic = TokenCritic.from_generator(generator) if recipe.init == "generator" else TokenCritic(generator.config)
     optimizer = torch.optim.AdamW(critic.parameters(), lr=recipe.lr, betas=(0.9, 0.95),
                                   weight_decay=recipe.weight_decay)
 
-    def step_fn(net: torch.nn.Module, step: int, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    def step_fn(net: torch.nn.Module, step: int, gen: torch.Generator, device: torch.device
+                ) -> tuple[torch.Tensor, dict[str, float]]:
         idx = batch_indices(len(ids), recipe.batch_size, recipe.seed, step)
-        x0, y = ids[idx], labels[idx]
-        mask = sample_mask(len(x0), x0.shape[1], recipe.mask_schedule, 0.0, gen)
+        x0, y = ids[idx].to(device), labels[idx].to(device)
+        mask = sample_mask(len(x0), x0.shape[1], recipe.mask_schedule, 0.0, gen).to(device)
         spliced = corrupt(generator, x0, y, mask, gen)
         target = critic_labels(x0, spliced, mask, recipe.label)
         logits = net(spliced, y)
         loss = F.binary_cross_entropy_with_logits(logits, target)
         return loss, {"accuracy": float(((logits > 0).float() == target).float().mean())}
 
-    loop = TrainLoop(name=f"fit {recipe.name}", total_steps=recipe.steps, seed=recipe.seed, run_dir=run_dir,
-                     stop_after=stop_after,
-                     lr_at=lambda s: warmup_cosine(s, recipe.steps, recipe.warmup, recipe.lr, recipe.lr / 20))
     critic = loop.run(critic, optimizer, step_fn)
-    if stop_after is not None and stop_after < recipe.steps:
+    if loop.stops_early:
         return critic
-    test_ids, test_labels = token_maps("test", TOKENIZER, data_dir)
-    return weights.publish(
+    return loop.publish(
         recipe.name, critic, lambda: TokenCritic(generator.config),
-        lambda m: held_out_metrics(m, generator, test_ids, test_labels, recipe),
+        lambda m: held_out_metrics(m, generator, *token_maps("test", TOKENIZER, data_dir, loop.device),
+                                   recipe, loop.precision_used),
         command=command, started=started,
         config={"model": critic.describe(), "recipe": asdict(recipe),
                 "generator_sha256": weights.manifest_entry(recipe.generator)["sha256"]})
