@@ -210,7 +210,8 @@ def current_rows(suite: str, results_root: Path | None = None) -> tuple[list[dic
         order = {h: i for i, h in enumerate(wanted)}
         kept = sorted((r for r in rows if r["run_hash"] in order), key=lambda r: order[r["run_hash"]])
     if len({row_precision(r) for r in kept}) > 1:  # samples of two precisions are never seeds of one point
-        kept = [{**r, "label": f"{r['label']} [{row_precision(r)}]"} for r in kept]
+        kept = [r if row_precision(r) in r["label"].split() else {**r, "label": f"{r['label']} [{row_precision(r)}]"}
+                for r in kept]
     return kept, len(rows) - len(kept)
 
 

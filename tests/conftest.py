@@ -47,3 +47,27 @@ def toy_trained_parts(monkeypatch):
         for layer in [*module.positive, *module.negative]:
             torch.nn.init.normal_(layer.weight, std=0.05)
     monkeypatch.setattr(ka_mig, "load_module", lambda name, graphs, backbone: module.requires_grad_(False))
+
+
+def machine_key() -> str:
+    """What a bit-exact CPU recording depends on: the torch version, the CPU kernel family and
+    whether bf16 is native (another CPU kind rounds differently, so its bits differ)."""
+    from migbench.precision import cpu_native_bf16
+
+    return f"torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()}, native bf16 {cpu_native_bf16()}"
+
+
+@pytest.fixture
+def machine() -> str:
+    """This machine's :func:`machine_key`."""
+    return machine_key()
+
+
+@pytest.fixture
+def recorded_here(machine: str):
+    """``recorded_here(recorded_on)`` skips a bit-exact comparison with values recorded on another
+    machine kind (or when a GPU is present)."""
+    def check(recorded_on: str) -> None:
+        if torch.cuda.is_available() or recorded_on != machine:
+            pytest.skip(f"values recorded on {recorded_on!r}, this is {machine!r}")
+    return check

@@ -27,9 +27,10 @@ def test_ci_regression_suite_matches_baseline() -> None:
 
 def test_check_flags_lost_class_conditioning() -> None:
     """A sampler that ignores the class (CFG at w = -1 leaves the unconditional logits) must fail
-    the same check, on whatever device runs it."""
+    the same check, on whatever device runs it, even from one seed (the tolerance widens to it)."""
     with tempfile.TemporaryDirectory() as tmp:
-        current = run_suite(Path(tmp), regression_suite(overrides={"maskgit.cfg_scale": -1.0}, labels=("maskgit",)))
+        perturbed = regression_suite(seeds=(0,), overrides={"maskgit.cfg_scale": -1.0}, labels=("maskgit",))
+        current = run_suite(Path(tmp), perturbed)
     failures = compare(current, {"runs": {"maskgit": baseline()["runs"]["maskgit"]}})
     assert any("class_accuracy" in f for f in failures), failures
 

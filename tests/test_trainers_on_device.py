@@ -34,6 +34,7 @@ RUN = training.TrainLoop.run  # the real loop, which _train wraps
 # The first two training losses of each trainer in the tiny world on the CPU, recorded before the
 # device change (git d27d994); later steps depend on the step count through the learning rate.
 # The classifier then always trained in fp32, so it has no bf16 record.
+RECORDED_ON = "torch 2.14.1+cu130, AVX512, native bf16 False"  # conftest.machine_key() where they were recorded
 RECORDED_CPU_LOSSES = {
     "bf16": {"tokenizer": [0.544508695602417, 0.48101526498794556],
              "backbone_maskgit": [2.7786548137664795, 2.7779510021209717],
@@ -161,11 +162,13 @@ def test_one_step_of_every_trainer_on_the_device(tiny_world, monkeypatch, name) 
     assert entry["config"]["precision"] == used and entry["metrics"]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the recorded losses are the CPU's")
+@pytest.mark.slow
 @pytest.mark.parametrize(("precision", "name"), [(p, n) for p, losses in RECORDED_CPU_LOSSES.items()
                                                  for n in sorted(losses)])
 def test_cpu_losses_equal_those_recorded_before_the_device_change(tiny_world, monkeypatch, precision,
-                                                                   name) -> None:
+                                                                   name, recorded_here) -> None:
+    """Bit-exact on the machine kind that recorded them (``pytest -m slow`` there)."""
+    recorded_here(RECORDED_ON)
     _, seen = _train(monkeypatch, name, tiny_world / name, steps=3, stop_after=2, precision=precision)
     assert [loss for loss, _, _ in seen] == RECORDED_CPU_LOSSES[precision][name]
 
