@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Every GPU check of issue #15 in one run, for a session that is lent a CUDA machine.
+#
+# Prepare on the CPU machine, in the repo root. The tracked tree is about 65 MB of the 64 MiB a
+# device call may carry, so leave reports/ and results/ behind and carry only the test split:
+#   echo /.gpu/ >> .git/info/exclude; mkdir -p .gpu/data .gpu/whl
+#   cp /usr/share/datasets/fashion-mnist/t10k-* .gpu/data/
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux2014_x86_64 -d .gpu/whl torch-fidelity==0.4.0 prdc==0.2
+#   git sparse-checkout set --no-cone '/*' '!/reports/' '!/results/'
+# then call the device with carry [".gpu"], timeout_s 540 and the command
+#   bash benchmarks/gpu_check.sh
+# and `git sparse-checkout disable` afterwards. Logs and the benchmark's JSON land in $OUT.
+# The test split doubles as the train split there (the real one does not fit the carry limit):
+# tests that count 60,000 training images fail for that reason alone.
+set -uo pipefail
+OUT=${OUT:-out/gpu_check}
+mkdir -p "$OUT" /tmp/fmnist
+export PYTHONUNBUFFERED=1 MIGBENCH_CACHE=/tmp/migbench-cache MIGBENCH_DATA=/tmp/fmnist
+python3 -m pip install -q --no-index --no-deps .gpu/whl/*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
+for kind in images-idx3 labels-idx1; do
+  cp ".gpu/data/t10k-$kind-ubyte.gz" "/tmp/fmnist/t10k-$kind-ubyte.gz"
+  cp ".gpu/data/t10k-$kind-ubyte.gz" "/tmp/fmnist/train-$kind-ubyte.gz"
+done
+nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
+python3 -m pytest -q -m gpu tests/ 2>&1 | tee "$OUT/gpu_tests.log"
+python3 -m pytest -q tests/ 2>&1 | tee "$OUT/make_test.log"
+python3 -m migbench.cli fit token_critic --steps 2 --run-dir /tmp/fit_critic 2>&1 | tail -3 | tee "$OUT/fit.log"
+python3 -m pytest -q -m benchmark --benchmark-enable -s -p no:randomly tests/benchmarks/test_gpu_speed.py \
+  --benchmark-json "$OUT/gpu_speed.json" 2>&1 | tee "$OUT/gpu_speed.log"
