@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from migbench.benchmarks.metrics.evaluate import MIN_SAMPLES
+
 from migbench import registry
 from migbench.config import closest
 from migbench.precision import HEAD_DTYPES, PRECISIONS
@@ -124,8 +126,9 @@ def parse_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
     n = _require(raw.get("n", 1000), int, f"{where}: n")
     seeds = tuple(_require(s, int, f"{where}: seeds[]") for s in _require(raw.get("seeds", [0]), list, f"{where}: seeds"))
     batch_size = _require(raw.get("batch_size", 250), int, f"{where}: batch_size")
-    if n < 2 or batch_size < 1 or not seeds:
-        raise SuiteError(f"{where}: need n >= 2, batch_size >= 1 and at least one seed")
+    if n < MIN_SAMPLES or batch_size < 1 or not seeds:
+        raise SuiteError(f"{where}: need n >= {MIN_SAMPLES} (the fewest every metric is computed from), "
+                         "batch_size >= 1 and at least one seed")
     common = _require(raw.get("set", {}), dict, f"{where}: set")
     precision = _choice(raw.get("precision", "auto"), PRECISIONS, f"{where}: precision")
     head_dtype = _choice(raw.get("head_dtype", "auto"), HEAD_DTYPES, f"{where}: head_dtype")

@@ -2,7 +2,9 @@
 
 A point is skipped when its run hash (resolved recipe, backbone and method weight hashes, n, seed,
 batch size, reference, evaluator and extractor weights, sampler code version, method versions past
-1) already has a row. A suite whose pending points name untrained weights fails before sampling.
+1) already has a row. A suite whose pending points name untrained weights, or a recipe that does
+not build on its backbone (:func:`validate`: a step count above its number of tokens), fails
+before sampling.
 ``--processes P`` relaunches the sweep under ``accelerate launch`` (one GPU per process, or CPU
 processes where no GPU is visible).
 
@@ -33,6 +35,7 @@ import platform
 import socket
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +56,7 @@ from migbench.generate import Batch, Generation, generate, merge
 from migbench.images import SampleShard, grid_subset, merge_sample_shards, save_grid
 from migbench.precision import explain as explain_precision
 from migbench.precision import resolve as resolve_precision
-from migbench.recipe import Recipe
+from migbench.recipe import Recipe, build_sampler
 from migbench.weights import WeightsError, git_revision, read_manifest
 
 FINGERPRINT = "batch-sha256-v2"  # samples_sha256 = samples_fingerprint(batch_sha256 of every batch)
@@ -294,6 +297,8 @@ def sweep(suite_name: str | Suite, *, results_root: Path | None = None, floors: 
         needs = "; ".join(f"{name} (runs: {', '.join(labels)})" for name, labels in missing.items())
         raise WeightsError(f"suite {suite.name} needs weights the manifest does not list: {needs}. "
                            "Train them first (`migbench fit METHOD ...`, see README, The embedded stack).")
+    for point in {(p.backbone, p.recipe): p for p, _ in todo}.values():
+        validate(point, stacks[point.backbone])
     if state.is_main_process:
         declared = sorted({point.precision for point, _ in todo})
         print(f"suite {suite.name}: {len(suite.points)} points, {len(suite.points) - len(todo)} done, "
@@ -325,6 +330,18 @@ def sweep(suite_name: str | Suite, *, results_root: Path | None = None, floors: 
     if state.is_main_process:
         write_csv(folder)
     return folder
+
+
+def validate(point: Point, stack: Any) -> None:
+    """Build ``point``'s sampler on ``stack``'s backbone, so that a recipe that cannot run there
+    (``maskgit.steps`` above its number of tokens) fails as a :class:`SuiteError` naming the
+    point before the sweep samples anything. Warnings are left to the sampling itself."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            build_sampler(point.recipe, stack.backbone)
+    except ValueError as err:
+        raise SuiteError(f"run {point.label!r} at {dict(point.swept)} on {point.backbone}: {err}") from err
 
 
 def suite_hashes(suite: Suite, stacks: dict[str, Any], extractor: Extractor,

@@ -25,7 +25,7 @@ from functools import lru_cache
 
 import torch
 
-from migbench.config import knob
+from migbench.config import check_logit_scale, knob
 from migbench.guidance import StepInfo
 from migbench.sampler import SamplerBuilder, SampleState
 from migbench.schedules import time_grid
@@ -40,6 +40,14 @@ class HaltonConfig:
     randomize: bool = knob(True, "roll the Halton order by a random offset per sample")
     resample_revealed: bool = knob(False, "upstream code: resample every revealed token each step")
     enabled: bool = knob(True, "false installs nothing (the neutral setting)")
+
+    def __post_init__(self) -> None:
+        """Refuse fewer than one step and logit multipliers outside (0, MAX_LOGIT_SCALE]."""
+        if self.steps < 1:
+            raise ValueError(f"halton.steps must be >= 1, got {self.steps}")
+        for name in ("sm_temp_min", "sm_temp_max"):
+            value = getattr(self, name)
+            check_logit_scale(f"halton.{name}", value, value)
 
 
 def halton_sequence(base: int, count: int) -> list[float]:

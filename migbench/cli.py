@@ -103,7 +103,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     stack = registry.backbone(args.backbone)()
     labels = None
     if args.classes:
-        classes = torch.tensor([int(c) for c in args.classes.split(",")])
+        classes = torch.tensor(parse_classes(args.classes))
         labels = classes[torch.arange(args.n) % len(classes)]
     result = generate(stack, recipe, args.n, args.seed, batch_size=args.batch_size,
                       device=args.device, precision=args.precision, head_dtype=args.head_dtype, labels=labels,
@@ -125,6 +125,15 @@ def _cmd_sample(args: argparse.Namespace) -> int:
           f"{result.images_per_second:.1f} images/s, NFE/image {result.nfe_per_image['total']:g}")
     print(f"wrote {out / 'samples.npz'}, {out / 'grid.png'}, {out / 'meta.json'}")
     return 0
+
+
+def parse_classes(text: str) -> list[int]:
+    """``--classes`` "0,3,7" -> [0, 3, 7]; anything else is a ValueError naming the option."""
+    try:
+        classes = [int(c) for c in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--classes expects comma-separated class ids such as 0,3,7, got {text!r}") from None
+    return classes
 
 
 def _print_metrics(title: str, metrics: dict[str, Any]) -> None:

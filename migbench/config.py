@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from typing import Any
@@ -28,6 +29,24 @@ def check_choices(config: Any) -> None:
             raise ValueError(f"{type(config).__name__}.{f.name} = {value!r}; choose from {list(choices)}")
 
 
+MAX_LOGIT_SCALE = 1e3
+"""Largest factor a method may multiply logits by (a temperature of at least 1 / this).
+
+The backbone's logits are log-probabilities over K codes, tens of nats apart at most; scaled by
+1e3 they stay below about 1e5, exact in fp32 and far from bf16/fp16 overflow, and a softmax
+temperature of 1e-3 already turns sampling into argmax (a 0.01 nat gap becomes 10 nats). Larger
+factors add nothing, and factors near 1 / 1e-45 overflow to inf, whose softmax is NaN.
+"""
+
+
+def check_logit_scale(where: str, value: float, scale: float) -> None:
+    """Raise ValueError unless the logit factor ``scale`` from knob ``where`` = ``value`` lies in
+    (0, :data:`MAX_LOGIT_SCALE`]."""
+    if not 0.0 < scale <= MAX_LOGIT_SCALE:
+        raise ValueError(f"{where} = {value!r} scales logits by {scale:g}; the factor must lie in "
+                         f"(0, {MAX_LOGIT_SCALE:g}]")
+
+
 def closest(name: str, options: list[str]) -> str:
     """' (did you mean X?)' for the closest option, or ''."""
     match = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
@@ -35,7 +54,11 @@ def closest(name: str, options: list[str]) -> str:
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Convert ``value`` (possibly a CLI string) to the field type ``annotation``."""
+    """Convert ``value`` (possibly a CLI string) to the field type ``annotation``.
+
+    Float knobs (and the items of tuple-of-float knobs) must be finite: NaN or +-inf, which a CLI
+    string and TOML can both spell, would run and give meaningless samples, so they are refused.
+    """
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -47,6 +70,14 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, str):
             value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
         return tuple(_coerce(v, item, where) for v in value)
+    if annotation is float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: cannot read {value!r} as float") from err
+        if not math.isfinite(number):
+            raise ValueError(f"{where} = {value!r}: a float knob must be a finite number")
+        return number
     try:
         if annotation is bool:
             if isinstance(value, str):
@@ -60,8 +91,6 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             if isinstance(value, float) and not value.is_integer():
                 raise ValueError(value)
             return int(value)
-        if annotation is float:
-            return float(value)
         if annotation is str:
             return str(value)
     except (TypeError, ValueError) as err:

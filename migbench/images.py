@@ -99,14 +99,28 @@ def merge_sample_shards(path: Path, shards: Sequence[tuple[Path | None, np.ndarr
 
 
 def load_samples(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """Images uint8 (N, H, W, C) and labels (N,) (or None) from an ADM-layout ``.npz``."""
-    with np.load(path) as data:
-        if "arr_0" not in data:
-            raise ValueError(f"{path} has no arr_0 (ADM layout: arr_0 images, arr_1 labels)")
-        images = data["arr_0"]
-        labels = data["arr_1"] if "arr_1" in data else None
+    """Images uint8 (N, H, W, C) and labels (N,) (or None) from an ADM-layout ``.npz``.
+
+    A file numpy cannot read (truncated, corrupt, not an ``.npz``) raises ValueError saying so,
+    as do missing images, images of another dtype or rank, and labels that are not one per image.
+    """
+    try:
+        data = np.load(path)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("an .npy array, not an .npz archive")
+        with data:
+            images = data["arr_0"] if "arr_0" in data.files else None
+            labels = data["arr_1"] if "arr_1" in data.files else None
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError, zipfile.BadZipFile, ValueError) as err:
+        raise ValueError(f"file {path} is not a valid samples file ({type(err).__name__}: {err})") from err
+    if images is None:
+        raise ValueError(f"{path} has no arr_0 (ADM layout: arr_0 images, arr_1 labels)")
     if images.dtype != np.uint8 or images.ndim != 4:
         raise ValueError(f"{path}: arr_0 must be uint8 (N, H, W, C), got {images.dtype} {images.shape}")
+    if labels is not None and labels.shape != (len(images),):
+        raise ValueError(f"{path}: arr_1 must hold one label per image ({len(images)}), got shape {labels.shape}")
     return images, labels
 
 

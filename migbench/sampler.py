@@ -68,7 +68,10 @@ class Schedule(Protocol):
     """The ``schedule`` slot: every step's :class:`StepInfo`, decided before the first step.
 
     ``generator`` is the batch's generator, for schedules whose counts are random but shared by
-    the batch (eMIGM's ancestral reveal)."""
+    the batch (eMIGM's ancestral reveal). ``steps`` is the owner's step-count knob: every step
+    reveals at least one token, so it lies in [1, the backbone's number of tokens]."""
+
+    steps: int
 
     def plan(self, num_tokens: int, generator: torch.Generator) -> list[StepInfo]: ...
 
@@ -141,9 +144,15 @@ class SamplerBuilder:
         return hooks
 
     def build(self) -> Sampler:
+        """The sampler; fails when a slot is empty or the schedule's step count does not fit the
+        backbone's number of tokens."""
         missing = [slot for slot in SLOTS if slot not in self._slots]
         if missing:
             raise ValueError(f"no method fills the slots {missing}; include the base method 'maskgit'")
+        schedule, tokens = self._slots["schedule"], self.backbone.seq_len
+        if not 1 <= schedule.value.steps <= tokens:
+            raise ValueError(f"{schedule.owner}.steps = {schedule.value.steps} must lie in [1, {tokens}]: "
+                             f"every step reveals at least one of the backbone's {tokens} tokens")
         return Sampler(self)
 
 

@@ -192,7 +192,7 @@ def test_evaluate_features_checks_its_input() -> None:
     f = features(10, d=256)
     with pytest.raises(ev.EvaluationError, match="layers"):
         ev.evaluate_features({FEATURE_LAYER: f[FEATURE_LAYER]}, ref="fmnist-test", extractor=FAKE)
-    with pytest.raises(ev.EvaluationError, match="at least 2"):
+    with pytest.raises(ev.EvaluationError, match="at least 10"):
         ev.evaluate_features({k: v[:1] for k, v in f.items()}, ref="fmnist-test", extractor=FAKE)
     with pytest.raises(ev.EvaluationError, match="same number"):
         ev.evaluate_features({FEATURE_LAYER: f[FEATURE_LAYER], LOGITS_LAYER: f[LOGITS_LAYER][:5]},

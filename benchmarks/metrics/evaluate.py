@@ -62,11 +62,15 @@ from torch_fidelity.utils import create_feature_extractor
 
 from migbench import weights
 from migbench.config import stable_hash
-from migbench.data import load_split
+from migbench.data import CLASS_NAMES, load_split
 from migbench.paths import cache_dir
 
 PRC_REFERENCE_SIZE = 10_000  # precision/recall use at most this many reference images (ADM: 10k)
 RNG_SEED = 2020  # torch-fidelity's default seed for IS splits and KID subsets
+IS_SPLITS = 10
+PRC_NEIGHBORHOOD = 3  # k of precision/recall and density/coverage
+MIN_SAMPLES = IS_SPLITS  # IS needs an image per split (fewer: NaN); k-NN metrics need more than k
+FMNIST_IMAGE_SIZE = (32, 32)  # what fmnist-classifier scores: Fashion-MNIST padded like the reference
 
 
 class EvaluationError(ValueError):
@@ -84,6 +88,28 @@ def check_samples(images: np.ndarray, what: str = "samples", minimum: int = 2) -
         raise EvaluationError(f"{what} must have shape (N, H, W, C) with C in (1, 3), got {images.shape}")
     if images.shape[0] < minimum:
         raise EvaluationError(f"{what}: need at least {minimum} images, got {images.shape[0]}")
+
+
+def check_count(n: int, what: str = "samples") -> None:
+    """Raise EvaluationError when ``n`` is below :data:`MIN_SAMPLES`, the fewest every metric can
+    be computed from (IS splits the samples into 10; precision/recall, density and coverage need
+    more than k = 3 neighbours; with fewer, torch-fidelity writes NaN or fails deep inside)."""
+    if n < MIN_SAMPLES:
+        raise EvaluationError(f"{what}: need at least {MIN_SAMPLES} images (IS uses {IS_SPLITS} splits; "
+                              f"precision/recall/density/coverage need more than k = {PRC_NEIGHBORHOOD}), "
+                              f"got {n}")
+
+
+def check_labels(labels: np.ndarray, n: int, classes: int | None) -> None:
+    """Raise EvaluationError unless ``labels`` are ``n`` integers in ``[0, classes)`` (any integer
+    when ``classes`` is None: an extractor whose logits are not the classes)."""
+    labels = np.asarray(labels)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise EvaluationError(f"{labels.shape[0] if labels.ndim else 0} labels of dtype {labels.dtype} "
+                              f"for {n} samples: need {n} integer labels")
+    if classes is not None and n and (labels.min() < 0 or labels.max() >= classes):
+        raise EvaluationError(f"labels must be classes 0..{classes - 1}, got values in "
+                              f"[{labels.min()}, {labels.max()}]")
 
 
 def content_hash(images: np.ndarray) -> str:
@@ -164,8 +190,21 @@ def extract_batch(images: np.ndarray, extractor: Extractor,
                   device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
     """Features {layer: (B, D)} of one batch of uint8 images (B, H, W, C), B >= 1, on the host in
     the extractor's own dtype (float32 for Inception, float64 for ``fmnist-classifier``), computed
-    on ``device`` (default: :func:`default_device`) in one forward pass, fp32, no autocast."""
+    on ``device`` (default: :func:`default_device`) in one forward pass, fp32, no autocast.
+
+    ``fmnist-classifier`` scores grey 32x32 images; other sizes are refused rather than converted
+    (28x28 images must be padded as the reference is), and so is RGB whose channels differ (the
+    network reads channel 0 only), while grey stored as three equal channels is taken as grey.
+    Grey images are replicated to the three channels torch-fidelity expects."""
     check_samples(images, minimum=1)
+    if extractor.name == EXTRACTOR_NAME:
+        if images.shape[1:3] != FMNIST_IMAGE_SIZE:
+            raise EvaluationError(f"{extractor.name} scores 32x32 images, got {images.shape}: pad 28x28 "
+                                  "Fashion-MNIST by 2 pixels a side, as the reference is")
+        if images.shape[3] == 3 and not (np.array_equal(images[..., 0], images[..., 1])
+                                         and np.array_equal(images[..., 0], images[..., 2])):
+            raise EvaluationError(f"{extractor.name} scores grey images (it reads channel 0 only); these "
+                                  "RGB images differ between channels: convert them to grey first")
     device = torch.device(device) if device is not None else default_device()
     module = _module(extractor, str(device))
     x = torch.from_numpy(images).permute(0, 3, 1, 2)
@@ -220,13 +259,13 @@ def reference(name: str, data_dir: str | None = None) -> Reference:
             has_statistics = "mu" in data and "sigma" in data
         if has_statistics:
             stats = adm_statistics(Path(name))
-            check_samples(images, f"reference {name}")
+            check_samples(images, f"reference {name}", MIN_SAMPLES)
             digest = content_hash(images) + hashlib.sha256(stats["mu"].tobytes() + stats["sigma"].tobytes()).hexdigest()
             return Reference(name, images, labels, hashlib.sha256(digest.encode()).hexdigest(), stats)
     else:
         raise EvaluationError(f"unknown reference {name!r}: use fmnist-train, fmnist-test, or the path "
                               "of an ADM-layout .npz of images (arr_0)")
-    check_samples(images, f"reference {name}")
+    check_samples(images, f"reference {name}", MIN_SAMPLES)
     return Reference(name, images, labels, content_hash(images))
 
 
@@ -281,13 +320,21 @@ def metrics_from_features(sample: dict[str, torch.Tensor], ref: dict[str, torch.
     per-class FID splits the reference by ``ref_labels``, else by the network's prediction.
     Precision/recall (N x 10k distances) run on ``device`` (default: :func:`default_device`), in
     fp32 without TF32; the rest on the CPU.
+
+    Refused with EvaluationError: fewer than :data:`MIN_SAMPLES` samples or references, labels
+    that are not one integer class of the metrics network per sample, and a metric that comes
+    out NaN or infinite (never recorded as a result).
     """
     fl, ll = extractor.feature_layer, extractor.logits_layer
     n, n_ref = len(sample[fl]), len(ref[fl])
+    check_count(n)
+    check_count(n_ref, "reference")
+    if labels is not None:
+        check_labels(labels, n, sample[ll].shape[1] if extractor.name == EXTRACTOR_NAME else None)
     out: dict[str, float] = {}
     stats = ref_statistics or {k: v.astype(np.float64) for k, v in fid_features_to_statistics(ref[fl]).items()}
     out["fid"] = fid_from_statistics(sample[fl], stats)
-    isc = isc_features_to_metric(sample[ll], splits=10, shuffle=True, rng_seed=RNG_SEED)
+    isc = isc_features_to_metric(sample[ll], splits=IS_SPLITS, shuffle=True, rng_seed=RNG_SEED)
     out["is_mean"], out["is_std"] = isc[KEY_METRIC_ISC_MEAN], isc[KEY_METRIC_ISC_STD]
     kid = kid_features_to_metric(sample[fl], ref[fl], kid_subsets=100,
                                  kid_subset_size=min(kid_subset_size, n, n_ref), rng_seed=RNG_SEED,
@@ -301,13 +348,15 @@ def metrics_from_features(sample: dict[str, torch.Tensor], ref: dict[str, torch.
         device = torch.device(device) if device is not None else default_device()
         with exact_fp32():
             pr = prc_features_to_metric(sample[fl].float().to(device), ref_prc.float().to(device),
-                                        prc_neighborhood=3, prc_batch_size=2000, save_cpu_ram=True,
+                                        prc_neighborhood=PRC_NEIGHBORHOOD, prc_batch_size=2000, save_cpu_ram=True,
                                         verbose=False)
         out["precision"], out["recall"] = pr[KEY_METRIC_PRECISION], pr[KEY_METRIC_RECALL]
-        out.update(density_coverage(ref_prc.float().numpy(), sample[fl].float().numpy(), nearest_k=3))
+        out.update(density_coverage(ref_prc.float().numpy(), sample[fl].float().numpy(),
+                                    nearest_k=PRC_NEIGHBORHOOD))
+    bad = {k: v for k, v in out.items() if not np.isfinite(v)}
+    if bad:
+        raise EvaluationError(f"metrics {bad} are not finite; no result is recorded")
     if labels is not None and extractor.name == EXTRACTOR_NAME:
-        if len(labels) != n:
-            raise EvaluationError(f"{len(labels)} labels for {n} samples")
         out["class_accuracy"] = float((sample[ll].argmax(1).numpy() == labels).mean())
         out["per_class"] = per_class_scores(sample[fl], sample[ll], labels, ref[fl], ref[ll], ref_labels)
     return out
@@ -321,8 +370,10 @@ def evaluate(images: np.ndarray, labels: np.ndarray | None = None, ref: str = "f
 
     Features are extracted ``batch_size`` images at a time on ``device`` (default:
     :func:`default_device`), then scored by :func:`evaluate_features`."""
-    check_samples(images)
+    check_samples(images, minimum=MIN_SAMPLES)
     extractor = extractor or Extractor.fmnist()
+    if labels is not None:
+        check_labels(labels, len(images), len(CLASS_NAMES) if extractor.name == EXTRACTOR_NAME else None)
     return evaluate_features(extract(images, extractor, batch_size, device), labels, ref, extractor,
                              data_dir, prc, device)
 
@@ -343,9 +394,9 @@ def evaluate_features(features: dict[str, torch.Tensor], labels: np.ndarray | No
     if any(layer not in features for layer in layers):
         raise EvaluationError(f"features must hold the layers {layers} of {extractor.name}, got {tuple(features)}")
     n = len(features[extractor.feature_layer])
-    if n < 2 or len(features[extractor.logits_layer]) != n:
-        raise EvaluationError(f"need features of at least 2 samples, the same number in both layers, "
-                              f"got {tuple(len(features[layer]) for layer in layers)}")
+    if n < MIN_SAMPLES or len(features[extractor.logits_layer]) != n:
+        raise EvaluationError(f"need features of at least {MIN_SAMPLES} samples, the same number in both "
+                              f"layers, got {tuple(len(features[layer]) for layer in layers)}")
     reference_set = reference(ref, data_dir)
     sample = {layer: features[layer].double() for layer in layers}
     metrics = metrics_from_features(sample, reference_features(reference_set, extractor), extractor, labels,
@@ -360,5 +411,5 @@ def provenance(extractor: Extractor, ref: Reference, n: int) -> dict[str, Any]:
             **extractor.describe(), "reference": ref.name, "reference_sha256": ref.sha256,
             "reference_n": int(len(ref.images)), "n": int(n), "kid_subsets": 100,
             "fid_reference": "npz mu/sigma" if ref.statistics is not None else "reference features",
-            "prc_reference_n": int(min(len(ref.images), PRC_REFERENCE_SIZE)), "prc_neighborhood": 3,
-            "isc_splits": 10, "torch": torch.__version__}
+            "prc_reference_n": int(min(len(ref.images), PRC_REFERENCE_SIZE)), "prc_neighborhood": PRC_NEIGHBORHOOD,
+            "isc_splits": IS_SPLITS, "torch": torch.__version__}
