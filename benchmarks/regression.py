@@ -12,9 +12,14 @@ asks whether the suite's metrics are consistent with the baseline's *seed distri
       |m' - m| > max(Z * s * sqrt(1/n + 1/n_base), MIN_TOLERANCE[metric])
 
   the two-sample bound for a difference of means of independent seeds. With Z = 5 and
-  n_base = 12 (11 degrees of freedom for s), a healthy run on any device fails one of the ten
-  checked metrics with probability about 0.4% (Student t), while a shift of 3.2 seed standard
-  deviations or more is caught.
+  n_base = 12 (11 degrees of freedom for s), a healthy run on another device fails one of the ten
+  checked metrics with probability about 0.4% (Student t; on the baseline's own machine kind less,
+  since the check's seeds 0-2 are among the baseline's); a shift of 3.2 seed standard deviations
+  is caught about half the time, one of 5 almost always.
+
+The baseline also stores the suite's identity (everything but the seeds: backbone and weights,
+N, reference, batch, precision, every run's recipe); a check against a baseline of another
+identity fails with "stale baseline" instead of comparing numbers made under other conditions.
 
 The suite samples in fp32 on every device (``precision = "fp32"`` in its TOML): the check then
 compares seeds, not precisions (bf16 against fp32 is measured separately, ``fmnist_precision``).
@@ -122,6 +127,19 @@ def compare(current: dict[str, dict[str, list[float]]], baseline: dict[str, Any]
     return failures
 
 
+def suite_identity(suite: Suite) -> str:
+    """Hash of what the baseline's numbers depend on, the seeds aside: backbone and its weights,
+    N, reference, batch size, precision and every run's resolved recipe."""
+    from migbench import registry
+    from migbench.config import stable_hash
+
+    stacks = {p.backbone: registry.backbone(p.backbone)().weight_hashes for p in suite.points}
+    runs = sorted({(p.label, p.backbone, p.precision, p.head_dtype, stable_hash(p.recipe.describe()))
+                   for p in suite.points})
+    return stable_hash({"n": suite.n, "reference": suite.reference, "batch_size": suite.batch_size,
+                        "weights": stacks, "runs": runs})
+
+
 def environment() -> dict[str, str]:
     """Where a baseline was measured (informative: the check holds on any device)."""
     import torch
@@ -132,21 +150,29 @@ def environment() -> dict[str, str]:
         names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                  if line.startswith("model name")] if Path("/proc/cpuinfo").exists() else []
         device = f"{names[0] if names else platform.machine()} ({len(names) or '?'} cores), CPU"
-    return {"device": device, "precision": "fp32", "torch": torch.__version__, "python": platform.python_version()}
+    precisions = ", ".join(sorted({p.precision for p in regression_suite().points}))
+    return {"device": device, "precision": precisions, "torch": torch.__version__,
+            "python": platform.python_version()}
 
 
 def check(update: bool = False, progress: bool = False) -> list[str]:
-    """Run the suite in a temporary folder; compare with (or, with ``update``, rewrite) the baseline."""
+    """Run the suite in a temporary folder; compare with (or, with ``update``, rewrite) the
+    baseline. A missing or stale baseline fails before anything is sampled."""
+    if not update:
+        if not BASELINE.exists():
+            return [f"no baseline at {BASELINE}; create it with `migbench regress --update`"]
+        baseline = json.loads(BASELINE.read_text())
+        if baseline.get("identity") != suite_identity(regression_suite()):
+            return [f"stale baseline: {BASELINE.name} was measured for another definition of the {SUITE} "
+                    "suite (N, reference, batch, precision, weights or recipes); rerun `migbench regress --update`"]
     with tempfile.TemporaryDirectory() as tmp:
         current = run_suite(Path(tmp), regression_suite(BASELINE_SEEDS if update else None), progress)
-    if update:
-        BASELINE.parent.mkdir(parents=True, exist_ok=True)
-        document = {"suite": SUITE, "seeds": list(BASELINE_SEEDS), "z": Z, "environment": environment(),
-                    "runs": summarise(current)}
-        tmp_path = BASELINE.with_suffix(".tmp")
-        tmp_path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
-        tmp_path.replace(BASELINE)
-        return []
-    if not BASELINE.exists():
-        return [f"no baseline at {BASELINE}; create it with `migbench regress --update`"]
-    return compare(current, json.loads(BASELINE.read_text()))
+    if not update:
+        return compare(current, baseline)
+    BASELINE.parent.mkdir(parents=True, exist_ok=True)
+    document = {"suite": SUITE, "seeds": list(BASELINE_SEEDS), "z": Z, "environment": environment(),
+                "identity": suite_identity(regression_suite()), "runs": summarise(current)}
+    tmp_path = BASELINE.with_suffix(".tmp")
+    tmp_path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    tmp_path.replace(BASELINE)
+    return []

@@ -73,7 +73,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if annotation is float:
         try:
             number = float(value)
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, OverflowError) as err:
             raise ValueError(f"{where}: cannot read {value!r} as float") from err
         if not math.isfinite(number):
             raise ValueError(f"{where} = {value!r}: a float knob must be a finite number")

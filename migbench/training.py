@@ -174,6 +174,10 @@ class TrainLoop:
         if state.get("name", self.name) != self.name:
             raise ValueError(f"{self.checkpoint_path} belongs to {state['name']!r}, not {self.name!r}; "
                              "pass another --run-dir (or delete that folder to start over)")
+        saved = state.get("precision", self.precision_used)  # checkpoints before precision was a choice: any
+        if saved != self.precision_used:
+            raise ValueError(f"{self.checkpoint_path} was trained in {saved}, this run would continue in "
+                             f"{self.precision_used}; pass --precision {saved} (one run, one precision)")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         return int(state["step"])
@@ -185,6 +189,7 @@ class TrainLoop:
             return
         state = {"model": accelerator.unwrap_model(model).state_dict(),
                  "optimizer": optimizer.state_dict(), "step": step, "name": self.name,
+                 "precision": self.precision_used,
                  **(extra_state() if extra_state else {})}
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)

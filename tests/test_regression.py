@@ -5,6 +5,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import pytest
 from migbench.benchmarks.regression import (
     BASELINE,
     BASELINE_SEEDS,
@@ -33,6 +34,15 @@ def test_check_flags_lost_class_conditioning() -> None:
         current = run_suite(Path(tmp), perturbed)
     failures = compare(current, {"runs": {"maskgit": baseline()["runs"]["maskgit"]}})
     assert any("class_accuracy" in f for f in failures), failures
+
+
+def test_stale_baseline_fails_before_sampling(monkeypatch) -> None:
+    from migbench.benchmarks import regression
+
+    monkeypatch.setattr(regression, "suite_identity", lambda suite: "another definition")
+    monkeypatch.setattr(regression, "run_suite", lambda *a, **k: pytest.fail("sampled despite a stale baseline"))
+    [failure] = check()
+    assert failure.startswith("stale baseline") and "--update" in failure
 
 
 def test_tolerance_is_the_two_sample_bound() -> None:

@@ -49,6 +49,15 @@ def test_resume_refuses_another_runs_checkpoint(tmp_path) -> None:
         run(tmp_path, name="other")
 
 
+def test_resume_refuses_another_precision(tmp_path) -> None:
+    _, loop = run(tmp_path, stop_after=2)
+    state = torch.load(loop.checkpoint_path, weights_only=False)
+    assert state["precision"] == loop.precision_used
+    torch.save({**state, "precision": "fp16"}, loop.checkpoint_path)  # as if started on a GPU in fp16
+    with pytest.raises(ValueError, match="was trained in fp16.*--precision fp16"):
+        run(tmp_path)
+
+
 def test_batch_indices_are_epoch_permutations() -> None:
     seen = torch.cat([batch_indices(10, 5, 0, s) for s in range(2)])
     assert sorted(seen.tolist()) == list(range(10))

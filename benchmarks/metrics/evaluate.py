@@ -8,7 +8,9 @@ KID and precision/recall are computed by torch-fidelity's own metric functions o
 (:func:`metrics_from_features`; precision/recall on the GPU where there is one). Two entry points
 share it: :func:`evaluate` takes images, :func:`evaluate_features` takes features extracted
 elsewhere (a sweep's processes extract their own batches and gather only features), and both
-give the same numbers for the same features. Reference features are cached under
+give the same numbers for the same features. Features depend on the extraction batch in the last
+bits (the CNN's kernels differ by batch size), so `migbench eval` of a sweep's samples equals its
+row exactly only with the sweep's batch size (``evaluate(..., batch_size=)``). Reference features are cached under
 ``<cache>/refs`` by the *content* hash of the reference images and the extractor's weight hash,
 never by name alone. Every result carries its provenance.
 
@@ -386,7 +388,8 @@ def evaluate_features(features: dict[str, torch.Tensor], labels: np.ndarray | No
 
     ``features`` are {feature layer: (N, D), logits layer: (N, K)} of ``extractor`` (any float
     dtype; used as float64), in the samples' order, with ``labels`` (N,) in the same order: what
-    :func:`extract` gives for the images, so the metrics equal :func:`evaluate`'s for them.
+    :func:`extract` gives for the images, so the metrics equal :func:`evaluate`'s for them when
+    both extracted with the same batch size.
     ``device`` is where precision/recall run (default: :func:`default_device`).
     """
     extractor = extractor or Extractor.fmnist()

@@ -12,7 +12,9 @@ folds them with every block's projections into lookup tables once (one step past
 which caches the features and projects them per pass; a prior too large to fold per block stays
 the paper's way), so a pass only gathers rows and runs the head; ``precompute = false``
 recomputes the graphs and projections in every pass (same logits up to rounding; on GPU its
-scatter-add is not bit-deterministic).
+scatter-add is not bit-deterministic). Folding runs its dense products on the sampling device
+(the scatter-adds stay on the CPU): CPU samples are those of version 2 bit for bit, while GPU
+samples changed with it (no GPU rows were ever recorded, so the version stays 2).
 
 Neutral setting: ``enabled = false`` (the trained head differs from the backbone's, so switching
 graphs off alone is not the baseline; zero-initialised fusion is, and is tested).
