@@ -9,8 +9,12 @@ from migbench.sampler import SampleState
 
 
 def gumbel_max(logp: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One sample per row of log-probabilities (..., K) by Gumbel-max: argmax(logp + G)."""
-    return (logp + gumbel(logp.shape, generator, logp.device)).argmax(dim=-1)
+    """One sample per row of log-probabilities (..., K) by Gumbel-max: argmax(logp + G).
+
+    G is drawn on the generator's device and moved to ``logp``'s: a sampler's batch generator
+    lives with its logits (no move), a trainer's step generator on the CPU (the same draws on
+    every device)."""
+    return (logp + gumbel(logp.shape, generator, generator.device).to(logp.device)).argmax(dim=-1)
 
 
 def masked_positions(masked: torch.Tensor, count: int) -> torch.Tensor:

@@ -31,7 +31,6 @@ from tqdm.auto import tqdm
 from migbench import weights
 from migbench.precision import accelerate_mixed_precision
 from migbench.precision import resolve as resolve_precision
-from migbench.rng import gumbel
 
 StepFn = Callable[[torch.nn.Module, int, torch.Generator, torch.device],
                   tuple[torch.Tensor, dict[str, float]]]
@@ -42,15 +41,6 @@ step's CPU generator (every random draw), ``device`` the model's device (batches
 def step_generator(seed: int, step: int) -> torch.Generator:
     """A CPU generator whose state depends only on (seed, step)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
-
-
-def moved_gumbel_max(logp: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One sample per row of log-probabilities ``logp`` (..., K) by Gumbel-max, the noise drawn
-    from ``generator`` on its own device (the step's CPU generator) and moved to ``logp``'s.
-
-    The same draws on every device; on the CPU the same result as :func:`migbench.slots.gumbel_max`.
-    """
-    return (logp + gumbel(logp.shape, generator, generator.device).to(logp.device)).argmax(dim=-1)
 
 
 def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> torch.Tensor:

@@ -35,7 +35,8 @@ from migbench.methods.self_guidance.adapter import AuxiliaryPass, TOASTAdapter, 
 from migbench import weights
 from migbench.api import HookSet
 from migbench.precision import autocast
-from migbench.training import TrainLoop, batch_indices, moved_gumbel_max, warmup_cosine
+from migbench.slots import gumbel_max
+from migbench.training import TrainLoop, batch_indices, warmup_cosine
 
 SUBSTITUTION_RATE = 0.3
 FEEDBACK_WEIGHT = 0.1
@@ -76,7 +77,7 @@ def corrupted_batch(backbone: MaskedTransformer, x0: torch.Tensor, labels: torch
     masked = sample_mask(len(x0), x0.shape[1], "cosine", 0.0, generator)
     blank = torch.full_like(x0, backbone.layout.mask_id)
     logits = backbone(blank, labels).logits.float()
-    samples = moved_gumbel_max(torch.log_softmax(logits, -1), generator)
+    samples = gumbel_max(torch.log_softmax(logits, -1), generator)
     substituted = substitution_mask(masked, SUBSTITUTION_RATE, generator).to(device)
     canvas = torch.where(substituted, samples, x0).masked_fill(masked.to(device), backbone.layout.mask_id)
     return canvas, substituted

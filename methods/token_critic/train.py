@@ -33,7 +33,8 @@ from migbench.methods.token_critic.critic import TokenCritic, auroc, breakdown
 
 from migbench import weights
 from migbench.precision import autocast
-from migbench.training import TrainLoop, batch_indices, moved_gumbel_max, warmup_cosine
+from migbench.slots import gumbel_max
+from migbench.training import TrainLoop, batch_indices, warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def corrupt(generator: MaskedTransformer, x0: torch.Tensor, labels: torch.Tensor
     """
     inputs = x0.masked_fill(mask, generator.layout.mask_id)
     logits = generator(inputs, labels).logits.float()
-    sampled = moved_gumbel_max(torch.log_softmax(logits, -1), gen)
+    sampled = gumbel_max(torch.log_softmax(logits, -1), gen)
     return torch.where(mask, sampled, x0)
 
 
