@@ -138,12 +138,21 @@ def plot_precision_recall(table: pd.DataFrame, floors: dict[str, Any] | None, pa
     return _points(table, [c for plane in planes for c in plane])
 
 
+def non_dominated(points: pd.DataFrame, lower: str, higher: str | None = None,
+                  cost: str | None = None) -> pd.DataFrame:
+    """The Pareto front: points no other point beats on ``lower`` (lower is better) and on either
+    ``higher`` (higher is better) or ``cost`` (lower is better), i.e. no worse on both and better
+    on one."""
+    second = points[higher] if higher is not None else -points[cost]
+    keep = [i for i, r in points.iterrows()
+            if not ((points[lower] <= r[lower]) & (second >= second[i]) &
+                    ((points[lower] < r[lower]) | (second > second[i]))).any()]
+    return points.loc[keep]
+
+
 def cost_front(points: pd.DataFrame, cost: str) -> pd.DataFrame:
     """Points no other point beats on both FID and ``cost`` (both lower is better), by cost."""
-    keep = [i for i, r in points.iterrows()
-            if not ((points["fid"] <= r["fid"]) & (points[cost] <= r[cost]) &
-                    ((points["fid"] < r["fid"]) | (points[cost] < r[cost]))).any()]
-    return points.loc[keep].sort_values(cost)
+    return non_dominated(points, "fid", cost=cost).sort_values(cost)
 
 
 def plot_cost(table: pd.DataFrame, floors: dict[str, Any] | None, path: Path, title: str,

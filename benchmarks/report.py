@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from migbench.benchmarks.plots import plot_fid_is
+from migbench.benchmarks.plots import non_dominated, plot_fid_is
 from migbench.benchmarks.results import flatten, read_rows, results_dir
 from migbench.benchmarks.views import views
 from scipy import stats
@@ -112,13 +112,7 @@ def best_per_run(table: pd.DataFrame) -> pd.DataFrame:
 
 def pareto_front(table: pd.DataFrame) -> pd.DataFrame:
     """Points no other point beats on both FID (lower) and IS (higher)."""
-    keep = []
-    for i, r in table.iterrows():
-        dominated = ((table["fid"] <= r["fid"]) & (table["is_mean"] >= r["is_mean"]) &
-                     ((table["fid"] < r["fid"]) | (table["is_mean"] > r["is_mean"]))).any()
-        if not dominated:
-            keep.append(i)
-    return table.loc[keep].sort_values("fid")
+    return non_dominated(table, "fid", higher="is_mean").sort_values("fid")
 
 
 def _floors_table(floors: dict[str, Any]) -> str:
