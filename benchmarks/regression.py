@@ -130,10 +130,13 @@ def compare(current: dict[str, dict[str, list[float]]], baseline: dict[str, Any]
 def suite_identity(suite: Suite) -> str:
     """Hash of what the baseline's numbers depend on, the seeds aside: backbone and its weights,
     N, reference, batch size, precision and every run's resolved recipe."""
-    from migbench import registry
+    from migbench.benchmarks.suite import bind
+
     from migbench.config import stable_hash
 
-    stacks = {p.backbone: registry.backbone(p.backbone)().weight_hashes for p in suite.points}
+    loaded: dict[str, Any] = {}
+    suite = bind(suite, loaded)
+    stacks = {p.backbone: loaded[p.backbone].weight_hashes for p in suite.points}
     runs = sorted({(p.label, p.backbone, p.precision, p.head_dtype, stable_hash(p.recipe.describe()))
                    for p in suite.points})
     return stable_hash({"n": suite.n, "reference": suite.reference, "batch_size": suite.batch_size,

@@ -5,7 +5,8 @@
     backbone = "fmnist"              # a registered backbone (a run may override it)
     n = 1000                         # samples per point
     seeds = [0]                      # one point per seed; several seeds give 95% intervals
-    reference = "fmnist-train"
+    reference = "fmnist-train"       # default: the backbone's data's reference
+    extractor = "fmnist-classifier"  # default: the backbone's data's feature extractor
     batch_size = 250
     precision = "auto"               # auto | bf16 | fp16 | fp32 (a run may override it)
     head_dtype = "auto"              # auto | fp32: the output head in fp32 under bf16/fp16 autocast
@@ -25,13 +26,14 @@ from __future__ import annotations
 
 import itertools
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from migbench.benchmarks.metrics.evaluate import MIN_SAMPLES
 
 from migbench import registry
+from migbench.api import Stack
 from migbench.config import closest
 from migbench.precision import HEAD_DTYPES, PRECISIONS
 from migbench.recipe import Recipe, resolve
@@ -42,8 +44,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
-TOP_KEYS = ("name", "description", "backbone", "n", "seeds", "reference", "batch_size", "precision",
-            "head_dtype", "set", "runs")
+TOP_KEYS = ("name", "description", "backbone", "n", "seeds", "reference", "extractor", "batch_size",
+            "precision", "head_dtype", "set", "runs")
 RUN_KEYS = ("label", "methods", "set", "grid", "backbone", "precision", "head_dtype")
 
 
@@ -72,10 +74,40 @@ class Suite:
     backbone: str
     n: int
     seeds: tuple[int, ...]
-    reference: str
+    reference: str | None  # None until :func:`bind` takes the backbone data's default
     batch_size: int
     points: tuple[Point, ...] = field(repr=False)
     path: Path | None = None
+    extractor: str | None = None  # as ``reference``
+    bound: bool = False  # True once :func:`bind` resolved recipes and evaluation on the stacks
+
+
+def bind(suite: Suite, stacks: dict[str, Stack] | None = None) -> Suite:
+    """``suite`` on its stacks (loaded once into the cache ``stacks``): every point's recipe bound
+    to its stack (:meth:`Recipe.bind`: ``"auto"`` weights named, requirements checked) and the
+    reference and extractor defaulting to the data of the suite's backbone. A run whose stack
+    cannot take its recipe, or whose data differs from the suite's while the suite leaves the
+    reference or extractor to the data, fails as a :class:`SuiteError` naming the run."""
+    if suite.bound:
+        return suite
+    stacks = {} if stacks is None else stacks
+    for name in dict.fromkeys([suite.backbone, *(p.backbone for p in suite.points)]):
+        if name not in stacks:
+            stacks[name] = registry.backbone(name)()
+    data = stacks[suite.backbone].dataset
+    points = []
+    for point in suite.points:
+        where = f"run {point.label!r} at {dict(point.swept)} on {point.backbone}"
+        other = stacks[point.backbone].dataset
+        if other.name != data.name and (suite.reference is None or suite.extractor is None):
+            raise SuiteError(f"{where}: its data ({other.name}) is not the suite backbone's ({data.name}); "
+                             "set the suite's reference and extractor, or split the suite")
+        try:
+            points.append(replace(point, recipe=point.recipe.bind(stacks[point.backbone])))
+        except ValueError as err:
+            raise SuiteError(f"{where}: {err.args[0] if err.args else err}") from err
+    return replace(suite, points=tuple(points), reference=suite.reference or data.reference,
+                   extractor=suite.extractor or data.extractor, bound=True)
 
 
 def _check_keys(table: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
@@ -166,6 +198,10 @@ def parse_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
                 points.append(Point(label, run_backbone, recipe, swept, tuple(sorted(overrides.items())),
                                     seed, run_precision, run_head_dtype))
     return Suite(name=name, description=str(raw.get("description", "")), backbone=backbone, n=n,
-                 seeds=seeds, reference=_require(raw.get("reference", "fmnist-train"), str,
-                                                 f"{where}: reference"),
+                 seeds=seeds, reference=_optional_str(raw, "reference", where),
+                 extractor=_optional_str(raw, "extractor", where),
                  batch_size=batch_size, points=tuple(points), path=path)
+
+
+def _optional_str(raw: dict[str, Any], key: str, where: str) -> str | None:
+    return None if key not in raw else _require(raw[key], str, f"{where}: {key}")

@@ -45,13 +45,13 @@ import numpy as np
 import torch
 from migbench.benchmarks.metrics.evaluate import Extractor, evaluate_features, extract_batch
 from migbench.benchmarks.results import append_row, read_rows, repair, results_dir, write_csv
-from migbench.benchmarks.suite import Point, Suite, SuiteError, load_suite
+from migbench.benchmarks.suite import Point, Suite, SuiteError, bind, load_suite
 from tqdm.auto import tqdm
 
 import migbench
 from migbench import registry
+from migbench.api import Stack
 from migbench.config import stable_hash
-from migbench.data import CLASS_NAMES
 from migbench.generate import Batch, Generation, generate, merge
 from migbench.images import SampleShard, grid_subset, merge_sample_shards, save_grid
 from migbench.precision import explain as explain_precision
@@ -273,7 +273,8 @@ def sweep(suite_name: str | Suite, *, results_root: Path | None = None, floors: 
           keep_samples: bool = False, progress: bool = True, limit: int | None = None) -> Path:
     """Run the pending points of ``suite_name`` (a name, a path, or a parsed Suite); returns the
     results folder."""
-    suite = suite_name if isinstance(suite_name, Suite) else load_suite(suite_name)
+    stacks: dict[str, Stack] = {}
+    suite = bind(suite_name if isinstance(suite_name, Suite) else load_suite(suite_name), stacks)
     state, rank, world = _distributed()
     device = state.device
     folder = results_dir(suite.name, results_root)
@@ -283,8 +284,7 @@ def sweep(suite_name: str | Suite, *, results_root: Path | None = None, floors: 
         if dropped:
             print(f"dropped {dropped} incomplete line(s) from {folder}/results.jsonl")
     state.wait_for_everyone()
-    extractor = Extractor.fmnist()
-    stacks: dict[str, Any] = {}
+    extractor = Extractor.named(suite.extractor)
     done = {row["run_hash"] for row in read_rows(folder)}
     todo = []
     for point, h in suite_hashes(suite, stacks, extractor, lambda p: resolve_precision(p.precision, device)):
@@ -304,7 +304,7 @@ def sweep(suite_name: str | Suite, *, results_root: Path | None = None, floors: 
         print(f"suite {suite.name}: {len(suite.points)} points, {len(suite.points) - len(todo)} done, "
               f"{len(todo)} to run on {world} process(es) of {device}; "
               + ", ".join(explain_precision(p, device) for p in declared))
-        if floors and todo:
+        if floors and todo and stacks[suite.backbone].dataset.floors:
             try:
                 _write_floors(folder, suite)
             except ValueError as err:
@@ -332,26 +332,24 @@ def sweep(suite_name: str | Suite, *, results_root: Path | None = None, floors: 
     return folder
 
 
-def validate(point: Point, stack: Any) -> None:
-    """Build ``point``'s sampler on ``stack``'s backbone, so that a recipe that cannot run there
+def validate(point: Point, stack: Stack) -> None:
+    """Build ``point``'s sampler on ``stack``, so that a recipe that cannot run there
     (``maskgit.steps`` above its number of tokens) fails as a :class:`SuiteError` naming the
     point before the sweep samples anything. Warnings are left to the sampling itself."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            build_sampler(point.recipe, stack.backbone)
+            build_sampler(point.recipe, stack)
     except ValueError as err:
         raise SuiteError(f"run {point.label!r} at {dict(point.swept)} on {point.backbone}: {err}") from err
 
 
-def suite_hashes(suite: Suite, stacks: dict[str, Any], extractor: Extractor,
+def suite_hashes(suite: Suite, stacks: dict[str, Stack], extractor: Extractor,
                  precision_of: Callable[[Point], str]) -> list[tuple[Point, str]]:
-    """Every point of ``suite`` with its run hash at the precision ``precision_of(point)``
-    (``stacks`` caches the loaded stacks)."""
+    """Every point of ``suite`` (bound: :func:`bind`, which loaded ``stacks``) with its run hash
+    at the precision ``precision_of(point)``."""
     out = []
     for point in suite.points:
-        if point.backbone not in stacks:
-            stacks[point.backbone] = registry.backbone(point.backbone)()
         hashes = {**stacks[point.backbone].weight_hashes, **method_weight_hashes(point.recipe)}
         out.append((point, run_hash(point, suite, hashes, extractor.describe(), precision_of(point))))
     return out
@@ -364,10 +362,12 @@ def current_hashes(suite_name: str) -> list[str] | None:
         suite = load_suite(suite_name)
     except SuiteError:
         return None
-    stacks: dict[str, Any] = {}
+    stacks: dict[str, Stack] = {}
+    suite = bind(suite, stacks)
     hashes: list[str] = []
     for used in ("bf16", "fp32", "fp16"):
-        hashes += [h for point, h in suite_hashes(suite, stacks, Extractor.fmnist(), lambda _, used=used: used)
+        hashes += [h for point, h in suite_hashes(suite, stacks, Extractor.named(suite.extractor),
+                                                  lambda _, used=used: used)
                    if used in possible_precisions(point.precision)]
     return list(dict.fromkeys(hashes))
 
@@ -382,11 +382,11 @@ def _write_floors(folder: Path, suite: Suite) -> None:
     os.replace(tmp, path)
 
 
-def _record(folder: Path, suite: Suite, point: Point, h: str, stack: Any, result: PointSamples,
+def _record(folder: Path, suite: Suite, point: Point, h: str, stack: Stack, result: PointSamples,
             extractor: Extractor, device: torch.device, world: int) -> None:
     generation = result.generation
     evaluation = evaluate_features(result.features, generation.labels, suite.reference, extractor, device=device)
-    save_grid(folder / "grids" / f"{h}.png", result.grid_images, result.grid_labels, CLASS_NAMES)
+    save_grid(folder / "grids" / f"{h}.png", result.grid_images, result.grid_labels, stack.dataset.class_names)
     provenance = {**evaluation["provenance"], "weights": {**stack.weight_hashes, **method_weight_hashes(point.recipe)},
                   "seed": point.seed,
                   "git_revision": git_revision(), "device": str(device), "processes": world,

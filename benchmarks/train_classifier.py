@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from migbench.backbones.fmnist.data import load_split
 from migbench.benchmarks.metrics.fmnist_classifier import FMNISTClassifier
 from migbench.benchmarks.metrics.loading import CLASSIFIER
 
-from migbench.data import load_split
 from migbench.training import TrainLoop, batch_indices, warmup_cosine
 
 

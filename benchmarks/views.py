@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from migbench.backbones.fmnist.data import CLASS_NAMES
 from migbench.benchmarks.per_class import best_points, bias_note, per_class_markdown, plot_per_class
 from migbench.benchmarks.plots import cost_front, plot_cost, plot_precision_recall
 from tabulate import tabulate
-
-from migbench.data import CLASS_NAMES
 
 
 def older_rows_note(rows: list[dict[str, Any]], floors: dict[str, Any] | None) -> str:

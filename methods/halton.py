@@ -77,10 +77,11 @@ def halton_order(height: int, width: int) -> tuple[int, ...]:
     return tuple(seen)
 
 
-def halton_rank(side: int, device: torch.device) -> torch.Tensor:
-    """(side * side,) int64 on ``device``: each position's index in the 2-D Halton order, built
-    once per install on the backbone's device (no copy per batch)."""
-    order = torch.tensor(halton_order(side, side))
+def halton_rank(grid: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """(h * w,) int64 on ``device``: each position's index in the 2-D Halton order over the token
+    ``grid`` (h, w), built once per install on the backbone's device (no copy per batch)."""
+    h, w = grid
+    order = torch.tensor(halton_order(h, w))
     rank = torch.empty_like(order)
     rank[order] = torch.arange(len(order))
     return rank.to(device)
@@ -118,11 +119,18 @@ class Halton:
         return HaltonConfig(enabled=False)
 
     @staticmethod
+    def requires(config: HaltonConfig) -> tuple[str, ...]:
+        """A 2-D token grid: the order is a 2-D Halton sequence (bases 2 and 3 over rows and
+        columns). On 1-D tokens it is refused, not replaced by a 1-D van der Corput order, which
+        would be another method."""
+        return ("grid2d",) if config.enabled else ()
+
+    @staticmethod
     def install(builder: SamplerBuilder, config: HaltonConfig) -> None:
         if not config.enabled:
             return
         device = next(builder.backbone.parameters()).device
-        rank = halton_rank(int(math.isqrt(builder.backbone.seq_len)), device)
+        rank = halton_rank(builder.stack.tokenizer.token_shape, device)
 
         def ranks(state: SampleState) -> torch.Tensor:
             """(B, N) position ranks in the (possibly rolled) order; smaller = earlier."""

@@ -3,81 +3,56 @@
 from __future__ import annotations
 
 import argparse
-import inspect
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from migbench.precision import HEAD_DTYPES, PRECISIONS
 
 
-def _cmd_data(args: argparse.Namespace) -> int:
-    from migbench.data import DatasetMissingError, load_split
+def _registered(name: str) -> Callable[[argparse.Namespace], int]:
+    """The command ``name`` of :data:`migbench.registry.COMMANDS`, imported when it runs."""
+    def run(args: argparse.Namespace) -> int:
+        from migbench import registry
 
-    try:
-        for split in ("train", "test"):
-            ds = load_split(split, args.data_dir, allow_download=not args.quiet)
-            if not args.quiet:
-                print(f"{split}: {len(ds)} images from {ds.source}")
-    except DatasetMissingError as err:
-        if not args.quiet:
-            print(err, file=sys.stderr)
-        return 1
-    return 0
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    command = args.command_line
-    default_dir = f"runs/{args.what}" + (f"_{args.recipe}" if args.what == "backbone" and args.recipe != "maskgit" else "")
-    run_dir = Path(args.run_dir or default_dir)
-    if args.what == "tokenizer":
-        from migbench.backbones.train_tokenizer import TokenizerRecipe, train_tokenizer
-
-        recipe = TokenizerRecipe(**({"steps": args.steps} if args.steps else {}))
-        train_tokenizer(run_dir, recipe=recipe, data_dir=args.data_dir, command=command, precision=args.precision)
-    elif args.what == "backbone":
-        from migbench.backbones.train_backbone import BackboneRecipe, train_backbone
-
-        recipe = BackboneRecipe.named(args.recipe, steps=args.steps)
-        train_backbone(run_dir, recipe=recipe, data_dir=args.data_dir, command=command, precision=args.precision)
-    elif args.what == "classifier":
-        from migbench.benchmarks.train_classifier import ClassifierRecipe, train_classifier
-
-        recipe = ClassifierRecipe(**({"steps": args.steps} if args.steps else {}))
-        train_classifier(run_dir, recipe=recipe, data_dir=args.data_dir, command=command, precision=args.precision)
-    print(f"weights and manifest entry written; training log in {run_dir}/train.log")
-    return 0
+        return int(registry.command(name)(args) or 0)
+    return run
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
+    """`migbench fit METHOD [--backbone STACK] [--set key=value ...]`: train a method's own parts.
+
+    A method with trainable parts declares ``fit_config_cls`` (a dataclass of :func:`knob`
+    fields: what to train and how) and ``fit(run_dir, command, stack, config, precision)``."""
+    import dataclasses
+
     from migbench import registry
+    from migbench.config import apply_overrides
+    from migbench.recipe import parse_overrides
 
     method = registry.method(args.method)
     if not hasattr(method, "fit"):
         print(f"migbench fit: method {args.method!r} has nothing to train", file=sys.stderr)
         return 2
-    command = args.command_line
-    options = {k: v for k, v in (("steps", args.steps), ("label", args.label),
-                                 ("graphs_only", args.graphs_only or None), ("only", args.only),
-                                 ("init", args.init), ("lr", args.lr), ("precision", args.precision))
-               if v is not None}
-    accepted = inspect.signature(method.fit).parameters
-    unknown = [k for k in options if k not in accepted]
-    if unknown:
-        print(f"migbench fit {args.method}: no option {', '.join('--' + k for k in unknown)}", file=sys.stderr)
-        return 2
-    suffixes = (args.only, args.label, args.init, args.lr and f"lr{args.lr:g}")
-    run_dir = args.run_dir or f"runs/{args.method}" + "".join(f"_{v}" for v in suffixes if v)
-    method.fit(Path(run_dir), command, **options)
+    config = apply_overrides(method.fit_config_cls(), parse_overrides(args.set), f"fit {args.method}")
+    changed = [f"{f.name}{getattr(config, f.name)}" for f in dataclasses.fields(config)
+               if getattr(config, f.name) != f.default and f.name != "steps"]
+    run_dir = args.run_dir or f"runs/{args.method}" + "".join(f"_{c}" for c in changed)
+    stack = registry.backbone(args.backbone)()
+    method.fit(Path(run_dir), args.command_line, stack, config, args.precision)
     print(f"weights and manifest entry written; training log in {run_dir}/train.log")
     return 0
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
-    from migbench.methods.ka_mig.diagnostics import diagnose
+    from migbench import registry
 
-    text = diagnose(maps=args.maps).markdown()
+    method = registry.method(args.method)
+    if not hasattr(method, "diagnose"):
+        print(f"migbench diagnose: method {args.method!r} has no diagnostics", file=sys.stderr)
+        return 2
+    text = method.diagnose(maps=args.maps).markdown()
     print(text)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -93,7 +68,6 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from migbench import registry
-    from migbench.data import CLASS_NAMES
     from migbench.generate import generate
     from migbench.images import save_grid, save_samples
     from migbench.recipe import parse_overrides, resolve
@@ -110,7 +84,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
                       compile_backbone=args.compile)
     out = Path(args.out)
     save_samples(out / "samples.npz", result.images, result.labels)
-    save_grid(out / "grid.png", result.images, result.labels, CLASS_NAMES)
+    save_grid(out / "grid.png", result.images, result.labels, stack.dataset.class_names)
     meta = {"backbone": stack.name, "recipe": recipe.describe(), "n": args.n, "seed": args.seed,
             "batch_size": args.batch_size, "nfe_per_image": result.nfe_per_image,
             "extra_parameters": result.extra_parameters,
@@ -136,51 +110,6 @@ def parse_classes(text: str) -> list[int]:
     return classes
 
 
-def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
-    """The scalar metrics as a table (``per_class`` lists stay in the JSON output)."""
-    from tabulate import tabulate
-
-    print(title)
-    print(tabulate([[k, f"{v:.4f}"] for k, v in metrics.items() if not isinstance(v, dict)],
-                   headers=["metric", "value"]))
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    import json
-
-    from migbench.benchmarks.metrics.evaluate import Extractor, evaluate
-    from migbench.images import load_png_folder, load_samples
-
-    path = Path(args.samples)
-    if path.is_dir():
-        images, labels = load_png_folder(path)
-    elif path.is_file():
-        images, labels = load_samples(path)
-    else:
-        print(f"migbench eval: {path} is neither a samples .npz nor a folder of PNGs", file=sys.stderr)
-        return 2
-    extractor = (Extractor.inception(args.inception_weights) if args.extractor == "inception-v3-compat"
-                 else Extractor.fmnist())
-    result = evaluate(images, labels, ref=args.ref, extractor=extractor, data_dir=args.data_dir,
-                      prc=not args.no_prc)
-    _print_metrics(f"{path} ({len(images)} images) against {args.ref}", result["metrics"])
-    out = Path(args.out) if args.out else (path if path.is_dir() else path.parent) / "eval.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
-    return 0
-
-
-def _cmd_floors(args: argparse.Namespace) -> int:
-    from migbench.benchmarks.metrics.floors import floors
-
-    result = floors(args.n, args.ref, args.seed, args.data_dir)
-    for kind in ("data", "tokenizer"):
-        _print_metrics(f"{kind} floor: N={args.n} {result['source_split']} images"
-                       f"{' (VQ reconstructions)' if kind == 'tokenizer' else ''} vs {args.ref}",
-                       result[kind]["metrics"])
-    return 0
-
-
 def _cmd_info(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
@@ -191,73 +120,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
         cls = registry.method(name)
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         print(f"method {name}: {doc}")
-        rows = [[r["knob"], r["type"], repr(r["default"]), "" if r["choices"] is None else "|".join(map(str, r["choices"])),
-                 r["help"]] for r in describe_knobs(cls.config_cls)]
-        print(tabulate(rows, headers=["knob", "type", "default", "choices", "meaning"]))
-        print()
+        for title, config_cls in (("knob", cls.config_cls), ("fit knob", getattr(cls, "fit_config_cls", None))):
+            if config_cls is None:
+                continue
+            rows = [[r["knob"], r["type"], repr(r["default"]),
+                     "" if r["choices"] is None else "|".join(map(str, r["choices"])), r["help"]]
+                    for r in describe_knobs(config_cls)]
+            print(tabulate(rows, headers=[title, "type", "default", "choices", "meaning"]))
+            print()
     print("backbones:", ", ".join(registry.BACKBONES))
     manifest = weights.read_manifest()
     rows = [[n, e["file"], e["sha256"][:12], json_compact(e["metrics"])] for n, e in sorted(manifest.items())]
     print(tabulate(rows, headers=["weights", "file", "sha256", "metrics"]))
     return 0
-
-
-def _cmd_sweep(args: argparse.Namespace) -> int:
-    import os
-
-    from migbench.benchmarks.sweep import relaunch, sweep
-
-    if args.processes > 1 and not os.environ.get("MIGBENCH_LAUNCHED"):
-        forwarded = [args.suite, *(["--no-floors"] if args.no_floors else []),
-                     *(["--keep-samples"] if args.keep_samples else []),
-                     *(["--results", args.results] if args.results else [])]
-        return relaunch(forwarded, args.processes)
-    folder = sweep(args.suite, results_root=Path(args.results) if args.results else None,
-                   floors=not args.no_floors, keep_samples=args.keep_samples)
-    print(f"results in {folder}")
-    return 0
-
-
-def _cmd_report(args: argparse.Namespace) -> int:
-    from migbench.benchmarks.report import report, update_readme
-    from migbench.paths import repo_root
-
-    results = Path(args.results) if args.results else None
-    path = report(args.suite, results_root=results, reports_root=Path(args.reports) if args.reports else None)
-    print(f"report written to {path}")
-    if args.update_readme:
-        update_readme(args.suite, repo_root() / "README.md", results)
-        print(f"README.md block of {args.suite} updated")
-    return 0
-
-
-def _cmd_demo(args: argparse.Namespace) -> int:
-    import time
-
-    from migbench.benchmarks.report import report
-    from migbench.benchmarks.sweep import sweep
-
-    started = time.monotonic()
-    folder = sweep(args.suite)
-    path = report(args.suite)
-    print()
-    print(path.read_text(encoding="utf-8").split("### Pareto front")[0])
-    print(f"demo finished in {time.monotonic() - started:.0f} s: results in {folder}, report in {path} "
-          f"(plot {path.parent / 'fid_is.png'})")
-    return 0
-
-
-def _cmd_regress(args: argparse.Namespace) -> int:
-    from migbench.benchmarks.regression import BASELINE, check
-
-    failures = check(update=args.update)
-    if args.update:
-        print(f"baseline written to {BASELINE}")
-        return 0
-    for failure in failures:
-        print("REGRESSION:", failure)
-    print("regression check passed" if not failures else f"{len(failures)} regression(s)")
-    return 1 if failures else 0
 
 
 def json_compact(d: dict) -> str:
@@ -272,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="check that Fashion-MNIST can be found, and where")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--quiet", action="store_true", help="no output, no download; exit code only")
-    p.set_defaults(func=_cmd_data)
+    p.set_defaults(func=_registered("data"))
 
     p = sub.add_parser("train", help="train a component of the embedded Fashion-MNIST stack")
     p.add_argument("what", choices=["tokenizer", "backbone", "classifier"])
@@ -283,27 +158,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="training autocast; auto = bf16 where the device runs it natively, else fp32 "
                         "(the classifier: fp32)")
-    p.set_defaults(func=_cmd_train)
+    p.set_defaults(func=_registered("train"))
 
-    p = sub.add_parser("fit", help="train a method's own components (critic, adapter, graph modules)")
-    p.add_argument("method", help="a method with trainable parts, e.g. token_critic")
-    p.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
-    p.add_argument("--label", default=None, help="token_critic: mask (paper) or differs (lucidrains)")
-    p.add_argument("--init", default=None, choices=("generator", "scratch"),
-                   help="token_critic: start the critic from the generator's weights (default) or from scratch")
-    p.add_argument("--graphs-only", action="store_true", help="ka_mig: only build and save the three graphs")
-    p.add_argument("--only", default=None, choices=("cooccurrence", "semantic", "incompatibility", "head"),
-                   help="ka_mig: train a one-graph ablation model (weights fmnist_ka_mig_<graph>), "
-                        "or with head the head-only control (every graph off)")
-    p.add_argument("--lr", type=float, default=None,
-                   help="ka_mig: learning rate instead of the paper's 1e-4 (a probe; weights named ..._lr<value>)")
-    p.add_argument("--run-dir", default=None, help="checkpoint/log folder (default runs/METHOD[_OPTION...])")
+    p = sub.add_parser("fit", help="train a method's own components (critic, adapter, graph modules) for a stack")
+    p.add_argument("method", help="a method with trainable parts, e.g. token_critic (`migbench info` lists "
+                                  "each one's fit knobs)")
+    p.add_argument("--backbone", default="fmnist", help="the stack to fit on (its backbone stays frozen)")
+    p.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
+                   help="a fit knob (repeatable), e.g. --set steps=100 --set only=semantic")
+    p.add_argument("--run-dir", default=None, help="checkpoint/log folder (default runs/METHOD[_KNOBVALUE...])")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="training autocast; auto = bf16 where the device runs it natively, else fp32")
     p.set_defaults(func=_cmd_fit)
 
-    p = sub.add_parser("diagnose", help="ka_mig: what the incompatibility prior could give, and what each trained model takes")
-    p.add_argument("method", choices=["ka_mig"])
+    p = sub.add_parser("diagnose", help="a method's own diagnostics (ka_mig: what the incompatibility prior "
+                                        "could give, and what each trained model takes)")
+    p.add_argument("method", help="a method with diagnostics, e.g. ka_mig")
     p.add_argument("--maps", type=int, default=10_000, help="held-out token maps to measure on (at most the test split's 10,000)")
     p.add_argument("--out", default=None, help="also write the table to this markdown file")
     p.set_defaults(func=_cmd_diagnose)
@@ -337,14 +207,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", default=None,
                    help="local copy of torch-fidelity's Inception weights (offline use)")
     p.add_argument("--data-dir", default=None)
-    p.set_defaults(func=_cmd_eval)
+    p.set_defaults(func=_registered("eval"))
 
     p = sub.add_parser("floors", help="data and tokenizer quality floors at N images")
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--ref", default="fmnist-train")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
-    p.set_defaults(func=_cmd_floors)
+    p.set_defaults(func=_registered("floors"))
 
     p = sub.add_parser("sweep", help="run the pending points of a suite (resumable)")
     p.add_argument("suite", help="suite name (benchmarks/suites/NAME.toml) or path")
@@ -352,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default=None, help="results root (default results/)")
     p.add_argument("--no-floors", action="store_true", help="skip the quality floors")
     p.add_argument("--keep-samples", action="store_true", help="also save each point's samples.npz")
-    p.set_defaults(func=_cmd_sweep)
+    p.set_defaults(func=_registered("sweep"))
 
     p = sub.add_parser("report", help="render reports/SUITE from results/SUITE")
     p.add_argument("suite")
@@ -360,15 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reports", default=None, help="reports root (default reports/)")
     p.add_argument("--update-readme", action="store_true",
                    help="also refresh the suite's <!-- SUITE:begin/end --> block in README.md")
-    p.set_defaults(func=_cmd_report)
+    p.set_defaults(func=_registered("report"))
 
     p = sub.add_parser("demo", help="the quick benchmark: sweep + report (what `make demo` runs)")
     p.add_argument("--suite", default="fmnist_quick")
-    p.set_defaults(func=_cmd_demo)
+    p.set_defaults(func=_registered("demo"))
 
     p = sub.add_parser("regress", help="run the CI regression suite and compare with its baseline")
     p.add_argument("--update", action="store_true", help="rewrite the baseline instead of checking")
-    p.set_defaults(func=_cmd_regress)
+    p.set_defaults(func=_registered("regress"))
 
     p = sub.add_parser("info", help="registered methods with their knobs, backbones, and weights")
     p.set_defaults(func=_cmd_info)

@@ -1,6 +1,6 @@
 """Generating N samples with a stack and a recipe, in fixed-size, independently seeded batches.
 
-Sample i has label ``balanced_labels(N)[i]`` and belongs to batch ``i // batch_size``, whose noise
+Sample i has label ``balanced_labels(N, C)[i]`` and belongs to batch ``i // batch_size``, whose noise
 all comes from ``batch_generator(seed, j)``. A process with index p of P runs the batches
 j = p, p + P, ...; :func:`merge` puts the pieces back in index order. The result is therefore the
 same for any number of processes (tested with 1 and 2).
@@ -19,10 +19,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from migbench.api import NULL_LABEL
-from migbench.backbones.stacks import Stack
-from migbench.data import balanced_labels
+from migbench.api import NULL_LABEL, Stack
 from migbench.images import quantize
+from migbench.labels import balanced_labels
 from migbench.precision import autocast
 from migbench.precision import resolve as resolve_precision
 from migbench.recipe import Recipe, build_sampler
@@ -85,9 +84,9 @@ def generate(stack: Stack, recipe: Recipe, n: int, seed: int, *, batch_size: int
     num_classes = stack.backbone.layout.num_classes
     if int(all_labels.min()) < NULL_LABEL or int(all_labels.max()) >= num_classes:
         raise ValueError(f"labels must be class ids in [0, {num_classes}) or {NULL_LABEL} (unconditional)")
-    backbone = stack.backbone.to(device)
+    stack.backbone.to(device)
     tokenizer = stack.tokenizer.to(device)
-    sampler = build_sampler(recipe, backbone)
+    sampler = build_sampler(recipe, stack)
     if compile_backbone:
         sampler.compile_backbone()
     batches = list(range(process_index, -(-n // batch_size), num_processes))
@@ -109,8 +108,8 @@ def generate(stack: Stack, recipe: Recipe, n: int, seed: int, *, batch_size: int
             sink(Batch(j, batch_images, labels_out[-1], indices[-1]))
             sink_seconds += time.perf_counter() - handed
     seconds = time.perf_counter() - started - sink_seconds
-    h, w = (s * 4 for s in tokenizer.grid)
-    empty = np.zeros((0, h, w, stack.image_channels), np.uint8)
+    c, h, w = tokenizer.image_shape
+    empty = np.zeros((0, h, w, c), np.uint8)
     return Generation(images=np.concatenate(images) if images else empty,
                       labels=np.concatenate(labels_out) if labels_out else np.zeros(0, np.int64),
                       indices=np.concatenate(indices) if indices else np.zeros(0, np.int64),

@@ -140,23 +140,34 @@ def grid_subset(images: np.ndarray, labels: np.ndarray, indices: np.ndarray, per
     return images[pick], labels[pick], indices[pick]
 
 
-def save_grid(path: Path, images: np.ndarray, labels: np.ndarray, class_names: tuple[str, ...],
-              per_row: int = 10, scale: int = 2) -> None:
-    """One row per class present (in class order), up to ``per_row`` samples each, class name left."""
-    classes = sorted(set(int(c) for c in labels))
-    h, w = images.shape[1:3]
+def save_grid(path: Path, images: np.ndarray, labels: np.ndarray, class_names: Sequence[str],
+              per_row: int = 10, max_classes: int = 10, scale: int | None = None) -> None:
+    """A PNG of uint8 ``images`` (N, H, W, C), C = 1 (grey) or 3 (RGB): one row for each of the
+    first ``max_classes`` classes present (in class order), up to ``per_row`` samples each, the
+    class name on the left. ``scale`` defaults to 2 for images up to 32 px and 1 above, so even
+    1,000 ImageNet classes give a 10 x 10 grid of at most a few megapixels. Written beside the
+    target and renamed over it, so a kill never leaves a truncated PNG."""
+    if images.ndim != 4 or images.shape[3] not in (1, 3):
+        raise ValueError(f"grid images must be (N, H, W, 1 or 3), got shape {images.shape}")
+    classes = sorted(set(int(c) for c in labels))[:max_classes]
+    h, w, channels = images.shape[1:4]
+    scale = scale or (2 if max(h, w) <= 32 else 1)
+    mode = "L" if channels == 1 else "RGB"
     label_w, pad = 90, 2
-    canvas = Image.new("L", (label_w + per_row * (w * scale + pad), len(classes) * (h * scale + pad)), 255)
+    canvas = Image.new(mode, (label_w + per_row * (w * scale + pad), len(classes) * (h * scale + pad)),
+                       255 if mode == "L" else (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for row, c in enumerate(classes):
         y = row * (h * scale + pad)
-        draw.text((4, y + h * scale // 2 - 6), class_names[c] if c < len(class_names) else str(c), fill=0)
+        draw.text((4, y + h * scale // 2 - 6), class_names[c][:14] if c < len(class_names) else str(c),
+                  fill=0 if mode == "L" else (0, 0, 0))
         for col, idx in enumerate(np.flatnonzero(labels == c)[:per_row]):
-            tile = Image.fromarray(images[idx, :, :, 0] if images.shape[3] == 1 else images[idx])
-            tile = tile.convert("L").resize((w * scale, h * scale), Image.NEAREST)
-            canvas.paste(tile, (label_w + col * (w * scale + pad), y))
+            tile = Image.fromarray(images[idx, :, :, 0] if channels == 1 else images[idx], mode)
+            canvas.paste(tile.resize((w * scale, h * scale), Image.NEAREST), (label_w + col * (w * scale + pad), y))
     path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    tmp = path.with_name(path.name + ".tmp")
+    canvas.save(tmp, format="PNG")
+    os.replace(tmp, path)
 
 
 def load_png_folder(folder: Path) -> tuple[np.ndarray, None]:

@@ -13,13 +13,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from migbench import registry
+from migbench.api import Stack
 from migbench.config import apply_overrides, closest
 from migbench.sampler import Sampler, SamplerBuilder
 
 BASE = "maskgit"
+AUTO = "auto"  # a trained method's weights knob: resolved per stack by Recipe.bind
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,21 @@ class Recipe:
     def label(self) -> str:
         extra = [m for m in self.methods if m != BASE]
         return "+".join(extra) if extra else BASE
+
+    def bind(self, stack: Stack) -> Recipe:
+        """This recipe on ``stack``: every knob left at ``"auto"`` (a trained method's weights)
+        for which the stack names weights takes the name ``stack.method_weights[method][knob]``
+        (one the stack does not name stays ``"auto"``, and the method refuses it when it installs,
+        :meth:`SamplerBuilder.weights_name`); every method's ``requires(config)`` is checked
+        against the stack's capabilities, failing with one line naming the method and the stack."""
+        configs = []
+        for name, config in zip(self.methods, self.configs, strict=True):
+            stack.require(name, tuple(getattr(registry.method(name), "requires", lambda _: ())(config)))
+            known = stack.method_weights.get(name, {})
+            auto = {f.name: known[f.name] for f in dataclasses.fields(config)
+                    if getattr(config, f.name) == AUTO and f.name in known}
+            configs.append(dataclasses.replace(config, **auto))
+        return Recipe(self.methods, tuple(configs))
 
 
 def _plain(x: Any) -> Any:
@@ -86,13 +101,15 @@ def resolve(methods: str | Sequence[str], overrides: Mapping[str, Any] | None = 
     return Recipe(tuple(ordered), tuple(configs))
 
 
-def build_sampler(recipe: Recipe, backbone: torch.nn.Module) -> Sampler:
-    """Install every method of ``recipe`` in order on ``backbone``.
+def build_sampler(recipe: Recipe, stack: Stack) -> Sampler:
+    """Install every method of ``recipe`` (bound to ``stack``: :meth:`Recipe.bind`) in order on
+    the stack's backbone.
 
     Warns when a base knob was changed for a slot that another method took over (for example
     ``maskgit.steps`` with ``halton``, whose own ``halton.steps`` applies).
     """
-    builder = SamplerBuilder(backbone)
+    recipe = recipe.bind(stack)
+    builder = SamplerBuilder(stack)
     for name, config in zip(recipe.methods, recipe.configs, strict=True):
         registry.method(name).install(builder, config)
     base = registry.method(BASE)

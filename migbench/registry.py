@@ -18,9 +18,21 @@ METHODS: dict[str, str] = {
 }
 
 BACKBONES: dict[str, str] = {
-    "fmnist": "migbench.backbones.stacks:fmnist",
-    "fmnist_emigm": "migbench.backbones.stacks:fmnist_emigm",
-    "toy": "migbench.backbones.stacks:toy",
+    "fmnist": "migbench.backbones.fmnist:fmnist",
+    "fmnist_emigm": "migbench.backbones.fmnist:fmnist_emigm",
+    "toy": "migbench.backbones.toy:toy",
+}
+
+# `migbench` sub-commands that live above the core (the harness and the families' trainers).
+COMMANDS: dict[str, str] = {
+    "data": "migbench.benchmarks.commands:data_command",
+    "train": "migbench.benchmarks.commands:train_command",
+    "eval": "migbench.benchmarks.commands:eval_command",
+    "floors": "migbench.benchmarks.commands:floors_command",
+    "sweep": "migbench.benchmarks.commands:sweep_command",
+    "report": "migbench.benchmarks.commands:report_command",
+    "demo": "migbench.benchmarks.commands:demo_command",
+    "regress": "migbench.benchmarks.commands:regress_command",
 }
 
 
@@ -39,3 +51,8 @@ def method(name: str) -> Any:
 def backbone(name: str) -> Any:
     """The stack factory registered as ``name`` (call it to load the stack)."""
     return _load(BACKBONES, "backbone", name)
+
+
+def command(name: str) -> Any:
+    """The function of the `migbench` sub-command ``name``."""
+    return _load(COMMANDS, "command", name)

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import torch
 
-from migbench.api import HookSet, Prediction
+from migbench.api import Hook, HookSet, Prediction, Stack
 from migbench.guidance import GuidanceTerm, StepInfo, combine
 
 SLOTS = ("schedule", "token_sampler", "scorer", "selector")
@@ -80,7 +80,6 @@ TokenSampler = Callable[[torch.Tensor, SampleState], tuple[torch.Tensor, torch.T
 Scorer = Callable[[torch.Tensor, torch.Tensor, SampleState], torch.Tensor]
 Selector = Callable[[torch.Tensor, torch.Tensor, SampleState], torch.Tensor]
 Processor = Callable[[torch.Tensor, SampleState], torch.Tensor]
-Hook = Callable[[torch.Tensor, Any], torch.Tensor]
 
 
 @dataclass
@@ -93,10 +92,12 @@ class _Claim:
 class SamplerBuilder:
     """Collects what methods install; :meth:`build` checks it and returns a :class:`Sampler`."""
 
-    def __init__(self, backbone: torch.nn.Module) -> None:
-        self.backbone = backbone
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.backbone = stack.backbone
         self._slots: dict[str, _Claim] = {}
         self._hooks: list[tuple[str, Hook, str, tuple[str, ...] | str]] = []
+        self._head: tuple[torch.nn.Module, str, tuple[str, ...] | str] | None = None
         self.guidance: dict[str, GuidanceTerm] = {}
         self._processors: list[tuple[str, Processor]] = []
         self.extra_parameters: dict[str, dict[str, int]] = {}
@@ -124,6 +125,22 @@ class SamplerBuilder:
         """Run ``hook`` at backbone ``site`` on the named branches (default: every branch)."""
         self._hooks.append((site, hook, owner, branches))
 
+    def replace_head(self, head: torch.nn.Module, owner: str,
+                     branches: tuple[str, ...] | str = ALL_BRANCHES) -> None:
+        """Apply ``head`` instead of the backbone's own on the named branches (KA-MIG's
+        fine-tuned copy); a second method replacing it is an error naming both."""
+        if self._head is not None:
+            raise SlotConflictError(f"the backbone head is replaced by both {self._head[1]!r} and {owner!r}")
+        self._head = (head, owner, branches)
+
+    def weights_name(self, owner: str, knob: str, value: str) -> str:
+        """``value`` of ``owner.knob`` as a weights name: ``"auto"`` here means the stack names no
+        weights of ``owner`` (:meth:`Recipe.bind` resolved every other), a one-line error."""
+        if value == "auto":
+            raise ValueError(f"{owner}.{knob}=auto: stack {self.stack.name} has no {owner} weights; "
+                             f"set {owner}.{knob}=NAME (a manifest name, `migbench info` lists them)")
+        return value
+
     def add_guidance(self, term: GuidanceTerm) -> None:
         if term.name in self.guidance or term.name == "main":
             raise ValueError(f"guidance term {term.name!r} installed twice")
@@ -141,6 +158,8 @@ class SamplerBuilder:
         for site, hook, owner, branches in self._hooks:
             if branches == ALL_BRANCHES or branch in branches:
                 hooks.add(site, hook, owner)
+        if self._head is not None and (self._head[2] == ALL_BRANCHES or branch in self._head[2]):
+            hooks.replace_head(self._head[0], self._head[1])
         return hooks
 
     def build(self) -> Sampler:

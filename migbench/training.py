@@ -149,9 +149,13 @@ class TrainLoop:
                 measure: Callable[[torch.nn.Module], dict[str, float]], *, command: str,
                 started: float, config: dict[str, Any], half: bool = True) -> torch.nn.Module:
         """:func:`migbench.weights.publish` of ``model`` after :meth:`run`: the reloaded copy is
-        measured on :attr:`device`, and ``config["precision"]`` records the precision used."""
+        measured on :attr:`device`, and ``config["precision"]`` records the precision used. A
+        run that :attr:`stops_early` publishes nothing: ``model`` comes back as it is, unmeasured
+        (so every trainer ends in this one call)."""
         if self.precision_used is None:
             raise RuntimeError(f"{self.name}: publish() comes after run()")
+        if self.stops_early:
+            return model
         device = self.device
         return weights.publish(name, model, lambda: fresh().to(device), measure, command=command,
                                started=started, config={**config, "precision": self.precision_used},

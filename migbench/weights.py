@@ -13,9 +13,10 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -117,6 +118,34 @@ def load_weights(name: str, folder: Path | None = None) -> tuple[dict[str, torch
         raise WeightsError(f"{path} has sha256 {actual}, but the manifest expects {entry['sha256']}: "
                            "the file was changed or corrupted; retrain it or restore it from git.")
     return load_file_unchecked(path), entry
+
+
+M = TypeVar("M", bound=torch.nn.Module)
+_MODULES: OrderedDict[tuple[str, str, Hashable], torch.nn.Module] = OrderedDict()
+CACHED_MODULES = 8  # loaded modules kept (critics, adapters, KA-MIG modules, the classifier)
+
+
+def load_into(name: str, build: Callable[[dict[str, Any]], M], folder: Path | None = None) -> M:
+    """The committed weights ``name`` (sha256-checked) loaded strictly into ``build(entry)``, the
+    module that ``name``'s manifest entry describes; in eval mode with gradients off."""
+    state, entry = load_weights(name, folder)
+    module = build(entry)
+    module.load_state_dict(state)
+    return module.eval().requires_grad_(False)
+
+
+def load_module(name: str, build: Callable[[dict[str, Any]], M], key: Hashable = None) -> M:
+    """:func:`load_into`, cached per (name, sha256, ``key``): ``key`` names whatever else ``build``
+    depends on (the backbone a KA-MIG module copies its head from). The one cached loader of
+    every trained part; the :data:`CACHED_MODULES` most recent stay loaded."""
+    cache_key = (name, manifest_entry(name)["sha256"], key)
+    if cache_key in _MODULES:
+        _MODULES.move_to_end(cache_key)
+    else:
+        _MODULES[cache_key] = load_into(name, build)
+        while len(_MODULES) > CACHED_MODULES:
+            _MODULES.popitem(last=False)
+    return _MODULES[cache_key]  # type: ignore[return-value]
 
 
 def publish(name: str, model: torch.nn.Module, fresh: Callable[[], torch.nn.Module],

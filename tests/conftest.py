@@ -24,8 +24,8 @@ def first_step_logits():
 @pytest.fixture
 def toy_trained_parts(monkeypatch):
     """Trained methods load random components that fit the toy backbone instead of committed ones."""
-    from migbench.backbones.stacks import toy
-    from migbench.backbones.transformer import TransformerConfig
+    from migbench.backbones.fmnist.transformer import TransformerConfig
+    from migbench.backbones.toy import toy
     from migbench.methods import self_guidance, token_critic
     from migbench.methods.self_guidance.adapter import TOASTAdapter
     from migbench.methods.token_critic.critic import TokenCritic
@@ -43,6 +43,7 @@ def toy_trained_parts(monkeypatch):
     backbone = toy().backbone
     module = KAMIGModule(backbone.width, backbone.depth, backbone.head, normalise(torch.rand(16, 16)),
                          normalise(torch.rand(16, 16)), torch.rand(10, 64, 16) > 0.5).eval()
+    torch.nn.Linear(32, 16)  # the head copy was once a fresh Linear whose init drew these: same parts as recorded
     with torch.no_grad():
         for layer in [*module.positive, *module.negative]:
             torch.nn.init.normal_(layer.weight, std=0.05)

@@ -4,11 +4,11 @@ from collections import Counter
 
 import pytest
 import torch
-from migbench.backbones.stacks import toy
-from migbench.backbones.transformer import MaskedTransformer, TransformerConfig
-from migbench.backbones.vq_tokenizer import VQConfig, VQTokenizer
+from migbench.backbones.fmnist.transformer import MaskedTransformer, TransformerConfig
+from migbench.backbones.fmnist.vq_tokenizer import VQConfig, VQTokenizer
+from migbench.backbones.toy import toy
 
-from migbench.api import NULL_LABEL, HookSet, Tokenizer, VocabLayout, hook_sites
+from migbench.api import BLANK_LABEL, NULL_LABEL, HookSet, Tokenizer, VocabLayout, hook_sites
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,8 @@ def test_vocabulary_layout() -> None:
     assert layout.class_ids(torch.tensor([0, 9, NULL_LABEL])).tolist() == [513, 522, 523]
     shared = TransformerConfig(null_is_mask=True).layout()
     assert shared.null_class_id == shared.mask_id
-    for bad in (10, NULL_LABEL - 1):  # checked without a host sync: a RuntimeError on the CPU
+    assert layout.class_ids(torch.tensor([BLANK_LABEL])).tolist() == [layout.mask_id]
+    for bad in (10, BLANK_LABEL - 1):  # checked without a host sync: a RuntimeError on the CPU
         with pytest.raises(RuntimeError, match="labels must lie in"):
             layout.class_ids(torch.tensor([0, bad]))
     with pytest.raises(ValueError):
@@ -75,7 +76,7 @@ def test_every_hook_site_called_once_per_forward(stack) -> None:
         hooks.add(site, lambda x, ctx, site=site: (calls.update([site]), x)[1])
     pred = backbone(torch.randint(0, 16, (2, 64)), torch.tensor([0, NULL_LABEL]), hooks)
     assert calls == Counter(hook_sites(backbone.depth))
-    assert pred.logits.shape == (2, 64, 16) and pred.hidden.shape == (2, 64, backbone.width)
+    assert pred.logits.shape == (2, 64, 16) and pred.last_block.shape == (2, 65, backbone.width)
 
 
 def test_hooks_change_the_output_and_see_context(stack) -> None:
@@ -112,11 +113,10 @@ def test_token_embeddings(stack) -> None:
 
 
 def test_validation_masks_of_a_prefix_do_not_depend_on_the_rows_after_it() -> None:
-    from migbench.backbones.train_backbone import VALIDATION_BATCH, BackboneRecipe, validation_masks
+    from migbench.masking import VALIDATION_BATCH, validation_masks
 
-    recipe = BackboneRecipe.named("maskgit")
-    full = torch.cat([m for _, m in validation_masks(2 * VALIDATION_BATCH, 8, recipe)])
-    part = list(validation_masks(VALIDATION_BATCH + 7, 8, recipe))
+    full = torch.cat([m for _, m in validation_masks(2 * VALIDATION_BATCH, 8, "cosine", 0.0)])
+    part = list(validation_masks(VALIDATION_BATCH + 7, 8, "cosine", 0.0))
     assert [rows for rows, _ in part] == [slice(0, VALIDATION_BATCH), slice(VALIDATION_BATCH, VALIDATION_BATCH + 7)]
     assert torch.equal(torch.cat([m for _, m in part]), full[:VALIDATION_BATCH + 7])
     assert full.shape == (2 * VALIDATION_BATCH, 8) and full.any() and not full.all()

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from migbench.backbones.stacks import toy
+from migbench.backbones.toy import toy
 from migbench.benchmarks.metrics import evaluate as ev
 from migbench.benchmarks.metrics.fmnist_classifier import (
     EXTRACTOR_NAME,
@@ -62,12 +62,12 @@ STEP_CASES = [
 def test_more_steps_than_tokens_is_refused_at_build_time(methods: str, key: str, value: int) -> None:
     recipe = resolve(methods, {key: value})
     with pytest.raises(ValueError, match=f"{key} = {value} must lie in \\[1, 64\\]"):
-        build_sampler(recipe, toy().backbone)
+        build_sampler(recipe, toy())
 
 
 def test_a_step_count_the_base_does_not_use_is_not_checked() -> None:
     with pytest.warns(UserWarning, match="no effect"):
-        build_sampler(resolve("halton", {"maskgit.steps": 65}), toy().backbone)
+        build_sampler(resolve("halton", {"maskgit.steps": 65}), toy())
 
 
 SUITE_CASES = [

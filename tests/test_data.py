@@ -6,9 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from migbench.backbones.fmnist import data
+from migbench.backbones.fmnist.data import DatasetMissingError, load_split
 
-from migbench import data
-from migbench.data import DatasetMissingError, balanced_labels, load_split
+from migbench.labels import balanced_labels
 
 
 def write_idx(folder: Path, split: str, n: int, value: int = 7) -> None:
@@ -87,9 +88,9 @@ def test_bad_split() -> None:
 
 
 def test_balanced_labels() -> None:
-    labels = balanced_labels(25)
+    labels = balanced_labels(25, 10)
     assert labels[:12].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
-    counts = np.bincount(balanced_labels(1000).numpy())
+    counts = np.bincount(balanced_labels(1000, 10).numpy())
     assert (counts == 100).all()
     with pytest.raises(ValueError):
-        balanced_labels(-1)
+        balanced_labels(-1, 10)

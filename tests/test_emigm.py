@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from migbench.backbones.stacks import toy
+from migbench.backbones.toy import toy
 from migbench.methods.emigm import (
     CFG_SCHEDULES,
     AncestralSchedule,

@@ -18,7 +18,7 @@ def test_order_covers_grid_and_starts_as_upstream() -> None:
 
 
 def test_rank_is_the_inverse_of_the_order() -> None:
-    rank = halton_rank(8, torch.device("cpu"))
+    rank = halton_rank((8, 8), torch.device("cpu"))
     assert rank.dtype == torch.int64 and rank.device.type == "cpu"
     assert [int(rank[p]) for p in halton_order(8, 8)] == list(range(64))
 
@@ -31,13 +31,13 @@ def test_reveal_counts() -> None:
 
 
 def test_revealed_tokens_kept_unless_resampling() -> None:
-    from migbench.backbones.stacks import toy
+    from migbench.backbones.toy import toy
 
     from migbench.recipe import build_sampler, resolve
 
     stack = toy()
     for resample in (False, True):
-        sampler = build_sampler(resolve("halton", {"halton.resample_revealed": resample}), stack.backbone)
+        sampler = build_sampler(resolve("halton", {"halton.resample_revealed": resample}), stack)
         canvases: list = []
 
         def recording(c, s, st, original=sampler.selector, canvases=canvases):

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from migbench.backbones.stacks import toy
+from migbench.backbones.toy import toy
 from migbench.methods.ka_mig.encoder import GCNConv, NegativePrior
 from migbench.methods.ka_mig.fusion import KAMIGModule, Switches
 from migbench.methods.ka_mig.graphs import (
@@ -17,7 +17,7 @@ from migbench.methods.ka_mig.graphs import (
     semantic_graph,
 )
 
-from migbench.api import NULL_LABEL, HookSet
+from migbench.api import NULL_LABEL
 
 
 def test_cooccurrence_counts_on_a_2x2_grid() -> None:
@@ -105,10 +105,7 @@ def run(stack, module, switches, ids, labels, precomputed=True):
         sites = module.folded_hooks(switches, module.constants(stack.backbone.token_embeddings()))
     else:
         sites = module.hooks(switches, lambda ctx: module.constants(ctx.backbone.token_embeddings()))
-    hooks = HookSet()
-    for site, hook in sites.items():
-        hooks.add(site, hook, "ka_mig")
-    return stack.backbone(ids, labels, hooks).logits
+    return stack.backbone(ids, labels, module.hook_set(sites)).logits
 
 
 def test_zero_initialised_fusion_reproduces_the_backbone_exactly() -> None:
@@ -284,9 +281,7 @@ def test_cuda_fold_is_deterministic_and_close_to_the_cpu_fold() -> None:
     labels = torch.tensor([3, NULL_LABEL, 7])
 
     def logits(device: str) -> torch.Tensor:
-        hooks = HookSet()
-        for site, hook in module.fold(Switches(), embeddings, torch.device(device)).items():
-            hooks.add(site, hook, "ka_mig")
+        hooks = module.hook_set(module.fold(Switches(), embeddings, torch.device(device)))
         backbone = stack.backbone.to(device)
         with torch.no_grad():
             return backbone(ids.to(device), labels.to(device), hooks).logits.cpu()
@@ -319,19 +314,19 @@ def test_one_graph_model_refuses_the_graphs_it_was_not_trained_with(monkeypatch)
     monkeypatch.setattr(weights, "manifest_entry", lambda name: entry)
     monkeypatch.setattr(ka_mig, "load_module", lambda *args: pytest.fail("loaded before the check"))
     with pytest.raises(ValueError, match="trained with semantic only; switch off cooccurrence, incompatibility"):
-        build_sampler(resolve("ka_mig", {}), toy().backbone)
+        build_sampler(resolve("ka_mig", {}), toy())
     with pytest.raises(ValueError, match=r"trained with semantic only; switch it on \(--set ka_mig.semantic=true\)"):
         build_sampler(resolve("ka_mig", {"ka_mig.cooccurrence": False, "ka_mig.semantic": False,
-                                         "ka_mig.incompatibility": False}), toy().backbone)
+                                         "ka_mig.incompatibility": False}), toy())
     entry["config"]["recipe"]["only"] = "head"
     with pytest.raises(ValueError, match="trained with no graphs .the head-only control.; switch off cooccurrence, "
                                          "semantic, incompatibility .--set ka_mig.cooccurrence=false --set "
                                          "ka_mig.semantic=false --set ka_mig.incompatibility=false."):
-        build_sampler(resolve("ka_mig", {}), toy().backbone)
+        build_sampler(resolve("ka_mig", {}), toy())
     stack = toy()
     monkeypatch.setattr(ka_mig, "load_module", lambda *args: make_module(stack))
     sampler = build_sampler(resolve("ka_mig", {"ka_mig.cooccurrence": False, "ka_mig.semantic": False,
-                                               "ka_mig.incompatibility": False}), stack.backbone)
+                                               "ka_mig.incompatibility": False}), stack)
     module = make_module(stack)
     assert sampler.extra_parameters["ka_mig"]["online"] == sum(p.numel() for p in module.head.parameters())
 
@@ -340,8 +335,8 @@ def test_with_every_graph_off_only_the_head_copy_runs() -> None:
     stack = toy()
     module = trained_like(stack)
     off = Switches(False, False, False)
-    assert set(module.hooks(off, lambda ctx: pytest.fail("graphs computed"))) == {"logits"}
-    assert set(module.folded_hooks(off, module.constants(stack.backbone.token_embeddings()))) == {"logits"}
+    assert module.hooks(off, lambda ctx: pytest.fail("graphs computed")) == {}
+    assert module.folded_hooks(off, module.constants(stack.backbone.token_embeddings())) == {}
     ids = torch.randint(0, 16, (2, 64))
     labels = torch.tensor([1, NULL_LABEL])
     with torch.no_grad():  # the head copy is still the backbone's head

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from migbench.backbones.stacks import toy
+from migbench.backbones.toy import toy
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from migbench.guidance import StepInfo
@@ -70,7 +70,9 @@ class FixedPlan:
 
 def sampler_on(device: str, recipe: str) -> Sampler:
     methods, overrides = RECIPES[recipe]
-    return build_sampler(resolve(methods, overrides), toy().backbone.to(device))
+    stack = toy()
+    stack.backbone.to(device)
+    return build_sampler(resolve(methods, overrides), stack)
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES))

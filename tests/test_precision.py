@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from migbench.backbones.stacks import toy
+from migbench.backbones.toy import toy
 from migbench.benchmarks.report import current_rows
 from migbench.benchmarks.results import read_rows, results_dir
 from migbench.benchmarks.suite import SuiteError, load_suite, parse_suite

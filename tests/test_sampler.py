@@ -5,7 +5,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from migbench.backbones.stacks import toy
+from migbench.backbones.toy import toy
 
 from migbench import registry
 from migbench.generate import generate, merge
@@ -36,17 +36,17 @@ def test_combine_is_equation_1() -> None:
 def test_cfg_conventions(stack) -> None:
     for overrides, expected in [({"maskgit.cfg_scale": 2.0}, 2.0),
                                 ({"maskgit.cfg_scale": 3.0, "maskgit.cfg_convention": "muse"}, 2.0)]:
-        builder = SamplerBuilder(stack.backbone)
+        builder = SamplerBuilder(stack)
         recipe = resolve("maskgit", overrides)
         registry.method("maskgit").install(builder, recipe.config("maskgit"))
-        info = build_sampler(recipe, stack.backbone).schedule.plan(64)[3]
+        info = build_sampler(recipe, stack).schedule.plan(64)[3]
         assert builder.guidance["cfg"].scale_at(info) == pytest.approx(expected)
 
 
 def test_cfg_logits_per_formula(stack, first_step_logits) -> None:
     """(1 + w) l_c - w l_u on the real branches of the toy backbone at step 0."""
     recipe = resolve("maskgit", {"maskgit.cfg_scale": 1.5, "maskgit.steps": 1})
-    sampler = build_sampler(recipe, stack.backbone)
+    sampler = build_sampler(recipe, stack)
     labels = torch.tensor([1, 2])
     seen = {"l": first_step_logits(sampler, labels)}
     ids = torch.full((2, 64), stack.backbone.layout.mask_id)
@@ -56,7 +56,7 @@ def test_cfg_logits_per_formula(stack, first_step_logits) -> None:
 
 
 def test_slot_conflict_names_both(stack) -> None:
-    builder = SamplerBuilder(stack.backbone)
+    builder = SamplerBuilder(stack)
     builder.claim("scorer", object(), "maskgit", weak=True)
     builder.claim("scorer", object(), "halton")
     with pytest.raises(SlotConflictError, match="'halton' and 'critic'"):
@@ -67,7 +67,7 @@ def test_slot_conflict_names_both(stack) -> None:
 
 def test_missing_slot_is_an_error(stack) -> None:
     with pytest.raises(ValueError, match="maskgit"):
-        SamplerBuilder(stack.backbone).build()
+        SamplerBuilder(stack).build()
 
 
 def test_guidance_term_needs_one_branch_kind() -> None:
@@ -100,7 +100,7 @@ def test_determinism_and_sharding(stack, methods) -> None:
 
 def test_samples_are_all_decoded_and_balanced(stack) -> None:
     recipe = resolve("maskgit")
-    sampler = build_sampler(recipe, stack.backbone)
+    sampler = build_sampler(recipe, stack)
     ids = sampler(torch.arange(10) % 10, torch.Generator().manual_seed(0))
     assert (ids != stack.backbone.layout.mask_id).all() and ids.max() < 16
     assert sorted(sample(stack, "maskgit", n=20).labels.tolist()) == sorted(list(range(10)) * 2)
@@ -158,4 +158,4 @@ def test_recipe_errors_suggest() -> None:
 
 def test_overriding_a_taken_slot_warns(stack) -> None:
     with pytest.warns(UserWarning, match=r"maskgit.steps has no effect: the schedule slot belongs to 'halton'"):
-        build_sampler(resolve("halton", {"maskgit.steps": 4}), stack.backbone)
+        build_sampler(resolve("halton", {"maskgit.steps": 4}), stack)

@@ -21,10 +21,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from migbench.backbones.stacks import Stack, fmnist, fmnist_emigm, toy
+from migbench.backbones.fmnist import fmnist, fmnist_emigm
+from migbench.backbones.toy import toy
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from migbench.api import Stack
 from migbench.precision import autocast
 from migbench.recipe import build_sampler, resolve
 from migbench.rng import batch_generator
@@ -85,7 +87,7 @@ def sample_ids(case: str) -> torch.Tensor:
     """Ids (8, N) of ``case``: two batches of 4, batch j seeded by ``batch_generator(0, j)``."""
     stack_name, methods, overrides, precision = CASES[case]
     stack = load_stack(stack_name)
-    sampler = build_sampler(resolve(methods, overrides), stack.backbone)
+    sampler = build_sampler(resolve(methods, overrides), stack)
     out = []
     for j in range(len(LABELS) // BATCH):
         with autocast(precision, "cpu"):

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from migbench.backbones.stacks import toy
+from migbench.backbones.toy import toy
 from migbench.methods import self_guidance
 from migbench.methods.self_guidance.adapter import AuxiliaryPass, TOASTAdapter, auxiliary_logits
 from migbench.methods.self_guidance.train import correction_loss, corrupted_batch, substitution_mask
@@ -36,7 +36,7 @@ def test_adapter_at_initialisation(adapter) -> None:
 
 def test_guided_logits_are_two_l_minus_aux_at_s_one(adapter, first_step_logits) -> None:
     stack = toy()
-    sampler = build_sampler(resolve("self_guidance", {"maskgit.steps": 1}), stack.backbone)
+    sampler = build_sampler(resolve("self_guidance", {"maskgit.steps": 1}), stack)
     labels = torch.tensor([1, 2])
     seen = {"l": first_step_logits(sampler, labels)}
     ids = torch.full((2, 64), stack.backbone.layout.mask_id)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from migbench.backbones.stacks import toy
+from migbench.backbones.toy import toy
 from migbench.methods import token_critic
 from migbench.methods.token_critic import remask_anywhere
 from migbench.methods.token_critic.critic import TokenCritic, auroc, breakdown
@@ -67,7 +67,7 @@ def test_remasking_can_revoke_an_accepted_token() -> None:
 
 @pytest.fixture
 def toy_critic(monkeypatch):
-    from migbench.backbones.transformer import TransformerConfig
+    from migbench.backbones.fmnist.transformer import TransformerConfig
 
     torch.manual_seed(0)
     critic = TokenCritic(TransformerConfig(codebook_size=16, width=32, depth=2, heads=2)).eval()
@@ -96,7 +96,7 @@ def test_constant_critic_remasks_at_random_anywhere(monkeypatch) -> None:
     recipe = resolve("token_critic", {"maskgit.steps": 8})
     from migbench.recipe import build_sampler
 
-    sampler = build_sampler(recipe, stack.backbone)
+    sampler = build_sampler(recipe, stack)
     seen = []
     original = sampler.selector
     sampler.selector = lambda c, s, st: (seen.append((st.masked.clone(), original(c, s, st))), seen[-1][1])[1]

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from migbench.backbones import train_backbone as tb
-from migbench.backbones import train_tokenizer as tt
-from migbench.backbones.stacks import toy
-from migbench.backbones.transformer import TransformerConfig
-from migbench.backbones.vq_tokenizer import VQConfig
+from migbench.backbones.fmnist import train_backbone as tb
+from migbench.backbones.fmnist import train_tokenizer as tt
+from migbench.backbones.fmnist.transformer import TransformerConfig
+from migbench.backbones.fmnist.vq_tokenizer import VQConfig
+from migbench.backbones.toy import toy
 from migbench.benchmarks import train_classifier as tc
 from migbench.benchmarks.metrics.loading import CLASSIFIER
 from migbench.methods.ka_mig import train as km

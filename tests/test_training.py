@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
-from migbench.backbones.train_backbone import masked_loss, sample_mask
-from migbench.backbones.transformer import MaskedTransformer, TransformerConfig
+from migbench.backbones.fmnist.transformer import MaskedTransformer, TransformerConfig
 
 from migbench import weights
+from migbench.masking import masked_loss, sample_mask
 from migbench.training import TrainLoop, batch_indices, warmup_cosine
 
 TINY = TransformerConfig(codebook_size=16, width=32, depth=2, heads=2)
@@ -100,7 +100,7 @@ def test_loss_weights_scale_per_sample() -> None:
 
 
 def test_emigm_recipe_and_bad_recipes() -> None:
-    from migbench.backbones.train_backbone import BackboneRecipe
+    from migbench.backbones.fmnist.train_backbone import BackboneRecipe
 
     emigm = BackboneRecipe.named("emigm")
     assert (emigm.mask_schedule, emigm.t_min, emigm.null_is_mask, emigm.loss_weight) == ("exp", 0.2, True, "unit")
@@ -111,8 +111,8 @@ def test_emigm_recipe_and_bad_recipes() -> None:
 
 
 def test_train_tokenizer_publishes_a_checked_entry(tmp_path, monkeypatch) -> None:
-    from migbench.backbones.train_tokenizer import TokenizerRecipe, train_tokenizer
-    from migbench.backbones.vq_tokenizer import VQConfig
+    from migbench.backbones.fmnist.train_tokenizer import TokenizerRecipe, train_tokenizer
+    from migbench.backbones.fmnist.vq_tokenizer import VQConfig
 
     monkeypatch.setenv("MIGBENCH_WEIGHTS", str(tmp_path / "w"))
     config = VQConfig(codebook_size=16, code_dim=4, channels=(8, 8, 8))

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch_fidelity
+from migbench.backbones.fmnist.data import CLASS_NAMES, load_split
 from migbench.benchmarks.metrics.diversity import density_coverage, per_class_scores
 from migbench.benchmarks.metrics.fmnist_classifier import (
     EXTRACTOR_NAME,
@@ -64,7 +65,6 @@ from torch_fidelity.utils import create_feature_extractor
 
 from migbench import weights
 from migbench.config import stable_hash
-from migbench.data import CLASS_NAMES, load_split
 from migbench.paths import cache_dir
 
 PRC_REFERENCE_SIZE = 10_000  # precision/recall use at most this many reference images (ADM: 10k)
@@ -151,6 +151,15 @@ class Extractor:
         ident = (weights.sha256_file(Path(weights_path)) if weights_path
                  else f"torch-fidelity-{torch_fidelity.__version__}-default-inception")
         return Extractor("inception-v3-compat", "2048", "logits_unbiased", ident, weights_path)
+
+    @staticmethod
+    def named(name: str, weights_path: str | None = None) -> Extractor:
+        """The extractor a suite or a stack's data names: ``fmnist-classifier`` or ``inception-v3-compat``."""
+        if name == EXTRACTOR_NAME:
+            return Extractor.fmnist()
+        if name == "inception-v3-compat":
+            return Extractor.inception(weights_path)
+        raise EvaluationError(f"unknown feature extractor {name!r}: use {EXTRACTOR_NAME} or inception-v3-compat")
 
     def describe(self) -> dict[str, str]:
         return {"extractor": self.name, "feature_layer": self.feature_layer,

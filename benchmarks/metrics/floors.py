@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from migbench.backbones.fmnist import TOKENIZER, load_tokenizer
+from migbench.backbones.fmnist.data import NUM_CLASSES
+from migbench.backbones.fmnist.loading import TOKENIZER, load_tokenizer
 from migbench.benchmarks.metrics.evaluate import Extractor, evaluate, fmnist_images, reference
 
 from migbench import weights
 from migbench.config import stable_hash
-from migbench.data import NUM_CLASSES
 from migbench.images import quantize
 from migbench.paths import cache_dir
 

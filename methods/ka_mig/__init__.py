@@ -23,8 +23,8 @@ graphs off alone is not the baseline; zero-initialised fusion is, and is tested)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 from migbench.methods.ka_mig.fusion import GRAPH_SWITCHES, KAMIGModule, Switches
@@ -34,6 +34,9 @@ from migbench import weights
 from migbench.api import HookContext
 from migbench.config import check_choices, knob
 from migbench.sampler import SamplerBuilder
+
+if TYPE_CHECKING:
+    from migbench.methods.ka_mig.diagnostics import Diagnosis
 
 
 @dataclass(frozen=True)
@@ -62,17 +65,13 @@ def graphs_from_state(state: dict[str, torch.Tensor]) -> tuple[Graph, Graph, tor
             state["incompatible"].bool())
 
 
-@lru_cache(maxsize=2)
-def _load(name: str, graphs: str, sha256: str, backbone: torch.nn.Module) -> KAMIGModule:
-    co, sem, incompatible = graphs_from_state(weights.load_weights(graphs)[0])
-    module = KAMIGModule(backbone.width, backbone.depth, backbone.head, co, sem, incompatible)
-    module.load_state_dict(weights.load_weights(name)[0])
-    return module.eval().requires_grad_(False)
-
-
 def load_module(name: str, graphs: str, backbone: torch.nn.Module) -> KAMIGModule:
-    """The committed KA-MIG module for ``backbone`` (sha256-checked, cached)."""
-    return _load(name, graphs, weights.manifest_entry(name)["sha256"], backbone)
+    """The committed KA-MIG module ``name`` with the graphs ``graphs`` for ``backbone`` (whose head
+    it copies), sha256-checked and cached per weights, graphs and backbone."""
+    def build(entry: dict[str, Any]) -> KAMIGModule:
+        co, sem, incompatible = graphs_from_state(weights.load_weights(graphs)[0])
+        return KAMIGModule(backbone.width, backbone.depth, backbone.head, co, sem, incompatible)
+    return weights.load_module(name, build, key=(graphs, weights.manifest_entry(graphs)["sha256"], id(backbone)))
 
 
 class KAMIG:
@@ -86,6 +85,13 @@ class KAMIG:
     @staticmethod
     def neutral_config() -> KAMIGConfig:
         return KAMIGConfig(enabled=False)
+
+    @staticmethod
+    def requires(config: KAMIGConfig) -> tuple[str, ...]:
+        """G_co's 8-neighbourhood needs a 2-D token grid; G_s and G_p need only positions. The
+        paper reports TiTok rows but published no graph code for 1-D tokens, so 1-D stacks take
+        KA-MIG with ``cooccurrence = false`` only."""
+        return ("grid2d",) if config.enabled and config.cooccurrence else ()
 
     @staticmethod
     def install(builder: SamplerBuilder, config: KAMIGConfig) -> None:
@@ -122,6 +128,15 @@ class KAMIG:
         builder.add_parameters(KAMIG.name, online=online, precomputed=precomputed)
         for site, hook in hooks.items():
             builder.add_hook(site, hook, KAMIG.name)
+        builder.replace_head(module.head, KAMIG.name)
+
+    @staticmethod
+    def diagnose(maps: int = 10_000) -> Diagnosis:
+        """`migbench diagnose ka_mig`: what the incompatibility prior could give on the first
+        ``maps`` held-out token maps, and what each trained model takes (:mod:`.diagnostics`)."""
+        from migbench.methods.ka_mig.diagnostics import diagnose
+
+        return diagnose(maps=maps)
 
     @staticmethod
     def fit(run_dir: Path, command: str, steps: int | None = None, graphs_only: bool = False,

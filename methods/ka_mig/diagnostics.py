@@ -2,7 +2,7 @@
 trained KA-MIG model takes.
 
 On held-out token maps, with the MaskGIT recipe's fixed validation masks
-(:func:`~migbench.backbones.train_backbone.validation_masks`, cosine ratios), for the frozen
+(:func:`~migbench.masking.validation_masks`, cosine ratios), for the frozen
 backbone and every trained KA-MIG model in the manifest:
 
 - the loss per masked token (nats, no smoothing). The manifest's ``val_masked_loss`` differs in
@@ -26,12 +26,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from migbench.backbones.fmnist import TOKENIZER, load_transformer, token_maps
-from migbench.backbones.train_backbone import VALIDATION_SEED, BackboneRecipe, validation_masks
+from migbench.backbones.fmnist.loading import TOKENIZER, load_transformer, token_maps
 from migbench.methods.ka_mig.train import KAMIGRecipe
 
 from migbench import weights
 from migbench.api import HookSet
+from migbench.masking import VALIDATION_SEED, validation_masks
 from migbench.precision import autocast, resolve
 
 BIASES = (0.5, 1.0, 1.5, 2.0, 3.0, 5.0)
@@ -128,11 +128,8 @@ def diagnose(maps: int = 10_000, device: torch.device | str | None = None,
     embeddings = backbone.token_embeddings().float()
     for name, recipe in models:
         module = load_module(name, graphs_name, backbone).cpu()  # folded on the CPU, as install does
-        hooks = HookSet()
-        folded = module.folded_hooks(recipe.switches(), module.constants(embeddings), device)
+        hooks = module.hook_set(module.folded_hooks(recipe.switches(), module.constants(embeddings), device))
         module.to(device)  # the head copy (and an unfolded prior's projections) run per pass
-        for site, hook in folded.items():
-            hooks.add(site, hook, "ka_mig")
         hook_sets.append((name, GRAPH_LABELS[recipe.only], hooks))
     backbone.to(device)
 
@@ -140,7 +137,7 @@ def diagnose(maps: int = 10_000, device: torch.device | str | None = None,
     mass = [0.0] * len(hook_sets)
     biased = [dict.fromkeys(BIASES, 0.0) for _ in hook_sets]
     ruled_out_targets = count = 0
-    for rows, mask in validation_masks(len(ids), ids.shape[1], BackboneRecipe.named("maskgit")):
+    for rows, mask in validation_masks(len(ids), ids.shape[1], "cosine", 0.0):
         x, y = ids[rows], labels[rows]
         ruled_out = ruled_out_table[y][mask]  # (M, K) at the masked positions
         targets = x[mask]

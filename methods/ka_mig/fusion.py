@@ -19,6 +19,7 @@ recomputes them and projects in every forward (:meth:`KAMIGModule.hooks`; same l
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -28,13 +29,11 @@ from migbench.methods.ka_mig.encoder import Edges, GCNConv, GraphEncoder, Negati
 from migbench.methods.ka_mig.graphs import Graph
 from torch import nn
 
-from migbench.api import NULL_LABEL, HookContext
-from migbench.precision import run_head
+from migbench.api import NULL_LABEL, Hook, HookContext, HookSet
 
 Constants = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 Terms = tuple[torch.Tensor | None, torch.Tensor | None]  # (visible term, prior term), (B, N, d) each
 PRIOR_FOLD_LIMIT = 2**26  # numbers (256 MB in fp32) the per-block prior tables may take
-Hook = Callable[[torch.Tensor, HookContext], torch.Tensor]
 EDGE_PARTS = ("source", "target", "norm")  # the buffers of a graph's normalised edges
 
 
@@ -69,17 +68,16 @@ def zero_linear(width: int) -> nn.Linear:
 class KAMIGModule(nn.Module):
     """GCN encoders, negative prior, zero-initialised per-block projections and the head copy."""
 
-    def __init__(self, width: int, depth: int, head: nn.Linear, co_graph: Graph, s_graph: Graph,
+    def __init__(self, width: int, depth: int, head: nn.Module, co_graph: Graph, s_graph: Graph,
                  incompatible: torch.Tensor) -> None:
         super().__init__()
-        num_tokens = head.out_features
+        num_tokens = incompatible.shape[-1]  # K: the graphs' nodes are the image codes
         self.co_encoder = GraphEncoder(width)
         self.s_encoder = GraphEncoder(width)
         self.prior = NegativePrior(width)
         self.positive = nn.ModuleList(zero_linear(width) for _ in range(depth))
         self.negative = nn.ModuleList(zero_linear(width) for _ in range(depth))
-        self.head = nn.Linear(width, num_tokens)
-        self.head.load_state_dict(head.state_dict())
+        self.head = copy.deepcopy(head).requires_grad_(True)  # the whole head, as upstream copies mlm_layer
         for graph, edges in (("co", co_graph), ("s", s_graph)):  # buffers: they move with the module
             for part, tensor in zip(EDGE_PARTS, GCNConv.normalised_edges(edges, num_tokens), strict=True):
                 self.register_buffer(f"{graph}_{part}", tensor, persistent=False)
@@ -124,7 +122,7 @@ class KAMIGModule(nn.Module):
         """Whether the folded path keeps one prior table per block: only while depth x (C + 1) x N x d
         stays within ``PRIOR_FOLD_LIMIT`` (1.1M numbers here; 4.9B at ImageNet scale, where the
         prior stays one (C, N, d) constant projected in every pass, the paper's strategy)."""
-        size = len(self.negative) * (num_classes + 1) * num_positions * self.head.in_features
+        size = len(self.negative) * (num_classes + 1) * num_positions * self.positive[0].in_features
         return size <= PRIOR_FOLD_LIMIT
 
     def precomputed_sizes(self, switches: Switches, num_classes: int, num_positions: int) -> tuple[int, int]:
@@ -132,7 +130,7 @@ class KAMIGModule(nn.Module):
         only what the graphs switched on use: the head always runs; the visible tables are
         depth x K x d; the prior is depth x (C + 1) x N x d folded, or C x N x d with its
         projections online (:meth:`folds_prior`)."""
-        width, depth, k = self.head.in_features, len(self.positive), self.head.out_features
+        width, depth, k = self.positive[0].in_features, len(self.positive), self.incompatible.shape[-1]
         online = sum(p.numel() for p in self.head.parameters())
         constants = depth * k * width if switches.positive_on() else 0
         if switches.incompatibility:
@@ -191,11 +189,19 @@ class KAMIGModule(nn.Module):
         return self._hooks(switches, terms)
 
     def _hooks(self, switches: Switches, terms: Callable[[int, HookContext], Terms]) -> dict[str, Hook]:
-        """The fusion hook before every block (none when every graph is off) and the head copy."""
-        out: dict[str, Hook] = {}
-        if switches.any_graph():
-            out = {f"block_in.{i}": self._fusion(i, switches, terms) for i in range(len(self.positive))}
-        out["logits"] = lambda logits, ctx: run_head(self.head, ctx.extras["hidden"])
+        """The fusion hook before every block (none when every graph is off); the head copy is
+        installed apart, as the backbone's head replacement (:meth:`hook_set`)."""
+        if not switches.any_graph():
+            return {}
+        return {f"block_in.{i}": self._fusion(i, switches, terms) for i in range(len(self.positive))}
+
+    def hook_set(self, hooks: dict[str, Hook]) -> HookSet:
+        """``hooks`` (from :meth:`hooks` or :meth:`folded_hooks`) with the head copy replacing
+        the backbone's head: what one KA-MIG forward pass runs."""
+        out = HookSet()
+        for site, hook in hooks.items():
+            out.add(site, hook, "ka_mig")
+        out.replace_head(self.head, "ka_mig")
         return out
 
     @staticmethod

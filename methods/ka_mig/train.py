@@ -28,13 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from migbench.backbones.fmnist import TOKENIZER, load_transformer, token_maps
-from migbench.backbones.train_backbone import (
-    BackboneRecipe,
-    masked_loss,
-    sample_mask,
-    validation_metrics,
-)
+from migbench.backbones.fmnist.loading import TOKENIZER, load_transformer, token_maps
 from migbench.methods.ka_mig.fusion import GRAPH_SWITCHES, KAMIGModule, Switches
 from migbench.methods.ka_mig.graphs import (
     content_hash,
@@ -45,6 +39,7 @@ from migbench.methods.ka_mig.graphs import (
 
 from migbench import weights
 from migbench.api import NULL_LABEL, HookSet, Prediction
+from migbench.masking import masked_loss, sample_mask, validation_metrics
 from migbench.training import TrainLoop, batch_indices
 
 ONLY_CHOICES = (*GRAPH_SWITCHES, "head")  # `--only`: one graph, or the head-only control
@@ -129,12 +124,9 @@ def train_ka_mig(run_dir: Path, recipe: KAMIGRecipe = KAMIGRecipe(), data_dir: s
     optimizer = torch.optim.AdamW(module.parameters(), lr=recipe.lr, betas=(0.99, 0.99), weight_decay=0.0)
 
     def hooked(net: KAMIGModule) -> _Hooked:
-        hooks = HookSet()
         switches = recipe.switches()
         constants = net.constants(backbone.token_embeddings()) if switches.any_graph() else None
-        for site, hook in net.hooks(switches, lambda ctx: constants).items():
-            hooks.add(site, hook, "ka_mig")
-        return _Hooked(backbone, hooks)
+        return _Hooked(backbone, net.hook_set(net.hooks(switches, lambda ctx: constants)))
 
     def step_fn(net: torch.nn.Module, step: int, gen: torch.Generator, device: torch.device
                 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -152,7 +144,7 @@ def train_ka_mig(run_dir: Path, recipe: KAMIGRecipe = KAMIGRecipe(), data_dir: s
     def measure(net: KAMIGModule) -> dict[str, float]:
         # the backbone's own held-out metric (same fixed masks), so the two are comparable
         return validation_metrics(hooked(net), *token_maps("test", TOKENIZER, data_dir, loop.device),
-                                  BackboneRecipe.named("maskgit"), loop.precision_used)
+                                  "cosine", 0.0, loop.precision_used)
 
     return loop.publish(recipe.name, module, fresh, measure, command=command, started=started,
                         config={"model": {"kind": "ka_mig"}, "recipe": asdict(recipe),

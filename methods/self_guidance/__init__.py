@@ -21,8 +21,8 @@ maskgit.choice_temperature=25 maskgit.choice_anneal=compound``; Google's linear 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
 from migbench.methods.self_guidance.adapter import AuxiliaryPass, TOASTAdapter, auxiliary_logits
@@ -46,18 +46,14 @@ class SelfGuidanceConfig:
         check_choices(self)
 
 
-@lru_cache(maxsize=2)
-def _load(name: str, sha256: str) -> TOASTAdapter:
-    state, entry = weights.load_weights(name)
+def _adapter(entry: dict[str, Any]) -> TOASTAdapter:
     model = entry["config"]["model"]
-    adapter = TOASTAdapter(model["num_classes"], model["width"], model["depth"], model["factor"])
-    adapter.load_state_dict(state)
-    return adapter.eval().requires_grad_(False)
+    return TOASTAdapter(model["num_classes"], model["width"], model["depth"], model["factor"])
 
 
 def load_adapter(name: str) -> TOASTAdapter:
     """The committed adapter ``name`` (sha256-checked, cached per hash)."""
-    return _load(name, weights.manifest_entry(name)["sha256"])
+    return weights.load_module(name, _adapter)
 
 
 class SelfGuidance:

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from migbench.backbones.fmnist import TOKENIZER, load_transformer, token_maps
-from migbench.backbones.train_backbone import sample_mask
-from migbench.backbones.transformer import MaskedTransformer
+from migbench.backbones.fmnist.loading import TOKENIZER, load_transformer, token_maps
+from migbench.backbones.fmnist.transformer import MaskedTransformer
 from migbench.methods.self_guidance.adapter import AuxiliaryPass, TOASTAdapter, auxiliary_logits
 
 from migbench import weights
 from migbench.api import HookSet
+from migbench.masking import sample_mask
 from migbench.precision import autocast
 from migbench.slots import gumbel_max
 from migbench.training import TrainLoop, batch_indices, warmup_cosine

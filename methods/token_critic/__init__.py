@@ -20,11 +20,11 @@ Takes the ``scorer`` and ``selector`` slots. Neutral setting: ``enabled = false`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import torch
-from migbench.backbones.transformer import TransformerConfig
+from migbench.backbones.fmnist.transformer import TransformerConfig
 from migbench.methods.token_critic.critic import TokenCritic
 
 from migbench import weights
@@ -47,18 +47,13 @@ class TokenCriticConfig:
             raise ValueError(f"token_critic.noise_scale must be >= 0, got {self.noise_scale}")
 
 
-@lru_cache(maxsize=2)
-def _load(name: str, sha256: str) -> TokenCritic:
-    state, entry = weights.load_weights(name)
-    fields = {k: v for k, v in entry["config"]["model"].items() if k != "kind"}
-    critic = TokenCritic(TransformerConfig(**fields))
-    critic.load_state_dict(state)
-    return critic.eval().requires_grad_(False)
+def _critic(entry: dict[str, Any]) -> TokenCritic:
+    return TokenCritic(TransformerConfig(**{k: v for k, v in entry["config"]["model"].items() if k != "kind"}))
 
 
 def load_critic(name: str) -> TokenCritic:
     """The committed critic ``name`` (sha256-checked, cached per hash)."""
-    return _load(name, weights.manifest_entry(name)["sha256"])
+    return weights.load_module(name, _critic)
 
 
 def remask_anywhere(candidates: torch.Tensor, scores: torch.Tensor, state: SampleState) -> torch.Tensor:

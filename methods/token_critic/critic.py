@@ -1,6 +1,6 @@
 """The Token-Critic network: a class-conditional transformer with one logit per token.
 
-Same family as the backbone (:class:`migbench.backbones.transformer.MaskedTransformer`) with the
+Same family as the backbone (:class:`migbench.backbones.fmnist.transformer.MaskedTransformer`) with the
 K-way head replaced by a 1-way head: ``critic(ids (B, N), labels (B,)) -> (B, N)`` logits of
 "this token was sampled by the generator" (Lezama et al., ECCV 2022). Input ids are a complete
 canvas (no mask tokens at sampling time).
@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 import torch
-from migbench.backbones.transformer import MaskedTransformer, TransformerConfig
+from migbench.backbones.fmnist.transformer import MaskedTransformer, TransformerConfig
 from torch import nn
 
 from migbench.api import HookSet

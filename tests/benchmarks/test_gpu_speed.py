@@ -26,8 +26,9 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from migbench.backbones.transformer import MaskedTransformer, TransformerConfig
+from migbench.backbones.fmnist.transformer import MaskedTransformer, TransformerConfig
 
+from migbench.api import DatasetSpec, Stack
 from migbench.precision import autocast
 from migbench.recipe import build_sampler, resolve
 from migbench.rng import batch_generator
@@ -79,6 +80,23 @@ def peak() -> float:
     return bf16_matmul_peak()
 
 
+class GridShape:
+    """A tokenizer standing in for a 16 x 16-token, 256 px one (the benchmark never decodes)."""
+
+    codebook_size, token_shape, image_shape = IMAGENET.codebook_size, (16, 16), (3, 256, 256)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+def stack_of(backbone: MaskedTransformer) -> Stack:
+    data = DatasetSpec("imagenet-size", tuple(map(str, range(IMAGENET.num_classes))), "none", "inception-v3-compat")
+    return Stack("imagenet-size", GridShape(), backbone, data)
+
+
 def bare_passes(backbone: torch.nn.Module, labels: torch.Tensor, branches: int) -> Callable[[], None]:
     """The sampler's backbone calls alone: STEPS forwards of branches x BATCH images."""
     ids = torch.full((branches * BATCH, IMAGENET.num_tokens), backbone.layout.mask_id, device=DEVICE)
@@ -96,7 +114,7 @@ def bare_passes(backbone: torch.nn.Module, labels: torch.Tensor, branches: int) 
 @pytest.mark.parametrize("cfg", [False, True], ids=["no-cfg", "cfg"])
 def test_gpu_sampling_speed(benchmark, backbone, peak, cfg: bool, compiled: bool) -> None:
     overrides = {"maskgit.steps": STEPS, "maskgit.cfg_scale": CFG_SCALE if cfg else 0.0}
-    sampler = build_sampler(resolve("maskgit", overrides), backbone)
+    sampler = build_sampler(resolve("maskgit", overrides), stack_of(backbone))
     bare_model = torch.compile(backbone, dynamic=False) if compiled else backbone
     if compiled:
         sampler.compile_backbone()

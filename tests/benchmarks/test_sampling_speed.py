@@ -11,7 +11,7 @@ import time
 
 import pytest
 import torch
-from migbench.backbones.stacks import fmnist
+from migbench.backbones.fmnist import fmnist
 
 from migbench.precision import autocast
 from migbench.precision import resolve as resolve_precision
@@ -51,7 +51,7 @@ def backbone_only(stack, labels) -> float:
 @pytest.mark.parametrize("recipe", list(RECIPES))
 def test_sampling_speed(benchmark, stack, recipe) -> None:
     methods, overrides = RECIPES[recipe]
-    sampler = build_sampler(resolve(methods, {"maskgit.steps": STEPS, **overrides}), stack.backbone)
+    sampler = build_sampler(resolve(methods, {"maskgit.steps": STEPS, **overrides}), stack)
     labels = torch.arange(BATCH) % 10
 
     def run():

@@ -1,4 +1,4 @@
-"""Fashion-MNIST: locating, reading and shaping the data set, and class-balanced label lists.
+"""Fashion-MNIST: locating, reading and shaping the data set.
 
 Images come out as float tensors of shape (B, 1, 32, 32) in [0, 1]: the 28x28 originals are
 zero-padded by 2 pixels on every side (the background of Fashion-MNIST is 0).
@@ -155,13 +155,3 @@ def load_split(split: str, data_dir: str | os.PathLike[str] | None = None,
             if loaded is not None:
                 return FashionMNIST(split, loaded[0], loaded[1], f"torchvision:{folder}")
     raise _how_to_get("no copy was found.")
-
-
-def balanced_labels(n: int, num_classes: int = NUM_CLASSES) -> torch.Tensor:
-    """Class labels (n,) int64 cycling 0, 1, ..., C-1, 0, 1, ...: exactly balanced when C | n.
-
-    Cycling (rather than blocks of one class) keeps every fixed-size sampling batch balanced too.
-    """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    return torch.arange(n, dtype=torch.long) % num_classes

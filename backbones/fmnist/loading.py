@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 
 import torch
-from migbench.backbones.transformer import MaskedTransformer, TransformerConfig
-from migbench.backbones.vq_tokenizer import VQConfig, VQTokenizer
+from migbench.backbones.fmnist.data import load_split
+from migbench.backbones.fmnist.transformer import MaskedTransformer, TransformerConfig
+from migbench.backbones.fmnist.vq_tokenizer import VQConfig, VQTokenizer
 
 from migbench import weights
-from migbench.data import load_split
 from migbench.paths import cache_dir
 
 TOKENIZER = "fmnist_vq"
@@ -30,18 +30,13 @@ def _config_from_entry(entry: dict, cls: type) -> object:
 
 def load_tokenizer(name: str = TOKENIZER, folder: Path | None = None) -> VQTokenizer:
     """The committed tokenizer ``name`` (sha256-checked), in eval mode with gradients off."""
-    state, entry = weights.load_weights(name, folder)
-    tokenizer = VQTokenizer(_config_from_entry(entry, VQConfig))
-    tokenizer.load_state_dict(state)
-    return tokenizer.eval().requires_grad_(False)
+    return weights.load_into(name, lambda entry: VQTokenizer(_config_from_entry(entry, VQConfig)), folder)
 
 
 def load_transformer(name: str, folder: Path | None = None) -> MaskedTransformer:
     """A committed backbone ``name`` (sha256-checked), in eval mode with gradients off."""
-    state, entry = weights.load_weights(name, folder)
-    model = MaskedTransformer(_config_from_entry(entry, TransformerConfig))
-    model.load_state_dict(state)
-    return model.eval().requires_grad_(False)
+    return weights.load_into(name, lambda entry: MaskedTransformer(_config_from_entry(entry, TransformerConfig)),
+                             folder)
 
 
 @torch.no_grad()

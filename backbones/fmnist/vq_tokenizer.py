@@ -131,6 +131,16 @@ class VQTokenizer(nn.Module):
         side = self.config.image_size // 4
         return (side, side)
 
+    @property
+    def token_shape(self) -> tuple[int, ...]:
+        """The 2-D grid (h, w) of ids, row-major."""
+        return self.grid
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """Decoded images (C, H, W): grey, ``image_size`` square."""
+        return (1, self.config.image_size, self.config.image_size)
+
     def describe(self) -> dict[str, object]:
         return {"kind": "vq_tokenizer", **asdict(self.config)}
 

@@ -9,7 +9,9 @@ Hook sites, each called exactly once per forward (see :func:`migbench.api.hook_s
 ``embed`` (B, L, d) after token+position embeddings; ``block_in.{i}`` (B, L, d) the input of
 block i; ``attn_value.{i}`` (B, L, d) the value projection of block i's attention, before the
 heads split (self-guidance adds its top-down signal here); ``block_out.{i}`` (B, L, d);
-``final_hidden`` (B, L, d) after the final norm; ``logits`` (B, N, K).
+``final_hidden`` (B, L, d) after the final norm; ``logits`` (B, N, K) from ``hooks.head(self.head)``
+(the backbone's linear head unless a method replaced it). BLANK_LABEL puts the [MASK] embedding in
+the class slot.
 """
 
 from __future__ import annotations
@@ -59,11 +61,6 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(),
                                  nn.Linear(mlp_ratio * width, width))
 
-    def value(self, x: torch.Tensor) -> torch.Tensor:
-        """The value projection W_v x (B, L, d) of already-normalised inputs x (B, L, d)."""
-        d = x.shape[-1]
-        return F.linear(x, self.qkv.weight[2 * d:], self.qkv.bias[2 * d:])
-
     def forward(self, x: torch.Tensor, hooks: HookSet, ctx: HookContext, index: int) -> torch.Tensor:
         b, length, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
@@ -75,7 +72,7 @@ class Block(nn.Module):
 
 
 class MaskedTransformer(nn.Module):
-    """The token predictor. ``forward(ids (B,N), labels (B,)) -> Prediction(logits (B,N,K), hidden (B,N,d))``."""
+    """The token predictor. ``forward(ids (B,N), labels (B,)) -> Prediction(logits (B,N,K), last_block (B,L,d))``."""
 
     def __init__(self, config: TransformerConfig = TransformerConfig()) -> None:
         super().__init__()
@@ -110,6 +107,11 @@ class MaskedTransformer(nn.Module):
         """Input embeddings (K, d) of the K image codes."""
         return self.tok_emb.weight[: self.layout.codebook_size]
 
+    def value_projection(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block ``index``'s value projection: the last third of its fused qkv, weight (d, d) and bias (d,)."""
+        qkv = self.blocks[index].qkv
+        return qkv.weight[2 * self.width:], qkv.bias[2 * self.width:]
+
     def forward(self, ids: torch.Tensor, labels: torch.Tensor, hooks: HookSet | None = None,
                 branch: str = "main") -> Prediction:
         if ids.dim() != 2 or ids.shape[1] != self.config.num_tokens:
@@ -125,7 +127,5 @@ class MaskedTransformer(nn.Module):
             x = hooks(f"block_out.{i}", block(x, hooks, ctx, i), ctx)
         last_block = x
         x = hooks("final_hidden", self.norm(x), ctx)
-        hidden = x[:, ctx.token_slice]
-        ctx.extras["hidden"] = hidden  # a logits hook may apply its own head (KA-MIG's fine-tuned one)
-        logits = hooks("logits", run_head(self.head, hidden), ctx)
-        return Prediction(logits=logits, hidden=hidden, last_block=last_block)
+        logits = hooks("logits", run_head(hooks.head(self.head), x[:, ctx.token_slice]), ctx)
+        return Prediction(logits=logits, last_block=last_block)

@@ -1,7 +1,7 @@
 """`migbench train tokenizer`: fit the VQ tokenizer on Fashion-MNIST train and commit its weights.
 
 Loss: mean squared error of the reconstruction in [-1, 1] + ``commitment`` x ||z - sg(q)||^2;
-the codebook itself moves by EMA (see :mod:`migbench.backbones.vq_tokenizer`). AdamW with a
+the codebook itself moves by EMA (see :mod:`migbench.backbones.fmnist.vq_tokenizer`). AdamW with a
 warm-up/cosine learning rate, ``precision`` autocast (:mod:`migbench.precision`), on the loop's
 device (the GPU where there is one). Metrics written to the manifest are measured on the whole
 test split with the weights exactly as saved (fp16 round trip), in fp32, on that device.
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from migbench.backbones.vq_tokenizer import VQConfig, VQTokenizer
+from migbench.backbones.fmnist.data import load_split
+from migbench.backbones.fmnist.vq_tokenizer import VQConfig, VQTokenizer
 
-from migbench.data import load_split
 from migbench.training import TrainLoop, batch_indices, warmup_cosine
 
 
