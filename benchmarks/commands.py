@@ -38,23 +38,23 @@ def data_command(args: argparse.Namespace) -> int:
 
 def train_command(args: argparse.Namespace) -> int:
     command = args.command_line
-    default_dir = f"runs/{args.what}" + (f"_{args.recipe}" if args.what == "backbone" and args.recipe != "maskgit" else "")
+    default_dir = f"runs/{args.what}" + (f"_{args.preset}" if args.what == "backbone" and args.preset != "maskgit" else "")
     run_dir = Path(args.run_dir or default_dir)
     if args.what == "tokenizer":
-        from migbench.backbones.fmnist.train_tokenizer import TokenizerRecipe, train_tokenizer
+        from migbench.backbones.fmnist.train_tokenizer import TokenizerTraining, train_tokenizer
 
-        recipe = TokenizerRecipe(**({"steps": args.steps} if args.steps else {}))
-        train_tokenizer(run_dir, recipe=recipe, data_dir=args.data_dir, command=command, precision=args.precision)
+        training = TokenizerTraining(**({"steps": args.steps} if args.steps else {}))
+        train_tokenizer(run_dir, training=training, data_dir=args.data_dir, command=command, precision=args.precision)
     elif args.what == "backbone":
-        from migbench.backbones.fmnist.train_backbone import BackboneRecipe, train_backbone
+        from migbench.backbones.fmnist.train_backbone import BackboneTraining, train_backbone
 
-        recipe = BackboneRecipe.named(args.recipe, steps=args.steps)
-        train_backbone(run_dir, recipe=recipe, data_dir=args.data_dir, command=command, precision=args.precision)
+        training = BackboneTraining.preset(args.preset, steps=args.steps)
+        train_backbone(run_dir, training=training, data_dir=args.data_dir, command=command, precision=args.precision)
     elif args.what == "classifier":
-        from migbench.benchmarks.train_classifier import ClassifierRecipe, train_classifier
+        from migbench.benchmarks.train_classifier import ClassifierTraining, train_classifier
 
-        recipe = ClassifierRecipe(**({"steps": args.steps} if args.steps else {}))
-        train_classifier(run_dir, recipe=recipe, data_dir=args.data_dir, command=command, precision=args.precision)
+        training = ClassifierTraining(**({"steps": args.steps} if args.steps else {}))
+        train_classifier(run_dir, training=training, data_dir=args.data_dir, command=command, precision=args.precision)
     print(f"weights and manifest entry written; training log in {run_dir}/train.log")
     return 0
 

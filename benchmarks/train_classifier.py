@@ -23,7 +23,7 @@ from migbench.training import TrainLoop, batch_indices, warmup_cosine
 
 
 @dataclass(frozen=True)
-class ClassifierRecipe:
+class ClassifierTraining:
     steps: int = 1800
     batch_size: int = 128
     lr: float = 2e-3
@@ -51,23 +51,23 @@ def accuracy(net: FMNISTClassifier, images: torch.Tensor, labels: torch.Tensor) 
     return correct / len(images)
 
 
-def train_classifier(run_dir: Path, recipe: ClassifierRecipe = ClassifierRecipe(),
+def train_classifier(run_dir: Path, training: ClassifierTraining = ClassifierTraining(),
                      data_dir: str | None = None, command: str = "migbench train classifier",
                      stop_after: int | None = None, precision: str = "auto") -> FMNISTClassifier:
     """Train (resuming from ``run_dir``), then save the classifier with its manifest entry;
     ``precision`` ``auto`` trains in fp32 (see the module docstring)."""
     started = time.monotonic()
-    loop = TrainLoop(name="train classifier", total_steps=recipe.steps, seed=recipe.seed,
+    loop = TrainLoop(name="train classifier", total_steps=training.steps, seed=training.seed,
                      run_dir=run_dir, precision="fp32" if precision == "auto" else precision,
                      stop_after=stop_after,
-                     lr_at=lambda s: warmup_cosine(s, recipe.steps, recipe.warmup, recipe.lr, 0.0))
+                     lr_at=lambda s: warmup_cosine(s, training.steps, training.warmup, training.lr, 0.0))
     images, labels = load_split("train", data_dir).tensors()
     net = FMNISTClassifier()
-    optimizer = torch.optim.AdamW(net.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=training.lr, weight_decay=training.weight_decay)
 
     def step_fn(model: torch.nn.Module, step: int, gen: torch.Generator, device: torch.device
                 ) -> tuple[torch.Tensor, dict[str, float]]:
-        idx = batch_indices(len(images), recipe.batch_size, recipe.seed, step)
+        idx = batch_indices(len(images), training.batch_size, training.seed, step)
         x, y = augment(images[idx], gen).to(device), labels[idx].to(device)
         _, logits = model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=0.1)
@@ -81,5 +81,5 @@ def train_classifier(run_dir: Path, recipe: ClassifierRecipe = ClassifierRecipe(
         CLASSIFIER, net, FMNISTClassifier,
         lambda m: {"test_accuracy": round(accuracy(m, test_images, test_labels), 4)},
         command=command, started=started, half=False,
-        config={"model": {"kind": "fmnist_classifier", "feature_dim": 256}, "recipe": asdict(recipe)})
+        config={"model": {"kind": "fmnist_classifier", "feature_dim": 256}, "training": asdict(training)})
     return saved

@@ -151,9 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a component of the embedded Fashion-MNIST stack")
     p.add_argument("what", choices=["tokenizer", "backbone", "classifier"])
-    p.add_argument("--recipe", default="maskgit", help="backbone recipe: maskgit or emigm")
-    p.add_argument("--steps", type=int, default=None, help="override the recipe's step count")
-    p.add_argument("--run-dir", default=None, help="checkpoint/log folder (default runs/WHAT, runs/backbone_RECIPE)")
+    p.add_argument("--preset", default="maskgit", help="backbone training preset: maskgit or emigm")
+    p.add_argument("--steps", type=int, default=None, help="override the training's step count")
+    p.add_argument("--run-dir", default=None, help="checkpoint/log folder (default runs/WHAT, runs/backbone_PRESET)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="training autocast; auto = bf16 where the device runs it natively, else fp32 "

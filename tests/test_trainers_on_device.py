@@ -104,18 +104,18 @@ def _tiny_transformer(null_is_mask: bool = False) -> TransformerConfig:
 # name -> (weights it publishes, trainer(run_dir, steps, stop_after, precision)), all at batch 8
 TRAINERS: dict[str, tuple[str, Callable[..., torch.nn.Module]]] = {
     "tokenizer": ("tiny_vq", lambda d, steps, stop, p: tt.train_tokenizer(
-        d, name="tiny_vq", recipe=tt.TokenizerRecipe(steps=steps, batch_size=8, warmup=1),
+        d, name="tiny_vq", training=tt.TokenizerTraining(steps=steps, batch_size=8, warmup=1),
         config=VQConfig(codebook_size=K, code_dim=4, channels=(8, 8, 8)), command="test",
         stop_after=stop, precision=p)),
     "backbone_maskgit": ("tiny_maskgit", lambda d, steps, stop, p: tb.train_backbone(
-        d, replace(tb.BackboneRecipe.named("maskgit"), name="tiny_maskgit", steps=steps, batch_size=8, warmup=1),
+        d, replace(tb.BackboneTraining.preset("maskgit"), name="tiny_maskgit", steps=steps, batch_size=8, warmup=1),
         config=_tiny_transformer(), command="test", stop_after=stop, precision=p)),
     "backbone_emigm": ("tiny_emigm", lambda d, steps, stop, p: tb.train_backbone(
-        d, replace(tb.BackboneRecipe.named("emigm"), name="tiny_emigm", steps=steps, batch_size=8, warmup=1,
+        d, replace(tb.BackboneTraining.preset("emigm"), name="tiny_emigm", steps=steps, batch_size=8, warmup=1,
                    loss_weight="elbo"),
         config=_tiny_transformer(null_is_mask=True), command="test", stop_after=stop, precision=p)),
     "classifier": (CLASSIFIER, lambda d, steps, stop, p: tc.train_classifier(
-        d, tc.ClassifierRecipe(steps=steps, batch_size=8, warmup=1), command="test", stop_after=stop,
+        d, tc.ClassifierTraining(steps=steps, batch_size=8, warmup=1), command="test", stop_after=stop,
         precision=p)),
     "token_critic": ("tiny_critic", lambda d, steps, stop, p: tcr.train_critic(
         d, tcr.CriticRecipe(name="tiny_critic", generator="toy_backbone", steps=steps, batch_size=8, warmup=1),

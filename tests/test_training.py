@@ -99,27 +99,27 @@ def test_loss_weights_scale_per_sample() -> None:
     torch.testing.assert_close(double, 2 * plain)
 
 
-def test_emigm_recipe_and_bad_recipes() -> None:
-    from migbench.backbones.fmnist.train_backbone import BackboneRecipe
+def test_emigm_preset_and_bad_trainings() -> None:
+    from migbench.backbones.fmnist.train_backbone import BackboneTraining
 
-    emigm = BackboneRecipe.named("emigm")
+    emigm = BackboneTraining.preset("emigm")
     assert (emigm.mask_schedule, emigm.t_min, emigm.null_is_mask, emigm.loss_weight) == ("exp", 0.2, True, "unit")
     with pytest.raises(ValueError, match="loss_weight"):
-        BackboneRecipe(loss_weight="half")
-    with pytest.raises(ValueError, match="unknown backbone recipe"):
-        BackboneRecipe.named("mar")
+        BackboneTraining(loss_weight="half")
+    with pytest.raises(ValueError, match="unknown backbone training preset"):
+        BackboneTraining.preset("mar")
 
 
 def test_train_tokenizer_publishes_a_checked_entry(tmp_path, monkeypatch) -> None:
-    from migbench.backbones.fmnist.train_tokenizer import TokenizerRecipe, train_tokenizer
+    from migbench.backbones.fmnist.train_tokenizer import TokenizerTraining, train_tokenizer
     from migbench.backbones.fmnist.vq_tokenizer import VQConfig
 
     monkeypatch.setenv("MIGBENCH_WEIGHTS", str(tmp_path / "w"))
     config = VQConfig(codebook_size=16, code_dim=4, channels=(8, 8, 8))
-    recipe = TokenizerRecipe(steps=2, batch_size=8, warmup=1)
-    tokenizer = train_tokenizer(tmp_path / "run", name="tiny_vq", recipe=recipe, config=config, command="test")
+    training = TokenizerTraining(steps=2, batch_size=8, warmup=1)
+    tokenizer = train_tokenizer(tmp_path / "run", name="tiny_vq", training=training, config=config, command="test")
     state, entry = weights.load_weights("tiny_vq")
-    assert entry["command"] == "test" and entry["config"]["recipe"]["steps"] == 2
+    assert entry["command"] == "test" and entry["config"]["training"]["steps"] == 2
     assert set(entry["metrics"]) == {"test_psnr_db", "codebook_usage"}
     for key, value in tokenizer.state_dict().items():
         torch.testing.assert_close(value.float(), state[key])

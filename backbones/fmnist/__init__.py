@@ -1,7 +1,7 @@
 """The embedded Fashion-MNIST family: our VQ tokenizer (8x8 tokens, K = 512) and MaskGIT-style
 transformer, trained here by ``migbench train``, evaluated with our Fashion-MNIST classifier.
 
-Stacks: ``fmnist`` (the default everywhere: ``fmnist_vq`` + ``fmnist_maskgit``, MaskGIT recipe)
+Stacks: ``fmnist`` (the default everywhere: ``fmnist_vq`` + ``fmnist_maskgit``, MaskGIT training)
 and ``fmnist_emigm`` (the same size trained with eMIGM's choices). Modules: ``transformer``,
 ``vq_tokenizer``, ``data`` (the IDX reader), ``loading`` (committed weights, token maps),
 ``train_tokenizer``, ``train_backbone``.
@@ -30,7 +30,7 @@ FASHION_MNIST = DatasetSpec(name="fashion-mnist", class_names=CLASS_NAMES, refer
                             extractor="fmnist-classifier", references=("fmnist-train", "fmnist-test"),
                             floors=True, token_maps=_token_maps)
 
-# The committed weights of each trained method on the MaskGIT-recipe backbone ("auto" knobs).
+# The committed weights of each trained method on the MaskGIT-trained backbone ("auto" knobs).
 METHOD_WEIGHTS = {"ka_mig": {"weights": "fmnist_ka_mig", "graphs": "fmnist_ka_mig_graphs"},
                   "self_guidance": {"weights": "fmnist_self_guidance"},
                   "token_critic": {"weights": "fmnist_token_critic"}}
@@ -45,11 +45,11 @@ def committed(backbone_name: str, stack_name: str, method_weights: dict[str, dic
 
 
 def fmnist() -> Stack:
-    """The default: ``fmnist_vq`` + ``fmnist_maskgit`` (MaskGIT recipe), with every trained method's weights."""
+    """The default: ``fmnist_vq`` + ``fmnist_maskgit`` (MaskGIT training), with every trained method's weights."""
     return committed("fmnist_maskgit", "fmnist", METHOD_WEIGHTS)
 
 
 def fmnist_emigm() -> Stack:
-    """``fmnist_vq`` + ``fmnist_emigm`` (eMIGM recipe: exp schedule, t >= 0.2, CFG with mask); no
+    """``fmnist_vq`` + ``fmnist_emigm`` (eMIGM's training: exp schedule, t >= 0.2, CFG with mask); no
     trained method's weights were fitted to it."""
     return committed("fmnist_emigm", "fmnist_emigm", {})

@@ -22,7 +22,7 @@ from migbench.training import TrainLoop, batch_indices, warmup_cosine
 
 
 @dataclass(frozen=True)
-class TokenizerRecipe:
+class TokenizerTraining:
     """Training hyper-parameters of the committed tokenizer."""
 
     steps: int = 2000
@@ -50,23 +50,23 @@ def tokenizer_metrics(tokenizer: VQTokenizer, images: torch.Tensor, batch: int =
             "codebook_usage": round(float(used.float().mean()), 4)}
 
 
-def train_tokenizer(run_dir: Path, name: str = "fmnist_vq", recipe: TokenizerRecipe = TokenizerRecipe(),
+def train_tokenizer(run_dir: Path, name: str = "fmnist_vq", training: TokenizerTraining = TokenizerTraining(),
                     config: VQConfig = VQConfig(), data_dir: str | None = None,
                     command: str = "migbench train tokenizer", stop_after: int | None = None,
                     commit: bool = True, precision: str = "auto") -> VQTokenizer:
     """Train (resuming from ``run_dir``), then save ``name`` with its manifest entry."""
     started = time.monotonic()
-    loop = TrainLoop(name=f"train {name}", total_steps=recipe.steps, seed=recipe.seed,
+    loop = TrainLoop(name=f"train {name}", total_steps=training.steps, seed=training.seed,
                      run_dir=run_dir, precision=precision, stop_after=stop_after,
-                     lr_at=lambda s: warmup_cosine(s, recipe.steps, recipe.warmup, recipe.lr, recipe.lr / 20))
+                     lr_at=lambda s: warmup_cosine(s, training.steps, training.warmup, training.lr, training.lr / 20))
     train_images, _ = load_split("train", data_dir).tensors()
     tokenizer = VQTokenizer(config)
-    optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=recipe.lr, betas=(0.9, 0.99),
-                                  weight_decay=recipe.weight_decay)
+    optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=training.lr, betas=(0.9, 0.99),
+                                  weight_decay=training.weight_decay)
 
     def step_fn(model: torch.nn.Module, step: int, gen: torch.Generator, device: torch.device
                 ) -> tuple[torch.Tensor, dict[str, float]]:
-        x = train_images[batch_indices(len(train_images), recipe.batch_size, recipe.seed, step)].to(device)
+        x = train_images[batch_indices(len(train_images), training.batch_size, training.seed, step)].to(device)
         recon, ids, commitment = model.reconstruct(x, gen)
         mse = F.mse_loss(recon.float(), x * 2.0 - 1.0)
         used = float(ids.unique().numel()) / config.codebook_size
@@ -78,5 +78,5 @@ def train_tokenizer(run_dir: Path, name: str = "fmnist_vq", recipe: TokenizerRec
     test_images, _ = load_split("test", data_dir).tensors()
     saved = loop.publish(name, tokenizer, lambda: VQTokenizer(config),
                          lambda m: tokenizer_metrics(m, test_images), command=command, started=started,
-                         config={"model": tokenizer.describe(), "recipe": asdict(recipe)})
+                         config={"model": tokenizer.describe(), "training": asdict(training)})
     return saved.requires_grad_(False)
