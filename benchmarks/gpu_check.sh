@@ -26,6 +26,6 @@ done
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
 python3 -m pytest -q -m gpu tests/ 2>&1 | tee "$OUT/gpu_tests.log"
 python3 -m pytest -q tests/ 2>&1 | tee "$OUT/make_test.log"
-python3 -m migbench.cli fit token_critic --steps 2 --run-dir /tmp/fit_critic 2>&1 | tail -3 | tee "$OUT/fit.log"
+python3 -m migbench.cli fit token_critic --set steps=2 --run-dir /tmp/fit_critic 2>&1 | tail -3 | tee "$OUT/fit.log"
 python3 -m pytest -q -m benchmark --benchmark-enable -s -p no:randomly tests/benchmarks/test_gpu_speed.py \
   --benchmark-json "$OUT/gpu_speed.json" 2>&1 | tee "$OUT/gpu_speed.log"
