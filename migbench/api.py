@@ -185,7 +185,11 @@ class Backbone(Protocol):
     ``depth`` counts the hooked blocks in call order; ``seq_len`` is N. ``forward`` fires every
     site of :func:`hook_sites` once and applies ``hooks.head(self.head)`` to the final image
     hidden states (B, N, d), so a method may replace the head. Labels are class ids,
-    NULL_LABEL (the null class) or BLANK_LABEL (the class slot shows ``layout.blank_id``)."""
+    NULL_LABEL (the null class) or BLANK_LABEL (the class slot shows ``layout.blank_id``).
+
+    Optional: ``fresh()``, an untrained network of the same architecture initialised as the
+    family trains it (from the global RNG); Token-Critic training makes its critic from it and
+    refuses a backbone without it."""
 
     layout: VocabLayout
     depth: int

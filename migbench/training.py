@@ -29,6 +29,7 @@ from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 
 from migbench import weights
+from migbench.api import Stack
 from migbench.precision import accelerate_mixed_precision
 from migbench.precision import resolve as resolve_precision
 
@@ -51,6 +52,17 @@ def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> torc
     epoch, offset = divmod(step, per_epoch)
     perm = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
     return perm[offset * batch_size:(offset + 1) * batch_size]
+
+
+def stack_token_maps(stack: Stack, split: str, device: torch.device | str, trainer: str
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (M, N) and labels (M,) of ``split`` from ``stack``'s data (on the CPU; a missing
+    cache is encoded on ``device``), or a one-line error naming ``trainer`` and the stack when its
+    data gives no token maps."""
+    if stack.dataset.token_maps is None:
+        raise ValueError(f"{trainer}: stack {stack.name} has no token maps (its data "
+                         f"{stack.dataset.name!r} gives none to train on)")
+    return stack.dataset.token_maps(split, device)
 
 
 def warmup_cosine(step: int, total: int, warmup: int, peak: float, floor: float = 0.0) -> float:

@@ -23,19 +23,29 @@ def first_step_logits():
 
 @pytest.fixture
 def toy_trained_parts(monkeypatch):
-    """Trained methods load random components that fit the toy backbone instead of committed ones."""
-    from migbench.backbones.fmnist.transformer import TransformerConfig
+    """Trained methods load random components that fit the toy backbone instead of committed ones
+    (whatever weights they name: the toy stack names none, so "auto" stays)."""
     from migbench.backbones.toy import toy
     from migbench.methods import self_guidance, token_critic
+
+    from migbench.sampler import SamplerBuilder
+
+    def on_device(part: torch.nn.Module, backbone: torch.nn.Module) -> torch.nn.Module:
+        return part.to(next(backbone.parameters()).device)  # where a loader puts its part
+
+    monkeypatch.setattr(SamplerBuilder, "weights_name", lambda self, owner, knob, value: value)
+    adapter = self_guidance.SelfGuidance.random_parts(toy())
+    monkeypatch.setattr(self_guidance, "load_adapter", lambda name, backbone: on_device(adapter, backbone))
+    critic = token_critic.TokenCriticMethod.random_parts(toy())
+    monkeypatch.setattr(token_critic, "load_critic", lambda name, backbone: on_device(critic, backbone))
+
+    from migbench.backbones.fmnist.transformer import MaskedTransformer, TransformerConfig
     from migbench.methods.self_guidance.adapter import TOASTAdapter
     from migbench.methods.token_critic.critic import TokenCritic
 
-    torch.manual_seed(0)
-    critic = TokenCritic(TransformerConfig(codebook_size=16, width=32, depth=2, heads=2)).eval()
-    monkeypatch.setattr(token_critic, "load_critic", lambda name: critic)
-    adapter = TOASTAdapter(num_classes=10, width=32, depth=2, factor=4).eval()
-    monkeypatch.setattr(self_guidance, "load_adapter", lambda name: adapter)
-
+    torch.manual_seed(0)  # the critic and adapter were once drawn here: the KA-MIG parts below stay as recorded
+    TokenCritic(MaskedTransformer(TransformerConfig(codebook_size=16, width=32, depth=2, heads=2)))
+    TOASTAdapter(num_classes=10, width=32, depth=2, factor=4)
     from migbench.methods import ka_mig
     from migbench.methods.ka_mig.fusion import KAMIGModule
     from migbench.methods.ka_mig.graphs import normalise

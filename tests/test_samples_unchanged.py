@@ -6,6 +6,9 @@ versions, so a change of the sampler that alters CPU samples for a seed must bum
 recorded with the code *before* the host-sync removal (commit d27d994, torch 2.14.1 CPU); this
 test fails on any bit that moved. The committed Fashion-MNIST stacks with their committed method
 weights and the ``toy`` stack with random trained parts are both covered, in fp32 and bf16.
+``toy_token_critic`` was re-recorded when its random critic became
+``TokenCriticMethod.random_parts`` (#16: other parts, same sampler; with the earlier parts its ids
+were unchanged).
 
 Bits depend on the CPU kind and torch version (the fixture's metadata names them), so the test
 runs only where the fixture was recorded and is marked slow: after changing the sampler, run

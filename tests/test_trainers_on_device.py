@@ -14,16 +14,20 @@ import pytest
 import torch
 from migbench.backbones.fmnist import train_backbone as tb
 from migbench.backbones.fmnist import train_tokenizer as tt
+from migbench.backbones.fmnist.loading import load_transformer
 from migbench.backbones.fmnist.transformer import TransformerConfig
 from migbench.backbones.fmnist.vq_tokenizer import VQConfig
 from migbench.backbones.toy import toy
 from migbench.benchmarks import train_classifier as tc
 from migbench.benchmarks.metrics.loading import CLASSIFIER
 from migbench.methods.ka_mig import train as km
+from migbench.methods.self_guidance import SelfGuidanceTraining
 from migbench.methods.self_guidance import train as sg
+from migbench.methods.token_critic import TokenCriticTraining
 from migbench.methods.token_critic import train as tcr
 
 from migbench import training, weights
+from migbench.api import Stack
 from migbench.cli import main
 from migbench.precision import resolve
 
@@ -86,7 +90,7 @@ def tiny_world(tmp_path, monkeypatch) -> Path:
     small random token maps and images. Returns the folder for run directories."""
     monkeypatch.setenv("MIGBENCH_WEIGHTS", str(tmp_path / "weights"))
     monkeypatch.setenv("MIGBENCH_CACHE", str(tmp_path / "cache"))
-    for module in (tb, tcr, sg, km):
+    for module in (tb, km):
         monkeypatch.setattr(module, "token_maps", _token_maps)
     for module in (tt, tc):
         monkeypatch.setattr(module, "load_split", _load_split)
@@ -95,6 +99,15 @@ def tiny_world(tmp_path, monkeypatch) -> Path:
         weights.save_weights(name, model.state_dict())
         weights.record(name, command="test", wall_seconds=0.0, metrics={}, config={"model": model.describe()})
     return tmp_path / "runs"
+
+
+def _tiny_stack() -> Stack:
+    """The toy stack as a method's trainer sees it: backbone ``toy_backbone`` loaded from the
+    weights folder, the small random token maps as its data."""
+    toy_stack = toy()
+    data = replace(toy_stack.dataset, token_maps=lambda split, device: _token_maps(split))
+    return Stack(name="tiny", tokenizer=toy_stack.tokenizer, backbone=load_transformer("toy_backbone"),
+                 dataset=data)
 
 
 def _tiny_transformer(null_is_mask: bool = False) -> TransformerConfig:
@@ -117,12 +130,11 @@ TRAINERS: dict[str, tuple[str, Callable[..., torch.nn.Module]]] = {
     "classifier": (CLASSIFIER, lambda d, steps, stop, p: tc.train_classifier(
         d, tc.ClassifierTraining(steps=steps, batch_size=8, warmup=1), command="test", stop_after=stop,
         precision=p)),
-    "token_critic": ("tiny_critic", lambda d, steps, stop, p: tcr.train_critic(
-        d, tcr.CriticRecipe(name="tiny_critic", generator="toy_backbone", steps=steps, batch_size=8, warmup=1),
+    "token_critic": ("tiny_token_critic", lambda d, steps, stop, p: tcr.train_critic(
+        d, _tiny_stack(), TokenCriticTraining(steps=steps, batch_size=8, warmup=1),
         command="test", stop_after=stop, precision=p)),
     "self_guidance": ("tiny_self_guidance", lambda d, steps, stop, p: sg.train_adapter(
-        d, sg.AdapterRecipe(name="tiny_self_guidance", backbone="toy_backbone", steps=steps, batch_size=8,
-                            warmup=1, factor=4),
+        d, _tiny_stack(), SelfGuidanceTraining(steps=steps, batch_size=8, warmup=1, factor=4),
         command="test", stop_after=stop, precision=p)),
     "ka_mig": ("tiny_ka_mig", lambda d, steps, stop, p: km.train_ka_mig(
         d, km.KAMIGRecipe(name="tiny_ka_mig", graphs="tiny_graphs", backbone="toy_backbone", steps=steps,
@@ -191,8 +203,8 @@ def test_cli_passes_precision_to_train_and_fit(monkeypatch, tmp_path) -> None:
 
     calls: list[tuple[str, str]] = []
     monkeypatch.setattr(tt, "train_tokenizer", lambda run_dir, **kw: calls.append(("train", kw["precision"])))
-    monkeypatch.setattr(TokenCriticMethod, "fit",
-                        staticmethod(lambda run_dir, command, precision="auto", **kw: calls.append(("fit", precision))))
+    monkeypatch.setattr(TokenCriticMethod, "fit", staticmethod(
+        lambda run_dir, command, stack, config, precision: calls.append(("fit", precision))))
     assert main(["train", "tokenizer", "--precision", "fp16", "--run-dir", str(tmp_path)]) == 0
     assert main(["fit", "token_critic", "--run-dir", str(tmp_path)]) == 0
     assert main(["fit", "token_critic", "--precision", "bf16", "--run-dir", str(tmp_path)]) == 0

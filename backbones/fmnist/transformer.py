@@ -103,6 +103,10 @@ class MaskedTransformer(nn.Module):
     def describe(self) -> dict[str, object]:
         return {"kind": "masked_transformer", **asdict(self.config)}
 
+    def fresh(self) -> MaskedTransformer:
+        """An untrained network of this architecture, initialised as for training (global RNG)."""
+        return MaskedTransformer(self.config)
+
     def token_embeddings(self) -> torch.Tensor:
         """Input embeddings (K, d) of the K image codes."""
         return self.tok_emb.weight[: self.layout.codebook_size]

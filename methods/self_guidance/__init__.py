@@ -26,9 +26,10 @@ from typing import Any
 
 import torch
 from migbench.methods.self_guidance.adapter import AuxiliaryPass, TOASTAdapter, auxiliary_logits
+from torch import nn
 
 from migbench import weights
-from migbench.api import HookSet, Prediction
+from migbench.api import Backbone, HookSet, Prediction, Stack
 from migbench.config import check_choices, knob
 from migbench.guidance import GuidanceTerm
 from migbench.sampler import SamplerBuilder
@@ -40,10 +41,35 @@ class SelfGuidanceConfig:
     scale: float = knob(1.0, "guidance scale s (paper and released evaluation: 1)")
     scale_schedule: str = knob("constant", "s over steps (released code: constant)",
                                ("constant", "linear", "power-cosine"))
-    weights: str = knob("fmnist_self_guidance", "adapter weights (a manifest name)")
+    weights: str = knob("auto", "adapter weights (a manifest name; auto = the stack's)")
 
     def __post_init__(self) -> None:
         check_choices(self)
+
+
+@dataclass(frozen=True)
+class SelfGuidanceTraining:
+    """`migbench fit self_guidance` (:mod:`.train`): the adapter's error-correction fine-tuning."""
+
+    name: str = knob("auto", "weights name; auto = <stack>_self_guidance")
+    steps: int = knob(400, "optimiser steps (upstream: 50k at batch 256 on ImageNet)")
+    batch_size: int = knob(128, "token maps per step")
+    lr: float = knob(1e-4, "peak AdamW learning rate (upstream 1e-4)")
+    warmup: int = knob(40, "linear warm-up steps before the cosine decay")
+    label_smoothing: float = knob(0.1, "label smoothing of the correction loss (upstream 0.1)")
+    factor: int = knob(16, "slices of the class anchor's factorised token generator (upstream 16)")
+    seed: int = knob(0, "seed of the batches and draws")
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "factor"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"fit self_guidance.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"fit self_guidance.lr must be positive, got {self.lr}")
+        if self.warmup < 0:
+            raise ValueError(f"fit self_guidance.warmup must be >= 0, got {self.warmup}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"fit self_guidance.label_smoothing must lie in [0, 1), got {self.label_smoothing}")
 
 
 def _adapter(entry: dict[str, Any]) -> TOASTAdapter:
@@ -51,9 +77,24 @@ def _adapter(entry: dict[str, Any]) -> TOASTAdapter:
     return TOASTAdapter(model["num_classes"], model["width"], model["depth"], model["factor"])
 
 
-def load_adapter(name: str) -> TOASTAdapter:
-    """The committed adapter ``name`` (sha256-checked, cached per hash)."""
-    return weights.load_module(name, _adapter)
+def load_adapter(name: str, backbone: Backbone) -> TOASTAdapter:
+    """The committed adapter ``name`` (sha256-checked, cached per hash) on ``backbone``'s device."""
+    return weights.load_module(name, _adapter).to(_device(backbone))
+
+
+def _device(backbone: Backbone) -> torch.device:
+    return next(backbone.parameters()).device
+
+
+def check_fits(adapter: TOASTAdapter, stack: Stack, name: str) -> None:
+    """One line naming ``stack`` when the adapter's depth, width or classes are not its backbone's."""
+    backbone = stack.backbone
+    have = (adapter.depth, adapter.width, adapter.num_classes)
+    need = (backbone.depth, backbone.width, backbone.layout.num_classes)
+    if have != need:
+        raise ValueError(f"self_guidance.weights={name!r} is an adapter for depth {have[0]}, width {have[1]}, "
+                         f"{have[2]} classes; stack {stack.name}'s backbone has depth {need[0]}, width {need[1]}, "
+                         f"{need[2]} classes (fit one: migbench fit self_guidance --backbone {stack.name})")
 
 
 class SelfGuidance:
@@ -61,6 +102,7 @@ class SelfGuidance:
 
     name = "self_guidance"
     config_cls = SelfGuidanceConfig
+    fit_config_cls = SelfGuidanceTraining
     trained = True
 
     @staticmethod
@@ -71,14 +113,19 @@ class SelfGuidance:
     def install(builder: SamplerBuilder, config: SelfGuidanceConfig) -> None:
         if config.scale == 0.0:
             return
-        name = SelfGuidance.name
-        adapter = load_adapter(config.weights).to(next(builder.backbone.parameters()).device)
+        name, stack = SelfGuidance.name, builder.stack
+        weights_name = builder.weights_name(name, "weights", config.weights)
+        adapter = load_adapter(weights_name, builder.backbone)
+        check_fits(adapter, stack, weights_name)
         builder.add_parameters(name, online=sum(p.numel() for p in adapter.parameters()))
         aux = AuxiliaryPass(builder.backbone.depth)
         aux.install(lambda site, hook: builder.add_hook(site, hook, name, branches=(name,)))
 
-        def dependent(backbone: torch.nn.Module, ids: torch.Tensor, labels: torch.Tensor,
+        def dependent(backbone: nn.Module, ids: torch.Tensor, labels: torch.Tensor,
                       main: Prediction, hooks: HookSet) -> torch.Tensor:
+            if main.last_block is None:
+                raise ValueError(f"self_guidance reads the last block's states; stack {stack.name}'s backbone "
+                                 "returns none (Prediction.last_block)")
             return auxiliary_logits(backbone, adapter, aux, hooks, labels, main.last_block)
 
         builder.add_guidance(GuidanceTerm(
@@ -86,11 +133,24 @@ class SelfGuidance:
             scale_at=lambda info: guidance_scale(config.scale_schedule, config.scale, info.step, info.num_steps)))
 
     @staticmethod
-    def fit(run_dir: Path, command: str, steps: int | None = None, precision: str = "auto") -> None:
-        """Train the TOAST adapter; ``precision``: the training autocast (:mod:`migbench.precision`)."""
-        from dataclasses import replace
+    def random_parts(stack: Stack, seed: int = 0) -> TOASTAdapter:
+        """A random adapter fitting ``stack.backbone`` (on its device, eval, no grad) for tests:
+        feedback weights of std 1/sqrt(d), so each td_l is of the order of the selected states
+        (the training init's std 0.02 makes it about 0.0004 d times them)."""
+        backbone = stack.backbone
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            adapter = TOASTAdapter(backbone.layout.num_classes, backbone.width, backbone.depth, factor=4)
+            with torch.no_grad():
+                for block in adapter.decoders:
+                    for linear in (block.first, block.second):
+                        nn.init.normal_(linear.weight, std=backbone.width ** -0.5)
+        return adapter.to(_device(backbone)).eval().requires_grad_(False)
 
-        from migbench.methods.self_guidance.train import AdapterRecipe, train_adapter
+    @staticmethod
+    def fit(run_dir: Path, command: str, stack: Stack, config: SelfGuidanceTraining, precision: str) -> None:
+        """Train the TOAST adapter on ``stack``'s frozen backbone (:mod:`.train`); ``precision``:
+        the training autocast (:mod:`migbench.precision`)."""
+        from migbench.methods.self_guidance.train import train_adapter
 
-        recipe = AdapterRecipe() if steps is None else replace(AdapterRecipe(), steps=steps)
-        train_adapter(run_dir, recipe, command=command, precision=precision)
+        train_adapter(run_dir, stack, config, command=command, precision=precision)

@@ -8,11 +8,17 @@ Follows the official self-guidance code (JiwanHur/UnlockMGM ``MaskGitTransformer
   main pass (every position), T (d, d) initialised to the identity (``top_down_transform``);
 - feedback: one block per layer, two bias-free d x d linears; from the top layer down,
   (x, td_l) = (W1 x, W2 W1 x);
-- second pass: every input id is [MASK], the class slot included (``use_blank_second``), and each
-  layer's attention value becomes W_v LN(x_l) + W_v td_l. Upstream's value projection has no bias;
-  ours has one, so td_l is added through the weight only (W_v td_l, no second bias);
+- second pass: every input id is [MASK] and the class slot shows the backbone's blank id
+  (``use_blank_second``; labels BLANK_LABEL), and each layer's attention value becomes
+  W_v LN(x_l) + W_v td_l, with W_v from ``backbone.value_projection(l)``. Upstream's value
+  projection has no bias; where a backbone's has one, td_l goes through the weight only (W_v td_l,
+  no second bias);
 - TOAST's feedback loss: sum_l || W1_l sg(out_l) - sg(in_l) ||^2 over the second pass's block
   inputs/outputs, weight 0.1 (``var_loss``).
+
+Positions follow the backbone's layout: h, x and td_l are (B, L, d) over every position of the
+sequence, the class token wherever ``layout.class_position`` puts it, and both passes run the same
+backbone, so each td_l lines up with the second pass's values position by position.
 
 Only this module trains; the backbone (and its head) stay frozen.
 """
@@ -20,13 +26,13 @@ Only this module trains; the backbone (and its head) stay frozen.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from migbench.api import NULL_LABEL, HookContext, HookSet
+from migbench.api import BLANK_LABEL, NULL_LABEL, Backbone, HookContext, HookSet
 
 
 class ClassAnchor(nn.Module):
@@ -67,6 +73,7 @@ class TOASTAdapter(nn.Module):
 
     def __init__(self, num_classes: int, width: int, depth: int, factor: int = 16) -> None:
         super().__init__()
+        self.num_classes, self.width, self.depth = num_classes, width, depth
         self.anchor = ClassAnchor(num_classes, width, factor)
         self.top_down_transform = nn.Parameter(torch.eye(width))
         self.decoders = nn.ModuleList(FeedbackBlock(width) for _ in range(depth))
@@ -109,7 +116,6 @@ class AuxiliaryPass:
 
     def install(self, add: Callable[[str, Callable], None]) -> None:
         """Register the hooks through ``add(site, hook)``."""
-        add("embed", self._blank_class_slot)
         for i in range(self.depth):
             add(f"attn_value.{i}", self._value_hook(i))
             add(f"block_in.{i}", self._record(self.block_inputs))
@@ -120,20 +126,9 @@ class AuxiliaryPass:
         self.install(lambda site, hook: hooks.add(site, hook, "self_guidance"))
         return hooks
 
-    @staticmethod
-    def _blank_class_slot(x: torch.Tensor, ctx: HookContext) -> torch.Tensor:
-        """use_blank_second: the class slot becomes [MASK] too (same position embedding)."""
-        backbone = ctx.backbone
-        slot = 0 if backbone.layout.class_position == "first" else x.shape[1] - 1
-        mask_embedding = backbone.tok_emb.weight[backbone.layout.mask_id] + backbone.pos_emb[0, slot]
-        x = x.clone()
-        x[:, slot] = mask_embedding.to(x.dtype)
-        return x
-
     def _value_hook(self, index: int) -> Callable[[torch.Tensor, HookContext], torch.Tensor]:
         def add_signal(v: torch.Tensor, ctx: HookContext) -> torch.Tensor:
-            width = v.shape[-1]
-            weight = ctx.backbone.blocks[index].qkv.weight[2 * width:]
+            weight, _ = ctx.backbone.value_projection(index)
             return v + F.linear(self.signals[index].to(v.dtype), weight.to(v.dtype))
         return add_signal
 
@@ -145,10 +140,40 @@ class AuxiliaryPass:
         return keep
 
 
-def auxiliary_logits(backbone: nn.Module, adapter: TOASTAdapter, aux: AuxiliaryPass, hooks: HookSet,
+class SampledClassHooks(HookSet):
+    """A view of ``hooks`` whose hooks see ``ctx.labels`` = the class being sampled, (B,).
+
+    The second pass gives the backbone BLANK_LABEL (its class slot shows ``layout.blank_id``), so
+    its own context carries BLANK_LABEL; a method hooked into that pass (KA-MIG's class prior)
+    reads the images' class instead, as it did when the slot was blanked inside the embedding."""
+
+    def __init__(self, hooks: HookSet, labels: torch.Tensor) -> None:
+        super().__init__()
+        self._inner, self._labels = hooks, labels
+
+    def __call__(self, site: str, x: torch.Tensor, ctx: HookContext) -> torch.Tensor:
+        return self._inner(site, x, replace(ctx, labels=self._labels))
+
+    def head(self, default: nn.Module) -> nn.Module:
+        return self._inner.head(default)
+
+    def sites(self) -> list[str]:
+        return self._inner.sites()
+
+    def signature(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        return self._inner.signature()
+
+    def __bool__(self) -> bool:
+        return bool(self._inner)
+
+
+def auxiliary_logits(backbone: Backbone, adapter: TOASTAdapter, aux: AuxiliaryPass, hooks: HookSet,
                      labels: torch.Tensor, last_block: torch.Tensor) -> torch.Tensor:
-    """l_aux (B, N, K): the all-[MASK] pass steered by the adapter's top-down signals."""
+    """l_aux (B, N, K): the all-[MASK] pass, class slot blank, steered by the adapter's top-down
+    signals from the main pass's ``last_block`` (B, L, d); ``labels`` (B,) are the sampled classes
+    (the anchor's input, and what the pass's hooks see: :class:`SampledClassHooks`)."""
     aux.signals = adapter.feedback(adapter.select(last_block, labels))
     blank = torch.full((labels.shape[0], backbone.seq_len), backbone.layout.mask_id,
                        dtype=torch.long, device=labels.device)
-    return backbone(blank, labels, hooks, branch="self_guidance").logits
+    return backbone(blank, torch.full_like(labels, BLANK_LABEL), SampledClassHooks(hooks, labels),
+                    branch="self_guidance").logits

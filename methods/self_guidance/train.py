@@ -12,47 +12,34 @@ Per batch (official code ``gen_corr_loss_toast``; the README credits CMLMC):
    0.1 x TOAST's feedback loss. No generation loss (``use_generation_loss: False`` upstream).
 
 Upstream: 50k steps at batch 256 (about 10 epochs of ImageNet), AdamW lr 1e-4, betas (0.9, 0.96),
-weight decay 0, cosine schedule with 5k warm-up, EMA. Here the recipe is scaled to the tiny stack
-(steps, warm-up) with the same optimiser settings and no EMA.
+weight decay 0, cosine schedule with 5k warm-up, EMA. :class:`SelfGuidanceTraining`'s defaults
+scale this to the Fashion-MNIST stack (steps, warm-up) with the same optimiser settings and no EMA.
 
-Training runs on the loop's device (the GPU where there is one) with the frozen backbone moved
-there once; its passes run under the same ``precision`` autocast as the adapter's.
+Family-agnostic: the frozen backbone is the stack's (moved to the loop's device, the GPU where
+there is one, once), token maps come from the stack's data, and the weights are named
+``<stack>_self_guidance`` unless ``name`` says otherwise. The backbone's passes run under the same
+``precision`` autocast as the adapter's.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from migbench.backbones.fmnist.loading import TOKENIZER, load_transformer, token_maps
-from migbench.backbones.fmnist.transformer import MaskedTransformer
+from migbench.methods.self_guidance import SelfGuidanceTraining
 from migbench.methods.self_guidance.adapter import AuxiliaryPass, TOASTAdapter, auxiliary_logits
 
-from migbench import weights
-from migbench.api import HookSet
+from migbench.api import Backbone, HookSet, Stack
 from migbench.masking import sample_mask
 from migbench.precision import autocast
 from migbench.slots import gumbel_max
-from migbench.training import TrainLoop, batch_indices, warmup_cosine
+from migbench.training import TrainLoop, batch_indices, stack_token_maps, warmup_cosine
 
 SUBSTITUTION_RATE = 0.3
 FEEDBACK_WEIGHT = 0.1
-
-
-@dataclass(frozen=True)
-class AdapterRecipe:
-    name: str = "fmnist_self_guidance"
-    backbone: str = "fmnist_maskgit"
-    steps: int = 400
-    batch_size: int = 128
-    lr: float = 1e-4
-    warmup: int = 40
-    label_smoothing: float = 0.1
-    factor: int = 16
-    seed: int = 0
 
 
 def substitution_mask(masked: torch.Tensor, rate: float, generator: torch.Generator) -> torch.Tensor:
@@ -65,7 +52,7 @@ def substitution_mask(masked: torch.Tensor, rate: float, generator: torch.Genera
 
 
 @torch.no_grad()
-def corrupted_batch(backbone: MaskedTransformer, x0: torch.Tensor, labels: torch.Tensor,
+def corrupted_batch(backbone: Backbone, x0: torch.Tensor, labels: torch.Tensor,
                     generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """The corrupted canvas (B, N) (mask ids + substituted samples) and the substitution mask,
     on the device of ``x0`` and the backbone.
@@ -83,7 +70,7 @@ def corrupted_batch(backbone: MaskedTransformer, x0: torch.Tensor, labels: torch
     return canvas, substituted
 
 
-def correction_loss(backbone: MaskedTransformer, adapter: TOASTAdapter, aux: AuxiliaryPass, hooks: HookSet,
+def correction_loss(backbone: Backbone, adapter: TOASTAdapter, aux: AuxiliaryPass, hooks: HookSet,
                     x0: torch.Tensor, labels: torch.Tensor, canvas: torch.Tensor, substituted: torch.Tensor,
                     label_smoothing: float) -> tuple[torch.Tensor, dict[str, float]]:
     """CE at the substituted positions of the auxiliary pass + 0.1 x feedback loss."""
@@ -103,7 +90,7 @@ def correction_loss(backbone: MaskedTransformer, adapter: TOASTAdapter, aux: Aux
 
 
 @torch.no_grad()
-def held_out_correction(backbone: MaskedTransformer, adapter: TOASTAdapter, ids: torch.Tensor,
+def held_out_correction(backbone: Backbone, adapter: TOASTAdapter, ids: torch.Tensor,
                         labels: torch.Tensor, precision: str, batch: int = 500) -> dict[str, float]:
     """Correction accuracy and loss (no smoothing) at substituted positions on held-out maps, on
     the adapter's device under ``precision`` autocast."""
@@ -126,37 +113,38 @@ def held_out_correction(backbone: MaskedTransformer, adapter: TOASTAdapter, ids:
             "held_out_correction_loss": round(loss / total, 4)}
 
 
-def train_adapter(run_dir: Path, recipe: AdapterRecipe = AdapterRecipe(), data_dir: str | None = None,
+def train_adapter(run_dir: Path, stack: Stack, training: SelfGuidanceTraining = SelfGuidanceTraining(),
                   command: str = "migbench fit self_guidance", stop_after: int | None = None,
                   precision: str = "auto") -> TOASTAdapter:
-    """Train the adapter (resuming from ``run_dir``), then save ``recipe.name`` with its manifest entry."""
+    """Train the adapter on ``stack``'s frozen backbone (resuming from ``run_dir``), then save it
+    with its manifest entry (name: ``training.name``, or ``<stack>_self_guidance`` for auto)."""
     started = time.monotonic()
-    loop = TrainLoop(name=f"fit {recipe.name}", total_steps=recipe.steps, seed=recipe.seed, run_dir=run_dir,
+    name = f"{stack.name}_self_guidance" if training.name == "auto" else training.name
+    loop = TrainLoop(name=f"fit {name}", total_steps=training.steps, seed=training.seed, run_dir=run_dir,
                      precision=precision, stop_after=stop_after, grad_clip=None,
-                     lr_at=lambda s: warmup_cosine(s, recipe.steps, recipe.warmup, recipe.lr))
-    backbone = load_transformer(recipe.backbone).to(loop.device)
-    ids, labels = token_maps("train", TOKENIZER, data_dir, loop.device)
+                     lr_at=lambda s: warmup_cosine(s, training.steps, training.warmup, training.lr))
+    backbone = stack.backbone.to(loop.device)
+    ids, labels = stack_token_maps(stack, "train", loop.device, "fit self_guidance")
     num_classes, width, depth = backbone.layout.num_classes, backbone.width, backbone.depth
-    adapter = TOASTAdapter(num_classes, width, depth, recipe.factor)
+    adapter = TOASTAdapter(num_classes, width, depth, training.factor)
     aux = AuxiliaryPass(depth)
     hooks = aux.hooks()
-    optimizer = torch.optim.AdamW(adapter.parameters(), lr=recipe.lr, betas=(0.9, 0.96), weight_decay=0.0)
+    optimizer = torch.optim.AdamW(adapter.parameters(), lr=training.lr, betas=(0.9, 0.96), weight_decay=0.0)
 
     def step_fn(net: torch.nn.Module, step: int, gen: torch.Generator, device: torch.device
                 ) -> tuple[torch.Tensor, dict[str, float]]:
-        idx = batch_indices(len(ids), recipe.batch_size, recipe.seed, step)
+        idx = batch_indices(len(ids), training.batch_size, training.seed, step)
         x0, y = ids[idx].to(device), labels[idx].to(device)
         canvas, substituted = corrupted_batch(backbone, x0, y, gen)
-        return correction_loss(backbone, net, aux, hooks, x0, y, canvas, substituted, recipe.label_smoothing)
+        return correction_loss(backbone, net, aux, hooks, x0, y, canvas, substituted, training.label_smoothing)
 
     adapter = loop.run(adapter, optimizer, step_fn)
-    if loop.stops_early:
-        return adapter
     return loop.publish(
-        recipe.name, adapter, lambda: TOASTAdapter(num_classes, width, depth, recipe.factor),
-        lambda m: held_out_correction(backbone, m, *token_maps("test", TOKENIZER, data_dir, loop.device),
+        name, adapter, lambda: TOASTAdapter(num_classes, width, depth, training.factor),
+        lambda m: held_out_correction(backbone, m, *stack_token_maps(stack, "test", loop.device, "fit self_guidance"),
                                       loop.precision_used),
         command=command, started=started,
         config={"model": {"kind": "toast_adapter", "num_classes": num_classes, "width": width,
-                          "depth": depth, "factor": recipe.factor},
-                "recipe": asdict(recipe), "backbone_sha256": weights.manifest_entry(recipe.backbone)["sha256"]})
+                          "depth": depth, "factor": training.factor},
+                "training": asdict(replace(training, name=name)),
+                "stack": {"name": stack.name, "weights": dict(stack.weight_hashes)}})

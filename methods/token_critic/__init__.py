@@ -12,9 +12,10 @@ reimplementations differ. Each step of T:
    at an earlier step can be revoked (x-transformers' ``can_mask_prev_unmasked=False`` blocks
    this; we follow the paper).
 
-The critic is trained by ``migbench fit token_critic`` (see :mod:`.train`) with the paper's
-"was sampled" label by default. The paper samples with T = 18 (36 NFE); set ``maskgit.steps``.
-Takes the ``scorer`` and ``selector`` slots. Neutral setting: ``enabled = false``.
+The critic is a network of the generator's family (:mod:`.critic`), trained per stack by
+``migbench fit token_critic`` (see :mod:`.train`) with the paper's "was sampled" label by default.
+The paper samples with T = 18 (36 NFE); set ``maskgit.steps``. Takes the ``scorer`` and
+``selector`` slots. Neutral setting: ``enabled = false``.
 """
 
 from __future__ import annotations
@@ -24,19 +25,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from migbench.backbones.fmnist.transformer import TransformerConfig
-from migbench.methods.token_critic.critic import TokenCritic
+from migbench.methods.token_critic.critic import TokenCritic, check_trained_for, critic_for
 
 from migbench import weights
+from migbench.api import Backbone, Stack
 from migbench.config import check_choices, knob
 from migbench.rng import gumbel
 from migbench.sampler import SamplerBuilder, SampleState
+from migbench.schedules import MASK_SCHEDULES
 from migbench.slots import lowest
 
 
 @dataclass(frozen=True)
 class TokenCriticConfig:
-    weights: str = knob("fmnist_token_critic", "critic weights (a manifest name)")
+    weights: str = knob("auto", "critic weights (a manifest name; auto = the stack's)")
     noise_scale: float = knob(1.0, "scale of the linearly annealed noise on the critic scores")
     noise: str = knob("uniform", "noise on the scores: uniform (lucidrains) or gumbel", ("uniform", "gumbel"))
     enabled: bool = knob(True, "false installs nothing (the neutral setting)")
@@ -47,13 +49,53 @@ class TokenCriticConfig:
             raise ValueError(f"token_critic.noise_scale must be >= 0, got {self.noise_scale}")
 
 
-def _critic(entry: dict[str, Any]) -> TokenCritic:
-    return TokenCritic(TransformerConfig(**{k: v for k, v in entry["config"]["model"].items() if k != "kind"}))
+@dataclass(frozen=True)
+class TokenCriticTraining:
+    """`migbench fit token_critic` (:mod:`.train`): the critic against the frozen generator."""
+
+    name: str = knob("auto", "weights name; auto = <stack>_token_critic, then _differs / _scratch "
+                             "for those choices (a variant never overwrites the default critic)")
+    label: str = knob("mask", "target: mask = the token was sampled (paper), differs = it differs "
+                              "from the real one (lucidrains)", ("mask", "differs"))
+    init: str = knob("generator", "body: generator = the generator's weights (ours), scratch = the "
+                                  "family's random initialisation", ("generator", "scratch"))
+    mask_schedule: str = knob("cosine", "the generator's training mask schedule", tuple(MASK_SCHEDULES))
+    steps: int = knob(200, "optimiser steps")
+    batch_size: int = knob(256, "token maps per step")
+    lr: float = knob(2e-4, "peak AdamW learning rate (cosine to lr / 20)")
+    warmup: int = knob(50, "linear warm-up steps")
+    weight_decay: float = knob(0.05, "AdamW weight decay")
+    seed: int = knob(0, "seed of the batches and draws")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"fit token_critic.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"fit token_critic.lr must be positive, got {self.lr}")
+        if self.warmup < 0 or self.weight_decay < 0:
+            raise ValueError(f"fit token_critic.warmup and weight_decay must be >= 0, got {self.warmup}, "
+                             f"{self.weight_decay}")
+
+    def weights_name(self, stack: Stack) -> str:
+        """``name``, or for auto ``<stack>_token_critic`` with ``_differs`` / ``_scratch`` for
+        the non-default label / init (``fmnist_token_critic_differs_scratch``)."""
+        if self.name != "auto":
+            return self.name
+        variant = "".join(f"_{v}" for v, default in ((self.label, "mask"), (self.init, "generator"))
+                          if v != default)
+        return f"{stack.name}_token_critic{variant}"
 
 
-def load_critic(name: str) -> TokenCritic:
-    """The committed critic ``name`` (sha256-checked, cached per hash)."""
-    return weights.load_module(name, _critic)
+def load_critic(name: str, backbone: Backbone) -> TokenCritic:
+    """The committed critic ``name`` for ``backbone`` (sha256-checked, cached per hash and
+    backbone), on its device: the body a copy of ``backbone``, refused in one line when the
+    manifest entry records another backbone's ``describe()``."""
+    def build(entry: dict[str, Any]) -> TokenCritic:
+        check_trained_for(name, entry["config"]["model"], backbone)
+        return critic_for(backbone)
+    return weights.load_module(name, build, key=backbone)
 
 
 def remask_anywhere(candidates: torch.Tensor, scores: torch.Tensor, state: SampleState) -> torch.Tensor:
@@ -66,6 +108,7 @@ class TokenCriticMethod:
 
     name = "token_critic"
     config_cls = TokenCriticConfig
+    fit_config_cls = TokenCriticTraining
     trained = True
 
     @staticmethod
@@ -76,8 +119,8 @@ class TokenCriticMethod:
     def install(builder: SamplerBuilder, config: TokenCriticConfig) -> None:
         if not config.enabled:
             return
-        device = next(builder.backbone.parameters()).device
-        critic = load_critic(config.weights).to(device)
+        critic = load_critic(builder.weights_name(TokenCriticMethod.name, "weights", config.weights),
+                             builder.backbone)
         builder.add_parameters(TokenCriticMethod.name, online=sum(p.numel() for p in critic.parameters()))
 
         def scorer(candidates: torch.Tensor, logp: torch.Tensor, state: SampleState) -> torch.Tensor:
@@ -96,17 +139,21 @@ class TokenCriticMethod:
         builder.claim("selector", remask_anywhere, TokenCriticMethod.name)
 
     @staticmethod
-    def fit(run_dir: Path, command: str, steps: int | None = None, label: str | None = None,
-            init: str | None = None, precision: str = "auto") -> None:
-        """Train the critic; ``label`` mask|differs, ``init`` generator|scratch (see :mod:`.train`).
-        Non-default choices name the weights ``fmnist_token_critic_<differs>_<scratch>``.
-        ``precision``: the training autocast (:mod:`migbench.precision`)."""
-        from dataclasses import replace
+    def random_parts(stack: Stack, seed: int = 0) -> TokenCritic:
+        """A critic for ``stack.backbone`` (on its device, eval, no grad) for tests: its body a copy
+        of the backbone, its head drawn with std 1/sqrt(d), so the scores vary by O(1) across tokens."""
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            critic = critic_for(stack.backbone)
+            head = critic.body.head.weight
+            with torch.no_grad():
+                head.copy_(torch.randn(head.shape) * stack.backbone.width ** -0.5)
+        return critic.eval().requires_grad_(False)
 
-        from migbench.methods.token_critic.train import CriticRecipe, train_critic
+    @staticmethod
+    def fit(run_dir: Path, command: str, stack: Stack, config: TokenCriticTraining, precision: str) -> None:
+        """Train the critic against ``stack``'s frozen backbone (:mod:`.train`); ``precision``:
+        the training autocast (:mod:`migbench.precision`)."""
+        from migbench.methods.token_critic.train import train_critic
 
-        options = (("steps", steps), ("label", label), ("init", init))
-        recipe = replace(CriticRecipe(), **{k: v for k, v in options if v is not None})
-        variant = "".join(f"_{v}" for v, default in ((recipe.label, "mask"), (recipe.init, "generator"))
-                          if v != default)  # a variant never overwrites the default critic
-        train_critic(run_dir, replace(recipe, name=recipe.name + variant), command=command, precision=precision)
+        train_critic(run_dir, stack, config, command=command, precision=precision)

@@ -10,56 +10,43 @@ deviation): 1 where the spliced token differs from x0. Held-out metrics on test 
 :func:`.critic.breakdown` of the scores against the mask label (within-canvas, by mask ratio,
 oracle).
 
-Training runs on the loop's device (the GPU where there is one) with the frozen generator moved
-there once; the generator's pass runs under the same ``precision`` autocast as the critic's.
+Family-agnostic: the frozen generator is the stack's backbone (moved to the loop's device, the
+GPU where there is one, once; its pass runs under the same ``precision`` autocast as the
+critic's), token maps come from the stack's data, and the weights are named
+``<stack>_token_critic[_differs][_scratch]`` unless ``name`` says otherwise
+(:meth:`TokenCriticTraining.weights_name`).
 
-``init``: "generator" (default) makes the critic the generator's size (the paper) and starts its
-body from the generator's weights (our choice, see :mod:`.critic`); "scratch" the same size from
-random weights.
+``init``: "generator" (default) makes the critic the generator's family and size (the paper) and
+starts its body from the generator's weights (our choice, see :mod:`.critic`); "scratch" the same
+network from the family's random initialisation.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from migbench.backbones.fmnist.loading import TOKENIZER, load_transformer, token_maps
-from migbench.backbones.fmnist.transformer import MaskedTransformer
-from migbench.methods.token_critic.critic import TokenCritic, auroc, breakdown
+from migbench.methods.token_critic import TokenCriticTraining
+from migbench.methods.token_critic.critic import (
+    TokenCritic,
+    auroc,
+    breakdown,
+    critic_for,
+    new_critic,
+)
 
-from migbench import weights
+from migbench.api import Backbone, Stack
 from migbench.masking import sample_mask
 from migbench.precision import autocast
 from migbench.slots import gumbel_max
-from migbench.training import TrainLoop, batch_indices, warmup_cosine
-
-
-@dataclass(frozen=True)
-class CriticRecipe:
-    name: str = "fmnist_token_critic"
-    generator: str = "fmnist_maskgit"
-    label: str = "mask"
-    init: str = "generator"
-    mask_schedule: str = "cosine"
-    steps: int = 200
-    batch_size: int = 256
-    lr: float = 2e-4
-    warmup: int = 50
-    weight_decay: float = 0.05
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.label not in ("mask", "differs"):
-            raise ValueError(f"label must be 'mask' (paper) or 'differs' (lucidrains), got {self.label!r}")
-        if self.init not in ("generator", "scratch"):
-            raise ValueError(f"init must be 'generator' or 'scratch', got {self.init!r}")
+from migbench.training import TrainLoop, batch_indices, stack_token_maps, warmup_cosine
 
 
 @torch.no_grad()
-def corrupt(generator: MaskedTransformer, x0: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
+def corrupt(generator: Backbone, x0: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
             gen: torch.Generator) -> torch.Tensor:
     """x0 (B, N) with the ``mask`` positions replaced by the generator's samples.
 
@@ -78,8 +65,8 @@ def critic_labels(x0: torch.Tensor, spliced: torch.Tensor, mask: torch.Tensor, k
 
 
 @torch.no_grad()
-def held_out_scores(critic: TokenCritic, generator: MaskedTransformer, ids: torch.Tensor,
-                    labels: torch.Tensor, recipe: CriticRecipe, precision: str, batch: int = 500
+def held_out_scores(critic: TokenCritic, generator: Backbone, ids: torch.Tensor,
+                    labels: torch.Tensor, mask_schedule: str, precision: str, batch: int = 500
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Critic logits (M, N), masks (M, N) and "differs" flags (M, N) on held-out splices (fixed
     masks), on the CPU; both networks run on their device under ``precision`` autocast."""
@@ -90,7 +77,7 @@ def held_out_scores(critic: TokenCritic, generator: MaskedTransformer, ids: torc
     with autocast(precision, device):
         for i in range(0, len(ids), batch):
             x0, y = ids[i:i + batch].to(device), labels[i:i + batch].to(device)
-            mask = sample_mask(len(x0), x0.shape[1], recipe.mask_schedule, 0.0, gen)
+            mask = sample_mask(len(x0), x0.shape[1], mask_schedule, 0.0, gen)
             spliced = corrupt(generator, x0, y, mask.to(device), gen)
             scores.append(critic(spliced, y).cpu())
             masks.append(mask)
@@ -98,51 +85,51 @@ def held_out_scores(critic: TokenCritic, generator: MaskedTransformer, ids: torc
     return torch.cat(scores), torch.cat(masks), torch.cat(differs)
 
 
-def held_out_metrics(critic: TokenCritic, generator: MaskedTransformer, ids: torch.Tensor,
-                     labels: torch.Tensor, recipe: CriticRecipe, precision: str) -> dict[str, object]:
+def held_out_metrics(critic: TokenCritic, generator: Backbone, ids: torch.Tensor,
+                     labels: torch.Tensor, training: TokenCriticTraining, precision: str) -> dict[str, object]:
     """The manifest's critic metrics: AUROC against the training label, and the breakdown against
     the mask label (the paper's)."""
-    scores, mask, differs = held_out_scores(critic, generator, ids, labels, recipe, precision)
+    scores, mask, differs = held_out_scores(critic, generator, ids, labels, training.mask_schedule, precision)
     split = breakdown(scores, mask, differs)
-    target = mask if recipe.label == "mask" else differs
+    target = mask if training.label == "mask" else differs
     return {"held_out_auroc": round(auroc(scores, target), 4),
             "within_canvas_auroc": split["within_canvas"], "auroc_by_mask_ratio": split["by_ratio"],
             "differing_only_auroc": split["differing_only"], "against_differs_auroc": split["against_differs"],
             "sampled_equal": split["sampled_equal"], "oracle_auroc": split["oracle"]}
 
 
-def train_critic(run_dir: Path, recipe: CriticRecipe = CriticRecipe(), data_dir: str | None = None,
+def train_critic(run_dir: Path, stack: Stack, training: TokenCriticTraining = TokenCriticTraining(),
                  command: str = "migbench fit token_critic", stop_after: int | None = None,
                  precision: str = "auto") -> TokenCritic:
-    """Train the critic (resuming from ``run_dir``), then save ``recipe.name`` with its manifest entry."""
+    """Train the critic against ``stack``'s frozen backbone (resuming from ``run_dir``), then save
+    it with its manifest entry (name: :meth:`TokenCriticTraining.weights_name`)."""
     started = time.monotonic()
-    loop = TrainLoop(name=f"fit {recipe.name}", total_steps=recipe.steps, seed=recipe.seed, run_dir=run_dir,
+    name = training.weights_name(stack)
+    loop = TrainLoop(name=f"fit {name}", total_steps=training.steps, seed=training.seed, run_dir=run_dir,
                      precision=precision, stop_after=stop_after,
-                     lr_at=lambda s: warmup_cosine(s, recipe.steps, recipe.warmup, recipe.lr, recipe.lr / 20))
-    generator = load_transformer(recipe.generator).to(loop.device)
-    ids, labels = token_maps("train", TOKENIZER, data_dir, loop.device)
-    critic = TokenCritic.from_generator(generator) if recipe.init == "generator" else TokenCritic(generator.config)
-    optimizer = torch.optim.AdamW(critic.parameters(), lr=recipe.lr, betas=(0.9, 0.95),
-                                  weight_decay=recipe.weight_decay)
+                     lr_at=lambda s: warmup_cosine(s, training.steps, training.warmup, training.lr, training.lr / 20))
+    generator = stack.backbone.to(loop.device)
+    ids, labels = stack_token_maps(stack, "train", loop.device, "fit token_critic")
+    critic = new_critic(stack, training.init)
+    optimizer = torch.optim.AdamW(critic.parameters(), lr=training.lr, betas=(0.9, 0.95),
+                                  weight_decay=training.weight_decay)
 
     def step_fn(net: torch.nn.Module, step: int, gen: torch.Generator, device: torch.device
                 ) -> tuple[torch.Tensor, dict[str, float]]:
-        idx = batch_indices(len(ids), recipe.batch_size, recipe.seed, step)
+        idx = batch_indices(len(ids), training.batch_size, training.seed, step)
         x0, y = ids[idx].to(device), labels[idx].to(device)
-        mask = sample_mask(len(x0), x0.shape[1], recipe.mask_schedule, 0.0, gen).to(device)
+        mask = sample_mask(len(x0), x0.shape[1], training.mask_schedule, 0.0, gen).to(device)
         spliced = corrupt(generator, x0, y, mask, gen)
-        target = critic_labels(x0, spliced, mask, recipe.label)
+        target = critic_labels(x0, spliced, mask, training.label)
         logits = net(spliced, y)
         loss = F.binary_cross_entropy_with_logits(logits, target)
         return loss, {"accuracy": float(((logits > 0).float() == target).float().mean())}
 
     critic = loop.run(critic, optimizer, step_fn)
-    if loop.stops_early:
-        return critic
     return loop.publish(
-        recipe.name, critic, lambda: TokenCritic(generator.config),
-        lambda m: held_out_metrics(m, generator, *token_maps("test", TOKENIZER, data_dir, loop.device),
-                                   recipe, loop.precision_used),
+        name, critic, lambda: critic_for(generator),
+        lambda m: held_out_metrics(m, generator, *stack_token_maps(stack, "test", loop.device, "fit token_critic"),
+                                   training, loop.precision_used),
         command=command, started=started,
-        config={"model": critic.describe(), "recipe": asdict(recipe),
-                "generator_sha256": weights.manifest_entry(recipe.generator)["sha256"]})
+        config={"model": critic.describe(), "training": asdict(replace(training, name=name)),
+                "stack": {"name": stack.name, "weights": dict(stack.weight_hashes)}})
