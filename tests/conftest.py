@@ -37,17 +37,28 @@ def toy_trained_parts(monkeypatch):
     monkeypatch.setattr(self_guidance, "load_adapter", lambda name: adapter)
 
     from migbench.methods import ka_mig
-    from migbench.methods.ka_mig.fusion import KAMIGModule
-    from migbench.methods.ka_mig.graphs import normalise
 
-    backbone = toy().backbone
-    module = KAMIGModule(backbone.width, backbone.depth, backbone.head, normalise(torch.rand(16, 16)),
-                         normalise(torch.rand(16, 16)), torch.rand(10, 64, 16) > 0.5).eval()
-    torch.nn.Linear(32, 16)  # the head copy was once a fresh Linear whose init drew these: same parts as recorded
-    with torch.no_grad():
-        for layer in [*module.positive, *module.negative]:
-            torch.nn.init.normal_(layer.weight, std=0.05)
-    monkeypatch.setattr(ka_mig, "load_module", lambda name, graphs, backbone: module.requires_grad_(False))
+    from migbench.sampler import SamplerBuilder
+
+    # the toy stack names no trained weights: "auto" goes through to the patched loaders
+    monkeypatch.setattr(SamplerBuilder, "weights_name", lambda self, owner, knob, value: value)
+    ka_mig_parts = ka_mig.KAMIG.random_parts(toy())
+    monkeypatch.setattr(ka_mig, "load_module", lambda name, graphs, backbone: ka_mig_parts)
+
+
+@pytest.fixture
+def toy_1d():
+    """The toy stack with its 64 tokens declared 1-D (``token_shape`` (64,)): the shape of TiTok's
+    tokens, for methods that need a 2-D grid to refuse."""
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from migbench.backbones.toy import toy
+
+    stack = toy()
+    tokens = SimpleNamespace(codebook_size=stack.tokenizer.codebook_size, token_shape=(64,),
+                             image_shape=stack.tokenizer.image_shape)
+    return replace(stack, name="toy_1d", tokenizer=tokens)
 
 
 def machine_key() -> str:
