@@ -56,20 +56,21 @@ from migbench.generate import Batch, Generation, generate, merge
 from migbench.images import SampleShard, grid_subset, merge_sample_shards, save_grid
 from migbench.precision import explain as explain_precision
 from migbench.precision import resolve as resolve_precision
-from migbench.recipe import Recipe, build_sampler
+from migbench.recipe import AUTO, Recipe, build_sampler
 from migbench.weights import WeightsError, git_revision, read_manifest
 
 FINGERPRINT = "batch-sha256-v2"  # samples_sha256 = samples_fingerprint(batch_sha256 of every batch)
 
 
 def method_weight_hashes(recipe: Recipe) -> dict[str, str]:
-    """sha256 of every manifest entry a method config names (``weights``, ``graphs``)."""
+    """sha256 of every manifest entry a method config names (``weights``, ``graphs``); a knob left
+    at ``"auto"`` names none (its stack has no such weights, and the method refuses it at install)."""
     found = {}
     manifest = read_manifest()
     for config in recipe.configs:
         for key in ("weights", "graphs"):
             name = getattr(config, key, None)
-            if isinstance(name, str):
+            if isinstance(name, str) and name != AUTO:
                 found[name] = manifest.get(name, {}).get("sha256", "missing")
     return found
 

@@ -38,7 +38,7 @@ import torch
 from migbench.config import check_choices, knob
 from migbench.guidance import StepInfo
 from migbench.sampler import SamplerBuilder, SampleState
-from migbench.schedules import MASK_SCHEDULES, mask_ratio, time_grid
+from migbench.schedules import MASK_SCHEDULES, mask_ratio, plan_from_counts, time_grid
 
 CFG_SCHEDULES: dict[str, Callable[[float], float]] = {
     "constant": lambda x: 1.0,
@@ -92,18 +92,16 @@ class AncestralSchedule:
     def plan(self, num_tokens: int, generator: torch.Generator) -> list[StepInfo]:
         grid = time_grid(self.steps)
         host = host_generator(generator)
-        infos, masked = [], num_tokens
+        after, masked = [], num_tokens
         for k in range(self.steps):
             last = k == self.steps - 1
             p = transfer_probability(self.mask_schedule, grid[k], grid[k + 1], last)
             draws = torch.rand(masked, generator=host)
-            count = masked if last else max(1, int((draws < p).sum()))
-            infos.append(StepInfo(step=k, num_steps=self.steps, t=grid[k], s=grid[k + 1],
-                                  masked_before=masked, masked_after=masked - count, num_tokens=num_tokens))
-            masked -= count
+            masked -= masked if last else max(1, int((draws < p).sum()))
+            after.append(masked)
             if masked == 0:
                 break
-        return infos
+        return plan_from_counts(after, self.steps, num_tokens)
 
 
 def random_order(candidates: torch.Tensor, logp: torch.Tensor, state: SampleState) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 from migbench.config import check_logit_scale, knob
 from migbench.guidance import StepInfo
 from migbench.sampler import SamplerBuilder, SampleState
-from migbench.schedules import time_grid
+from migbench.schedules import plan_from_counts
 from migbench.slots import categorical_everywhere
 
 
@@ -100,11 +100,7 @@ class HaltonSchedule:
     def plan(self, num_tokens: int, generator: torch.Generator | None = None) -> list[StepInfo]:
         after = [num_tokens - min(num_tokens, revealed_after_step(k, self.steps, num_tokens))
                  for k in range(self.steps)]
-        before = [num_tokens, *after[:-1]]
-        grid = time_grid(self.steps)
-        return [StepInfo(step=k, num_steps=self.steps, t=grid[k], s=grid[k + 1],
-                         masked_before=before[k], masked_after=after[k], num_tokens=num_tokens)
-                for k in range(self.steps)]
+        return plan_from_counts(after, self.steps, num_tokens)
 
 
 class Halton:

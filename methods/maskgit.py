@@ -34,7 +34,7 @@ from migbench.schedules import (
     choice_temperature,
     guidance_scale,
     masked_after_steps,
-    time_grid,
+    plan_from_counts,
 )
 from migbench.slots import categorical, lowest
 
@@ -76,12 +76,7 @@ class RevealSchedule:
     schedule: str | tuple[float, ...]
 
     def plan(self, num_tokens: int, generator: torch.Generator | None = None) -> list[StepInfo]:
-        after = masked_after_steps(self.schedule, self.steps, num_tokens)
-        before = [num_tokens, *after[:-1]]
-        grid = time_grid(self.steps)
-        return [StepInfo(step=k, num_steps=self.steps, t=grid[k], s=grid[k + 1],
-                         masked_before=before[k], masked_after=after[k], num_tokens=num_tokens)
-                for k in range(self.steps)]
+        return plan_from_counts(masked_after_steps(self.schedule, self.steps, num_tokens), self.steps, num_tokens)
 
 
 def keep_decoded(candidates: torch.Tensor, scores: torch.Tensor, state: SampleState) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Method configs: frozen dataclasses with documented knobs, strict overrides, run hashes."""
+"""Method configs: frozen dataclasses with documented knobs, strict overrides, run and content hashes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import json
 import math
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 
 def knob(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
@@ -137,3 +140,22 @@ def stable_hash(obj: Any, length: int = 16) -> str:
         return x
     text = json.dumps(plain(obj), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def content_hash(arrays: np.ndarray | Mapping[str, Any]) -> str:
+    """sha256 (hex) of array contents, never of names alone.
+
+    One numpy array (the evaluator's reference images): over its shape, then its C-order bytes.
+    Named arrays, numpy or torch (KA-MIG's graph tensors): over each array's name, shape and
+    dtype, then its bytes, in name order. Both spellings are those the committed hashes
+    (reference caches, graph manifest entries) were made with."""
+    if isinstance(arrays, np.ndarray):
+        parts = [(str(arrays.shape), arrays)]
+    else:
+        parts = [(f"{name}{tuple(arrays[name].shape)}{arrays[name].dtype}", arrays[name]) for name in sorted(arrays)]
+    digest = hashlib.sha256()
+    for header, array in parts:
+        digest.update(header.encode())
+        host = array if isinstance(array, np.ndarray) else array.detach().cpu().numpy()
+        digest.update(np.ascontiguousarray(host).tobytes())
+    return digest.hexdigest()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+from migbench.guidance import StepInfo
+
 _E5 = math.exp(5.0)
 
 MASK_SCHEDULES: dict[str, Callable[[float], float]] = {
@@ -82,6 +84,17 @@ TIME_EPS = 1e-5
 def time_grid(num_steps: int) -> list[float]:
     """eMIGM's grid linspace(1, 1e-5, T + 1): step k goes from t_k to s_k = t_{k+1} > 0."""
     return [1.0 - (1.0 - TIME_EPS) * k / num_steps for k in range(num_steps + 1)]
+
+
+def plan_from_counts(masked_after: Sequence[int], num_steps: int, num_tokens: int) -> list[StepInfo]:
+    """The step plan of a schedule slot from its masked counts after each step: step k goes from
+    t_k to s_k on :func:`time_grid` (T = ``num_steps``) and from ``masked_after[k - 1]`` (N at
+    step 0) to ``masked_after[k]`` masked tokens. A plan may end before step T (eMIGM's, once
+    nothing is masked): it has one step per count."""
+    grid = time_grid(num_steps)
+    before = [num_tokens, *masked_after[:-1]]
+    return [StepInfo(step=k, num_steps=num_steps, t=grid[k], s=grid[k + 1], masked_before=before[k],
+                     masked_after=after, num_tokens=num_tokens) for k, after in enumerate(masked_after)]
 
 
 def choice_temperature(tau0: float, step: int, num_steps: int, anneal: str = "linear") -> float:

@@ -23,10 +23,10 @@ def first_step_logits():
 
 @pytest.fixture
 def toy_trained_parts(monkeypatch):
-    """Trained methods load random components that fit the toy backbone instead of committed ones
-    (whatever weights they name: the toy stack names none, so "auto" stays)."""
+    """Trained methods load their ``random_parts`` for the toy backbone instead of committed weights
+    (whatever weights they name: the toy stack names none, so "auto" goes through to the loaders)."""
     from migbench.backbones.toy import toy
-    from migbench.methods import self_guidance, token_critic
+    from migbench.methods import ka_mig, self_guidance, token_critic
 
     from migbench.sampler import SamplerBuilder
 
@@ -38,26 +38,23 @@ def toy_trained_parts(monkeypatch):
     monkeypatch.setattr(self_guidance, "load_adapter", lambda name, backbone: on_device(adapter, backbone))
     critic = token_critic.TokenCriticMethod.random_parts(toy())
     monkeypatch.setattr(token_critic, "load_critic", lambda name, backbone: on_device(critic, backbone))
+    ka_mig_parts = ka_mig.KAMIG.random_parts(toy())
+    monkeypatch.setattr(ka_mig, "load_module", lambda name, graphs, backbone: on_device(ka_mig_parts, backbone))
 
-    from migbench.backbones.fmnist.transformer import MaskedTransformer, TransformerConfig
-    from migbench.methods.self_guidance.adapter import TOASTAdapter
-    from migbench.methods.token_critic.critic import TokenCritic
 
-    torch.manual_seed(0)  # the critic and adapter were once drawn here: the KA-MIG parts below stay as recorded
-    TokenCritic(MaskedTransformer(TransformerConfig(codebook_size=16, width=32, depth=2, heads=2)))
-    TOASTAdapter(num_classes=10, width=32, depth=2, factor=4)
-    from migbench.methods import ka_mig
-    from migbench.methods.ka_mig.fusion import KAMIGModule
-    from migbench.methods.ka_mig.graphs import normalise
+@pytest.fixture
+def toy_1d():
+    """The toy stack with its 64 tokens declared 1-D (``token_shape`` (64,)): the shape of TiTok's
+    tokens, for methods that need a 2-D grid to refuse."""
+    from dataclasses import replace
+    from types import SimpleNamespace
 
-    backbone = toy().backbone
-    module = KAMIGModule(backbone.width, backbone.depth, backbone.head, normalise(torch.rand(16, 16)),
-                         normalise(torch.rand(16, 16)), torch.rand(10, 64, 16) > 0.5).eval()
-    torch.nn.Linear(32, 16)  # the head copy was once a fresh Linear whose init drew these: same parts as recorded
-    with torch.no_grad():
-        for layer in [*module.positive, *module.negative]:
-            torch.nn.init.normal_(layer.weight, std=0.05)
-    monkeypatch.setattr(ka_mig, "load_module", lambda name, graphs, backbone: module.requires_grad_(False))
+    from migbench.backbones.toy import toy
+
+    stack = toy()
+    tokens = SimpleNamespace(codebook_size=stack.tokenizer.codebook_size, token_shape=(64,),
+                             image_shape=stack.tokenizer.image_shape)
+    return replace(stack, name="toy_1d", tokenizer=tokens)
 
 
 def machine_key() -> str:

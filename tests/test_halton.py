@@ -1,8 +1,18 @@
 """Halton order against hand values and upstream's reveal counts."""
 
 import numpy as np
+import pytest
 import torch
-from migbench.methods.halton import halton_order, halton_rank, halton_sequence, revealed_after_step
+from migbench.methods.halton import (
+    HaltonSchedule,
+    halton_order,
+    halton_rank,
+    halton_sequence,
+    revealed_after_step,
+)
+
+from migbench.recipe import build_sampler, resolve
+from migbench.schedules import time_grid
 
 
 def test_van_der_corput() -> None:
@@ -30,10 +40,23 @@ def test_reveal_counts() -> None:
     assert revealed_after_step(0, 64, 64) == 1
 
 
+def test_plan_reveals_the_counts_on_the_time_grid() -> None:
+    plan = HaltonSchedule(8).plan(64)
+    after = [64 - revealed_after_step(k, 8, 64) for k in range(8)]
+    assert [i.masked_after for i in plan] == after and [i.masked_before for i in plan] == [64, *after[:-1]]
+    grid = time_grid(8)
+    assert [(i.t, i.s) for i in plan] == list(zip(grid[:-1], grid[1:], strict=True))
+
+
+def test_refused_on_1d_tokens(toy_1d) -> None:
+    with pytest.raises(ValueError, match=r"^method halton needs image tokens on a 2-D grid .token_shape of length "
+                                         r"2.; stack toy_1d has token_shape \(64,\)$"):
+        build_sampler(resolve("halton"), toy_1d)
+    build_sampler(resolve("halton", neutral=["halton"]), toy_1d)  # the neutral config needs nothing
+
+
 def test_revealed_tokens_kept_unless_resampling() -> None:
     from migbench.backbones.toy import toy
-
-    from migbench.recipe import build_sampler, resolve
 
     stack = toy()
     for resample in (False, True):

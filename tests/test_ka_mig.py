@@ -293,15 +293,65 @@ def test_cuda_fold_is_deterministic_and_close_to_the_cpu_fold() -> None:
     torch.testing.assert_close(first, on_cpu, rtol=1e-4, atol=1e-4)
 
 
-def test_one_graph_recipes_switch_the_other_graphs_off() -> None:
-    from migbench.methods.ka_mig.train import KAMIGRecipe
+def test_one_graph_trainings_switch_the_other_graphs_off() -> None:
+    from migbench.methods.ka_mig.train import KAMIGTraining
 
-    assert KAMIGRecipe().switches() == Switches()
-    assert KAMIGRecipe(only="semantic").switches() == Switches(cooccurrence=False, semantic=True,
-                                                               incompatibility=False)
-    assert KAMIGRecipe(only="head").switches() == Switches(False, False, False)
-    with pytest.raises(ValueError, match="only must be one of cooccurrence, semantic, incompatibility, head"):
-        KAMIGRecipe(only="co")
+    assert KAMIGTraining().switches() == Switches()
+    assert KAMIGTraining(only="semantic").switches() == Switches(cooccurrence=False, semantic=True,
+                                                                 incompatibility=False)
+    assert KAMIGTraining(only="head").switches() == Switches(False, False, False)
+    with pytest.raises(ValueError, match=r"KAMIGTraining.only = 'co'; choose from \['', 'cooccurrence', "
+                                         r"'semantic', 'incompatibility', 'head'\]"):
+        KAMIGTraining(only="co")
+    with pytest.raises(ValueError, match="lr must be positive, got -0.1"):
+        KAMIGTraining(lr=-0.1)
+    with pytest.raises(ValueError, match="graphs_only builds the shared graphs; it takes no only"):
+        KAMIGTraining(graphs_only=True, only="semantic")
+
+
+def test_auto_training_names_follow_the_stack_with_the_old_suffixes() -> None:
+    """On fmnist the names are those of the committed weights; a given name is kept as it is."""
+    from migbench.methods.ka_mig.train import KAMIGTraining
+
+    def names(stack_name: str, **knobs) -> tuple[str, str]:
+        named = KAMIGTraining(**knobs).named(stack_name)
+        return named.name, named.graphs
+
+    assert names("fmnist") == ("fmnist_ka_mig", "fmnist_ka_mig_graphs")
+    assert names("fmnist", only="head") == ("fmnist_ka_mig_head", "fmnist_ka_mig_graphs")
+    assert names("fmnist", only="incompatibility", lr=1e-3) == ("fmnist_ka_mig_incompatibility_lr0.001",
+                                                                "fmnist_ka_mig_graphs")
+    assert names("toy", lr=1e-4) == ("toy_ka_mig", "toy_ka_mig_graphs")
+    assert names("toy", name="mine", graphs="shared") == ("mine", "shared")
+
+
+def test_manifest_entries_are_read_under_both_keys_and_matched_to_their_stack() -> None:
+    from migbench.methods.ka_mig.train import fitted_to, recorded_training
+
+    stack = toy()
+    old = {"config": {"recipe": {"only": "semantic"}, "backbone_sha256": "seed0"}}
+    new = {"config": {"training": {"only": "head"}, "stack": "toy", "weight_hashes": {"toy": "seed0"}}}
+    assert recorded_training(old) == {"only": "semantic"} and recorded_training(new) == {"only": "head"}
+    assert recorded_training({}) == {}
+    assert fitted_to(old, stack) and fitted_to(new, stack)
+    assert not fitted_to({"config": {"weight_hashes": {"toy": "seed1"}}}, stack)
+    assert not fitted_to({"config": {"backbone_sha256": "other"}}, stack)
+
+
+def test_committed_entries_belong_to_the_fmnist_stack_only() -> None:
+    """fmnist's weight hashes match the committed models' backbone_sha256; fmnist_emigm's do not."""
+    from migbench.methods.ka_mig.train import fitted_to
+
+    from migbench import weights
+
+    manifest = weights.read_manifest()
+    hashes = {n: manifest[n]["sha256"] for n in ("fmnist_vq", "fmnist_maskgit", "fmnist_emigm")}
+    stack, emigm = toy(), toy()
+    stack.weight_hashes = {n: hashes[n] for n in ("fmnist_vq", "fmnist_maskgit")}
+    emigm.weight_hashes = {n: hashes[n] for n in ("fmnist_vq", "fmnist_emigm")}
+    models = [entry for entry in manifest.values() if entry["config"].get("model", {}).get("kind") == "ka_mig"]
+    assert len(models) >= 6
+    assert all(fitted_to(entry, stack) and not fitted_to(entry, emigm) for entry in models)
 
 
 def test_one_graph_model_refuses_the_graphs_it_was_not_trained_with(monkeypatch) -> None:
@@ -310,25 +360,127 @@ def test_one_graph_model_refuses_the_graphs_it_was_not_trained_with(monkeypatch)
     from migbench import weights
     from migbench.recipe import build_sampler, resolve
 
-    entry = {"sha256": "0" * 64, "config": {"recipe": {"only": "semantic"}}}
-    monkeypatch.setattr(weights, "manifest_entry", lambda name: entry)
+    named = {"ka_mig.weights": "one_graph", "ka_mig.graphs": "g"}
+    entry = {"sha256": "0" * 64, "config": {"recipe": {"only": "semantic"}}}  # an entry of the old key
+    monkeypatch.setattr(weights, "read_manifest", lambda: {"one_graph": entry})
     monkeypatch.setattr(ka_mig, "load_module", lambda *args: pytest.fail("loaded before the check"))
     with pytest.raises(ValueError, match="trained with semantic only; switch off cooccurrence, incompatibility"):
-        build_sampler(resolve("ka_mig", {}), toy())
+        build_sampler(resolve("ka_mig", named), toy())
     with pytest.raises(ValueError, match=r"trained with semantic only; switch it on \(--set ka_mig.semantic=true\)"):
-        build_sampler(resolve("ka_mig", {"ka_mig.cooccurrence": False, "ka_mig.semantic": False,
+        build_sampler(resolve("ka_mig", {**named, "ka_mig.cooccurrence": False, "ka_mig.semantic": False,
                                          "ka_mig.incompatibility": False}), toy())
-    entry["config"]["recipe"]["only"] = "head"
+    entry["config"] = {"training": {"only": "head"}}  # a new entry
     with pytest.raises(ValueError, match="trained with no graphs .the head-only control.; switch off cooccurrence, "
                                          "semantic, incompatibility .--set ka_mig.cooccurrence=false --set "
                                          "ka_mig.semantic=false --set ka_mig.incompatibility=false."):
-        build_sampler(resolve("ka_mig", {}), toy())
+        build_sampler(resolve("ka_mig", named), toy())
     stack = toy()
     monkeypatch.setattr(ka_mig, "load_module", lambda *args: make_module(stack))
-    sampler = build_sampler(resolve("ka_mig", {"ka_mig.cooccurrence": False, "ka_mig.semantic": False,
+    sampler = build_sampler(resolve("ka_mig", {**named, "ka_mig.cooccurrence": False, "ka_mig.semantic": False,
                                                "ka_mig.incompatibility": False}), stack)
     module = make_module(stack)
     assert sampler.extra_parameters["ka_mig"]["online"] == sum(p.numel() for p in module.head.parameters())
+
+
+def test_auto_weights_resolve_per_stack(monkeypatch) -> None:
+    """fmnist names its committed weights (the resolved recipe is that of the old defaults); a
+    stack naming none is refused at install, and only when KA-MIG really installs."""
+    from dataclasses import replace
+
+    from migbench.backbones.fmnist import METHOD_WEIGHTS
+
+    from migbench.recipe import build_sampler, resolve
+
+    named = replace(toy(), method_weights=METHOD_WEIGHTS)
+    bound = resolve("ka_mig").bind(named).config("ka_mig")
+    assert (bound.weights, bound.graphs) == ("fmnist_ka_mig", "fmnist_ka_mig_graphs")
+    with pytest.raises(ValueError, match="ka_mig.weights=auto: stack toy has no ka_mig weights; set "
+                                         "ka_mig.weights=NAME"):
+        build_sampler(resolve("ka_mig"), toy())
+    with pytest.raises(ValueError, match="ka_mig.graphs=auto: stack toy has no ka_mig weights"):
+        build_sampler(resolve("ka_mig", {"ka_mig.weights": "fmnist_ka_mig"}), toy())
+    build_sampler(resolve("ka_mig", neutral=["ka_mig"]), toy())
+
+
+def test_g_co_is_refused_on_1d_tokens_g_s_and_g_p_are_not(toy_1d, monkeypatch) -> None:
+    from migbench.methods import ka_mig
+
+    from migbench.recipe import build_sampler, resolve
+
+    with pytest.raises(ValueError, match=r"^method ka_mig needs image tokens on a 2-D grid .token_shape of length "
+                                         r"2.; stack toy_1d has token_shape \(64,\)$"):
+        build_sampler(resolve("ka_mig"), toy_1d)
+    monkeypatch.setattr(ka_mig, "load_module", lambda name, graphs, backbone: ka_mig.KAMIG.random_parts(toy_1d))
+    build_sampler(resolve("ka_mig", {"ka_mig.cooccurrence": False, "ka_mig.weights": "w", "ka_mig.graphs": "g"}),
+                  toy_1d)
+
+
+def test_1d_graphs_have_no_g_co() -> None:
+    from migbench.methods.ka_mig.graphs import graph_tensors, graphs_from_state
+
+    ids, labels = torch.randint(0, 16, (20, 64)), torch.arange(20) % 10
+    flat = graph_tensors(ids, labels, 16, 10, (64,), 0.05)
+    grid = graph_tensors(ids, labels, 16, 10, (8, 8), 0.05)
+    assert flat["co_edge_index"].shape == (2, 0) and flat["co_edge_weight"].shape == (0,)
+    assert grid["co_edge_weight"].numel() > 0
+    for key in ("s_edge_index", "s_edge_weight", "incompatible"):
+        assert torch.equal(flat[key], grid[key])
+    co, _, incompatible = graphs_from_state(flat)
+    assert co.edge_index.dtype == torch.int64 and incompatible.dtype == torch.bool
+
+
+def test_random_parts_fit_the_stack_and_change_the_logits() -> None:
+    from migbench.methods.ka_mig import KAMIG
+
+    stack = toy()
+    state = torch.random.get_rng_state()
+    parts, again = KAMIG.random_parts(stack), KAMIG.random_parts(stack)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global stream is left alone
+    assert not parts.training and not any(p.requires_grad for p in parts.parameters())
+    assert parts.incompatible.shape == (10, 64, 16) and len(parts.positive) == stack.backbone.depth
+    assert all(torch.equal(a, b) for a, b in zip(parts.state_dict().values(), again.state_dict().values(),
+                                                  strict=True))
+    assert not torch.equal(parts.positive[0].weight, KAMIG.random_parts(stack, seed=1).positive[0].weight)
+    ids = torch.randint(0, 16, (2, 64))
+    ids[:, :20] = stack.backbone.layout.mask_id
+    labels = torch.tensor([3, NULL_LABEL])
+    with torch.no_grad():
+        assert not torch.equal(run(stack, parts, Switches(), ids, labels), stack.backbone(ids, labels).logits)
+
+
+def test_fit_on_1d_tokens_builds_g_s_and_g_p_and_refuses_g_co(toy_1d, tmp_path, monkeypatch) -> None:
+    """A stack of 1-D tokens: fitting with G_co is refused in one line before anything runs; a
+    G_s model fits, on graphs built without G_co, and is recorded with the stack."""
+    from dataclasses import replace
+
+    from migbench.methods.ka_mig import KAMIG
+    from migbench.methods.ka_mig.train import KAMIGTraining
+
+    from migbench import weights
+
+    monkeypatch.setenv("MIGBENCH_WEIGHTS", str(tmp_path / "weights"))
+    maps = {"train": (torch.randint(0, 16, (16, 64)), torch.arange(16) % 10),
+            "test": (torch.randint(0, 16, (8, 64)), torch.arange(8) % 10)}
+    stack = replace(toy_1d, dataset=replace(toy_1d.dataset, token_maps=lambda split, device="cpu": maps[split]))
+    training = KAMIGTraining(steps=1, batch_size=8, warmup=1)
+    with pytest.raises(ValueError, match=r"^fit ka_mig: G_co needs a 2-D token grid; stack toy_1d has token_shape "
+                                         r"\(64,\) \(fit with only=semantic, incompatibility or head\)$"):
+        KAMIG.fit(tmp_path / "run", "test", stack, training, "fp32")
+    assert not weights.read_manifest()
+    KAMIG.fit(tmp_path / "run", "test", stack, replace(training, only="semantic"), "fp32")
+    manifest = weights.read_manifest()
+    assert set(manifest) == {"toy_1d_ka_mig_graphs", "toy_1d_ka_mig_semantic"}
+    assert manifest["toy_1d_ka_mig_graphs"]["metrics"]["co_edges"] == 0
+    entry = manifest["toy_1d_ka_mig_semantic"]["config"]
+    assert entry["training"]["only"] == "semantic" and entry["training"]["name"] == "toy_1d_ka_mig_semantic"
+    assert entry["stack"] == "toy_1d" and entry["weight_hashes"] == {"toy": "seed0"}
+
+
+def test_training_needs_token_maps() -> None:
+    from migbench.training import stack_token_maps
+
+    with pytest.raises(ValueError, match="fit ka_mig: stack toy has no token maps"):
+        stack_token_maps(toy(), "train", "cpu", "fit ka_mig")
 
 
 def test_with_every_graph_off_only_the_head_copy_runs() -> None:
@@ -394,8 +546,13 @@ def test_incompatible_mass_and_biased_loss_by_hand() -> None:
     assert total == pytest.approx(2 * math.log(2.0))
 
 
-def test_diagnose_refuses_an_empty_map_count() -> None:
+def test_diagnose_refuses_an_empty_map_count_and_a_stack_without_models() -> None:
     from migbench.methods.ka_mig.diagnostics import diagnose
 
+    from migbench.weights import WeightsError
+
     with pytest.raises(ValueError, match="maps must be at least 1, got 0"):
-        diagnose(maps=0)
+        diagnose(toy(), maps=0)
+    with pytest.raises(WeightsError, match="no KA-MIG model fitted to stack toy in the manifest; "
+                                           "run `migbench fit ka_mig --backbone toy`"):
+        diagnose(toy(), maps=1)

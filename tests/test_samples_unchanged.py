@@ -4,7 +4,9 @@ Committed results are keyed by a run hash that includes ``SAMPLER_VERSION`` and 
 versions, so a change of the sampler that alters CPU samples for a seed must bump one of them.
 ``tests/fixtures/sampler_ids.safetensors`` holds the ids (B, N) of two small batches per case,
 recorded with the code *before* the host-sync removal (commit d27d994, torch 2.14.1 CPU); this
-test fails on any bit that moved. The committed Fashion-MNIST stacks with their committed method
+test fails on any bit that moved. The ``toy_ka_mig`` cases were re-recorded when the toy's KA-MIG
+parts became ``KAMIG.random_parts`` (other random numbers, same sampler: the old parts still
+gave the recorded ids first). The committed Fashion-MNIST stacks with their committed method
 weights and the ``toy`` stack with random trained parts are both covered, in fp32 and bf16.
 ``toy_token_critic`` was re-recorded when its random critic became
 ``TokenCriticMethod.random_parts`` (#16: other parts, same sampler; with the earlier parts its ids
@@ -98,9 +100,13 @@ def sample_ids(case: str) -> torch.Tensor:
     return torch.cat(out)
 
 
-def recorded_on() -> str:
+def fixture_metadata() -> dict[str, str]:
     with safe_open(FIXTURE, "pt") as fixture:
-        return (fixture.metadata() or {}).get("machine", "unknown")
+        return fixture.metadata() or {}
+
+
+def recorded_on() -> str:
+    return fixture_metadata().get("machine", "unknown")
 
 
 @pytest.mark.slow
@@ -113,9 +119,10 @@ def test_cpu_samples_are_bit_identical(case: str, request: pytest.FixtureRequest
         request.getfixturevalue("toy_trained_parts")
     ids = sample_ids(case)
     if RECORD:
-        recorded = load_file(FIXTURE) if FIXTURE.exists() else {}
+        recorded, metadata = (load_file(FIXTURE), fixture_metadata()) if FIXTURE.exists() else ({}, {})
         FIXTURE.parent.mkdir(exist_ok=True)
-        save_file({**recorded, case: ids.to(torch.int16).contiguous()}, FIXTURE, metadata={"machine": machine})
+        save_file({**recorded, case: ids.to(torch.int16).contiguous()}, FIXTURE,
+                  metadata={**metadata, "machine": machine})
         pytest.skip("recorded")
     expected = load_file(FIXTURE)[case].long()
     assert torch.equal(ids, expected), f"{case}: {(ids != expected).sum()} of {ids.numel()} ids changed"

@@ -4,7 +4,14 @@ import math
 
 import pytest
 
-from migbench.schedules import choice_temperature, guidance_scale, mask_ratio, masked_after_steps
+from migbench.schedules import (
+    choice_temperature,
+    guidance_scale,
+    mask_ratio,
+    masked_after_steps,
+    plan_from_counts,
+    time_grid,
+)
 
 
 def test_cosine_counts_t8_n64() -> None:
@@ -32,6 +39,16 @@ def test_every_step_reveals_at_least_one_and_last_reveals_all() -> None:
             before = [64, *counts[:-1]]
             assert counts[-1] == 0
             assert all(b - a >= 1 for b, a in zip(before, counts, strict=False))
+
+
+def test_plan_from_counts_chains_the_counts_on_the_time_grid() -> None:
+    plan = plan_from_counts([48, 32, 16, 0], 4, 64)
+    assert [(i.step, i.num_steps, i.num_tokens) for i in plan] == [(k, 4, 64) for k in range(4)]
+    assert [(i.masked_before, i.masked_after) for i in plan] == [(64, 48), (48, 32), (32, 16), (16, 0)]
+    grid = time_grid(4)
+    assert [(i.t, i.s) for i in plan] == list(zip(grid[:-1], grid[1:], strict=True))
+    early = plan_from_counts([10, 0], 4, 64)  # eMIGM's plan ends once nothing is masked
+    assert len(early) == 2 and early[1].num_steps == 4 and (early[1].t, early[1].s) == (grid[1], grid[2])
 
 
 def test_bad_schedule_inputs() -> None:

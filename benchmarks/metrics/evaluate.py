@@ -64,7 +64,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_featur
 from torch_fidelity.utils import create_feature_extractor
 
 from migbench import weights
-from migbench.config import stable_hash
+from migbench.config import content_hash, stable_hash
 from migbench.paths import cache_dir
 
 PRC_REFERENCE_SIZE = 10_000  # precision/recall use at most this many reference images (ADM: 10k)
@@ -112,13 +112,6 @@ def check_labels(labels: np.ndarray, n: int, classes: int | None) -> None:
     if classes is not None and n and (labels.min() < 0 or labels.max() >= classes):
         raise EvaluationError(f"labels must be classes 0..{classes - 1}, got values in "
                               f"[{labels.min()}, {labels.max()}]")
-
-
-def content_hash(images: np.ndarray) -> str:
-    """sha256 over shape and bytes of a uint8 image array."""
-    digest = hashlib.sha256(str(images.shape).encode())
-    digest.update(np.ascontiguousarray(images).tobytes())
-    return digest.hexdigest()
 
 
 def _ensure_registered() -> None:

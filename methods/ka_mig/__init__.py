@@ -6,15 +6,17 @@ incompatibility) are encoded by two 3-layer GCNs over the frozen backbone's code
 negative prior (:mod:`.encoder`), and fused into the frozen backbone before every block through
 zero-initialised projections (:mod:`.fusion`): positive terms at visible tokens, the negative
 prior subtracted at masked positions (the paper; ``negative_positions = "all"`` is the official
-code). The graph modules and a copy of the output head are fine-tuned (``migbench fit ka_mig``,
-:mod:`.train`). At inference C_co, C_s and P^c are constants: ``precompute = true`` (the default)
-folds them with every block's projections into lookup tables once (one step past the paper,
-which caches the features and projects them per pass; a prior too large to fold per block stays
-the paper's way), so a pass only gathers rows and runs the head; ``precompute = false``
-recomputes the graphs and projections in every pass (same logits up to rounding; on GPU its
-scatter-add is not bit-deterministic). Folding runs its dense products on the sampling device
-(the scatter-adds stay on the CPU): CPU samples are those of version 2 bit for bit, while GPU
-samples changed with it (no GPU rows were ever recorded, so the version stays 2).
+code). The graph modules and a copy of the output head are fine-tuned per stack (``migbench fit
+ka_mig``, :mod:`.train`); the ``weights`` and ``graphs`` knobs default to ``"auto"``, the stack's
+own (``stack.method_weights``). G_co needs a 2-D token grid (:meth:`KAMIG.requires`). At
+inference C_co, C_s and P^c are constants: ``precompute = true`` (the default) folds them with
+every block's projections into lookup tables once (one step past the paper, which caches the
+features and projects them per pass; a prior too large to fold per block stays the paper's way),
+so a pass only gathers rows and runs the head; ``precompute = false`` recomputes the graphs and
+projections in every pass (same logits up to rounding; on GPU its scatter-add is not
+bit-deterministic). Folding runs its dense products on the sampling device (the scatter-adds
+stay on the CPU): CPU samples are those of version 2 bit for bit, while GPU samples changed with
+it (no GPU rows were ever recorded, so the version stays 2).
 
 Neutral setting: ``enabled = false`` (the trained head differs from the backbone's, so switching
 graphs off alone is not the baseline; zero-initialised fusion is, and is tested).
@@ -28,11 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from migbench.methods.ka_mig.fusion import GRAPH_SWITCHES, KAMIGModule, Switches
-from migbench.methods.ka_mig.graphs import Graph
+from migbench.methods.ka_mig.graphs import graphs_from_state, normalise
+from migbench.methods.ka_mig.train import KAMIGTraining, recorded_training
 
 from migbench import weights
-from migbench.api import HookContext
+from migbench.api import HookContext, Stack
 from migbench.config import check_choices, knob
+from migbench.recipe import AUTO
 from migbench.sampler import SamplerBuilder
 
 if TYPE_CHECKING:
@@ -41,15 +45,15 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class KAMIGConfig:
-    cooccurrence: bool = knob(True, "use the co-occurrence graph G_co")
+    cooccurrence: bool = knob(True, "use the co-occurrence graph G_co (needs a 2-D token grid)")
     semantic: bool = knob(True, "use the semantic-similarity graph G_s")
     incompatibility: bool = knob(True, "subtract the class-position incompatibility prior P^c")
     negative_positions: str = knob("masked", "where P^c is subtracted: masked (paper) or all (official code)",
                                    ("masked", "all"))
     precompute: bool = knob(True, "fold C_co, C_s, P^c and the projections into lookup tables once "
                                   "(same logits as online up to rounding)")
-    weights: str = knob("fmnist_ka_mig", "fine-tuned KA-MIG module (a manifest name)")
-    graphs: str = knob("fmnist_ka_mig_graphs", "the three graphs (a manifest name)")
+    weights: str = knob(AUTO, "fine-tuned KA-MIG module (a manifest name); auto = the stack's")
+    graphs: str = knob(AUTO, "the three graphs (a manifest name); auto = the stack's")
     enabled: bool = knob(True, "false installs nothing (the neutral setting)")
 
     def __post_init__(self) -> None:
@@ -57,12 +61,6 @@ class KAMIGConfig:
 
     def switches(self) -> Switches:
         return Switches(self.cooccurrence, self.semantic, self.incompatibility, self.negative_positions)
-
-
-def graphs_from_state(state: dict[str, torch.Tensor]) -> tuple[Graph, Graph, torch.Tensor]:
-    return (Graph(state["co_edge_index"].long(), state["co_edge_weight"].float()),
-            Graph(state["s_edge_index"].long(), state["s_edge_weight"].float()),
-            state["incompatible"].bool())
 
 
 def load_module(name: str, graphs: str, backbone: torch.nn.Module) -> KAMIGModule:
@@ -74,11 +72,29 @@ def load_module(name: str, graphs: str, backbone: torch.nn.Module) -> KAMIGModul
     return weights.load_module(name, build, key=(graphs, weights.manifest_entry(graphs)["sha256"], id(backbone)))
 
 
+def check_trained_graphs(name: str, config: KAMIGConfig) -> None:
+    """Refuse switches that differ from those the weights ``name`` were trained with (a one-graph
+    ablation model or the head-only control, as its manifest entry records); weights the
+    manifest does not list are left to the loader."""
+    trained_only = recorded_training(weights.read_manifest().get(name, {})).get("only", "")
+    if not trained_only:
+        return
+    trained_with = "no graphs (the head-only control)" if trained_only == "head" else f"{trained_only} only"
+    extra = [g for g in GRAPH_SWITCHES if getattr(config, g) and g != trained_only]
+    if extra:
+        raise ValueError(f"ka_mig.weights={name!r} was trained with {trained_with}; switch off "
+                         f"{', '.join(extra)} ({' '.join(f'--set ka_mig.{g}=false' for g in extra)})")
+    if trained_only in GRAPH_SWITCHES and not getattr(config, trained_only):
+        raise ValueError(f"ka_mig.weights={name!r} was trained with {trained_with}; "
+                         f"switch it on (--set ka_mig.{trained_only}=true)")
+
+
 class KAMIG:
     """KA-MIG: knowledge-graph token representations fused into a frozen backbone."""
 
     name = "ka_mig"
     config_cls = KAMIGConfig
+    fit_config_cls = KAMIGTraining
     trained = True
     version = 2  # 2: the precomputed path folds the block projections into lookup tables
 
@@ -97,19 +113,12 @@ class KAMIG:
     def install(builder: SamplerBuilder, config: KAMIGConfig) -> None:
         if not config.enabled:
             return
-        trained_only = weights.manifest_entry(config.weights)["config"].get("recipe", {}).get("only", "")
-        if trained_only:
-            trained_with = "no graphs (the head-only control)" if trained_only == "head" else f"{trained_only} only"
-            extra = [g for g in GRAPH_SWITCHES if getattr(config, g) and g != trained_only]
-            if extra:
-                raise ValueError(f"ka_mig.weights={config.weights!r} was trained with {trained_with}; switch off "
-                                 f"{', '.join(extra)} ({' '.join(f'--set ka_mig.{g}=false' for g in extra)})")
-            if trained_only in GRAPH_SWITCHES and not getattr(config, trained_only):
-                raise ValueError(f"ka_mig.weights={config.weights!r} was trained with {trained_with}; "
-                                 f"switch it on (--set ka_mig.{trained_only}=true)")
+        name = builder.weights_name(KAMIG.name, "weights", config.weights)
+        graphs = builder.weights_name(KAMIG.name, "graphs", config.graphs)
+        check_trained_graphs(name, config)
         backbone = builder.backbone
         device = next(backbone.parameters()).device
-        module = load_module(config.weights, config.graphs, backbone)
+        module = load_module(name, graphs, backbone)
         layout = backbone.layout
         switches = config.switches()
         if config.precompute:
@@ -131,35 +140,44 @@ class KAMIG:
         builder.replace_head(module.head, KAMIG.name)
 
     @staticmethod
-    def diagnose(maps: int = 10_000) -> Diagnosis:
-        """`migbench diagnose ka_mig`: what the incompatibility prior could give on the first
-        ``maps`` held-out token maps, and what each trained model takes (:mod:`.diagnostics`)."""
-        from migbench.methods.ka_mig.diagnostics import diagnose
-
-        return diagnose(maps=maps)
+    def random_parts(stack: Stack, seed: int = 0) -> KAMIGModule:
+        """A module as :func:`load_module` returns, randomly initialised to fit ``stack``'s
+        backbone (for contract tests on random families): random dense G_co and G_s over the K
+        codes, a random incompatibility indicator (C, N, K), the zero-initialised projections'
+        weights drawn with std 0.05 so the fusion changes the logits, and the backbone's head
+        copied. In eval mode without gradients; the same seed gives the same parts, and the
+        global random state is left as it was."""
+        backbone = stack.backbone
+        layout = backbone.layout
+        k = layout.codebook_size
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            co, sem = normalise(torch.rand(k, k)), normalise(torch.rand(k, k))
+            incompatible = torch.rand(layout.num_classes, backbone.seq_len, k) > 0.5
+            module = KAMIGModule(backbone.width, backbone.depth, backbone.head, co, sem, incompatible)
+            with torch.no_grad():
+                for layer in [*module.positive, *module.negative]:
+                    torch.nn.init.normal_(layer.weight, std=0.05)
+        return module.eval().requires_grad_(False)
 
     @staticmethod
-    def fit(run_dir: Path, command: str, steps: int | None = None, graphs_only: bool = False,
-            only: str | None = None, lr: float | None = None, precision: str = "auto") -> None:
-        """Build the graphs, or fine-tune the module; ``only`` trains a one-graph ablation model
-        (weights ``fmnist_ka_mig_<graph>``, sampled with the matching ``ka_mig.*`` switches) or,
-        with ``"head"``, the head-only control ``fmnist_ka_mig_head`` (sampled with every graph off).
-        ``lr`` replaces the paper's 1e-4 for a probe of the fine-tuning budget; the weights' name
-        then ends in ``_lr<value>``. ``precision``: the training autocast (:mod:`migbench.precision`)."""
-        from dataclasses import replace
+    def diagnose(maps: int = 10_000, stack: str = "fmnist") -> Diagnosis:
+        """`migbench diagnose ka_mig`: what the incompatibility prior could give on the first
+        ``maps`` held-out token maps of the registered stack ``stack``, and what each KA-MIG
+        model fitted to it takes (:mod:`.diagnostics`)."""
+        from migbench.methods.ka_mig.diagnostics import diagnose
 
-        from migbench.methods.ka_mig.train import KAMIGRecipe, build_graphs, train_ka_mig
+        from migbench import registry
 
-        recipe = KAMIGRecipe() if steps is None else replace(KAMIGRecipe(), steps=steps)
-        if only and graphs_only:
-            raise ValueError("--graphs-only builds the shared graphs; it takes no --only")
-        if only:
-            recipe = replace(recipe, only=only, name=f"{recipe.name}_{only}")
-        if lr is not None:
-            if not lr > 0:
-                raise ValueError(f"--lr must be positive, got {lr}")
-            recipe = replace(recipe, lr=lr, name=f"{recipe.name}_lr{lr:g}")
-        if graphs_only:
-            build_graphs(recipe, command=command)
+        return diagnose(registry.backbone(stack)(), maps=maps)
+
+    @staticmethod
+    def fit(run_dir: Path, command: str, stack: Stack, config: KAMIGTraining, precision: str) -> None:
+        """Build ``stack``'s graphs (``graphs_only``), or fine-tune the module on it
+        (:mod:`.train`); ``precision`` is the training autocast (:mod:`migbench.precision`)."""
+        from migbench.methods.ka_mig.train import build_graphs, train_ka_mig
+
+        if config.graphs_only:
+            build_graphs(stack, config, command=command)
         else:
-            train_ka_mig(run_dir, recipe, command=command, precision=precision)
+            train_ka_mig(run_dir, stack, config, command=command, precision=precision)

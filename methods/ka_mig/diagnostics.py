@@ -1,9 +1,9 @@
 """`migbench diagnose ka_mig`: how much the class-position prior could give, and how much each
 trained KA-MIG model takes.
 
-On held-out token maps, with the MaskGIT recipe's fixed validation masks
-(:func:`~migbench.masking.validation_masks`, cosine ratios), for the frozen
-backbone and every trained KA-MIG model in the manifest:
+On a stack's held-out token maps, with the MaskGIT recipe's fixed validation masks
+(:func:`~migbench.masking.validation_masks`, cosine ratios), for the stack's frozen backbone
+and every KA-MIG model in the manifest fitted to that stack:
 
 - the loss per masked token (nats, no smoothing). The manifest's ``val_masked_loss`` differs in
   the last digits: it weights each batch's mean by its rows, runs the online path (here the
@@ -23,16 +23,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from migbench.backbones.fmnist.loading import TOKENIZER, load_transformer, token_maps
-from migbench.methods.ka_mig.train import KAMIGRecipe
+from migbench.methods.ka_mig.graphs import graphs_from_state
+from migbench.methods.ka_mig.train import fitted_to, recorded_training, trained_switches
 
 from migbench import weights
-from migbench.api import HookSet
+from migbench.api import HookSet, Stack
 from migbench.masking import VALIDATION_SEED, validation_masks
 from migbench.precision import autocast, resolve
+from migbench.training import stack_token_maps
 
 BIASES = (0.5, 1.0, 1.5, 2.0, 3.0, 5.0)
 GRAPH_LABELS = {"": "all three", "cooccurrence": "G_co only", "semantic": "G_s only",
@@ -91,46 +93,45 @@ class Diagnosis:
         return "\n".join(lines)
 
 
-def trained_models() -> list[tuple[str, KAMIGRecipe]]:
-    """(name, recipe) of every KA-MIG model in the manifest, sorted by name."""
-    out: list[tuple[str, KAMIGRecipe]] = []
-    for name, entry in sorted(weights.read_manifest().items()):
-        if entry.get("config", {}).get("model", {}).get("kind") == "ka_mig":
-            out.append((name, KAMIGRecipe(**entry["config"]["recipe"])))
-    return out
+def trained_models(stack: Stack) -> list[tuple[str, dict[str, Any]]]:
+    """(name, training config) of every KA-MIG model in the manifest fitted to ``stack``, sorted by name."""
+    return [(name, recorded_training(entry)) for name, entry in sorted(weights.read_manifest().items())
+            if entry.get("config", {}).get("model", {}).get("kind") == "ka_mig" and fitted_to(entry, stack)]
 
 
 @torch.no_grad()
-def diagnose(maps: int = 10_000, device: torch.device | str | None = None,
+def diagnose(stack: Stack, maps: int = 10_000, device: torch.device | str | None = None,
              precision: str = "auto") -> Diagnosis:
-    """Measure the backbone and every trained KA-MIG model on the first ``maps`` held-out maps
-    (at most the test split's 10,000), on ``device`` (default: CUDA where available, else the
-    CPU) under ``precision`` autocast."""
-    from migbench.methods.ka_mig import graphs_from_state, load_module
+    """Measure ``stack``'s frozen backbone and every KA-MIG model fitted to it on the first
+    ``maps`` held-out maps (the stack's test split), on ``device`` (default: CUDA where
+    available, else the CPU) under ``precision`` autocast."""
+    from migbench.methods.ka_mig import load_module
 
     if maps < 1:
         raise ValueError(f"maps must be at least 1, got {maps}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     used = resolve(precision, device)
-    models = trained_models()
+    models = trained_models(stack)
     if not models:
-        raise weights.WeightsError("no trained KA-MIG model in the manifest; run `migbench fit ka_mig`")
-    shared = {(recipe.backbone, recipe.graphs) for _, recipe in models}
+        raise weights.WeightsError(f"no KA-MIG model fitted to stack {stack.name} in the manifest; "
+                                   f"run `migbench fit ka_mig --backbone {stack.name}`")
+    shared = {training["graphs"] for _, training in models}
     if len(shared) > 1:
-        raise ValueError(f"the KA-MIG models use different backbones or graphs ({sorted(shared)}); "
-                         "diagnose compares models of one backbone")
-    backbone_name, graphs_name = shared.pop()
-    backbone = load_transformer(backbone_name).eval()
+        raise ValueError(f"the KA-MIG models of stack {stack.name} use different graphs ({sorted(shared)}); "
+                         "diagnose compares models of one set of graphs")
+    graphs_name = shared.pop()
+    backbone = stack.backbone.eval()
     ruled_out_table = graphs_from_state(weights.load_weights(graphs_name)[0])[2]  # (C, N, K)
-    ids, labels = token_maps("test", TOKENIZER, device=device)
-    ids, labels = ids[:maps], labels[:maps]
-    hook_sets: list[tuple[str, str, HookSet]] = [(backbone_name, "— (frozen backbone)", HookSet())]
+    ids, labels = stack_token_maps(stack, "test", device, "diagnose ka_mig")
+    ids, labels = ids[:maps].cpu(), labels[:maps].cpu()
+    hook_sets: list[tuple[str, str, HookSet]] = [(stack.name, "— (frozen backbone)", HookSet())]
     embeddings = backbone.token_embeddings().float()
-    for name, recipe in models:
+    for name, training in models:
+        only = training.get("only", "")
         module = load_module(name, graphs_name, backbone).cpu()  # folded on the CPU, as install does
-        hooks = module.hook_set(module.folded_hooks(recipe.switches(), module.constants(embeddings), device))
+        hooks = module.hook_set(module.folded_hooks(trained_switches(only), module.constants(embeddings), device))
         module.to(device)  # the head copy (and an unfolded prior's projections) run per pass
-        hook_sets.append((name, GRAPH_LABELS[recipe.only], hooks))
+        hook_sets.append((name, GRAPH_LABELS[only], hooks))
     backbone.to(device)
 
     loss = [0.0] * len(hook_sets)

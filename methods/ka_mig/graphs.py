@@ -14,13 +14,15 @@ Nodes are the K image codes. Following the official KA-MIG graph notebooks and s
 - **class-position incompatibility G_p**: for each class c and position i, the tokens never
   seen there in class c (no construction code is released; this is the paper's definition).
 
+G_co needs a 2-D token grid; on a stack of 1-D tokens only G_s and G_p are built
+(:func:`graph_tensors`).
+
 Edges are (source, target) pairs: a node aggregates from the nodes that list it (PyG's
 source-to-target flow).
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -117,11 +119,24 @@ def incompatibility(ids: torch.Tensor, labels: torch.Tensor, num_classes: int, n
     return ~seen.view(num_classes, n, num_tokens)
 
 
-def content_hash(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over the names, shapes, dtypes and bytes of ``tensors`` (sorted by name)."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].contiguous().cpu()
-        digest.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
-        digest.update(t.numpy().tobytes())
-    return digest.hexdigest()
+def graph_tensors(ids: torch.Tensor, labels: torch.Tensor, num_tokens: int, num_classes: int,
+                  token_shape: tuple[int, ...], prune_ratio: float) -> dict[str, torch.Tensor]:
+    """The three graphs of token maps ids (M, N) with labels (M,), as the named tensors of a graphs
+    file. G_co needs the 8-neighbourhood of a 2-D ``token_shape`` (h, w); for 1-D tokens only G_s
+    and G_p are built and G_co has no edges (no 1-D graph code was published), so a model of
+    those graphs trains and samples with ``cooccurrence`` off (``KAMIG.requires``)."""
+    if len(token_shape) == 2:
+        co = cooccurrence_graph(ids.view(-1, *token_shape), num_tokens, prune_ratio)
+    else:
+        co = Graph(torch.zeros(2, 0, dtype=torch.int64), torch.zeros(0))
+    sem = semantic_graph(ids, num_tokens)
+    return {"co_edge_index": co.edge_index, "co_edge_weight": co.edge_weight,
+            "s_edge_index": sem.edge_index, "s_edge_weight": sem.edge_weight,
+            "incompatible": incompatibility(ids, labels, num_classes, num_tokens).to(torch.uint8)}
+
+
+def graphs_from_state(state: dict[str, torch.Tensor]) -> tuple[Graph, Graph, torch.Tensor]:
+    """G_co, G_s and the incompatibility indicator (C, N, K) bool of a graphs file's tensors."""
+    return (Graph(state["co_edge_index"].long(), state["co_edge_weight"].float()),
+            Graph(state["s_edge_index"].long(), state["s_edge_weight"].float()),
+            state["incompatible"].bool())

@@ -1,21 +1,25 @@
-"""`migbench fit ka_mig [--graphs-only] [--only GRAPH|head]`: build the graphs, then fine-tune KA-MIG's modules.
+"""`migbench fit ka_mig [--backbone STACK] [--set KNOB=VALUE ...]`: build the graphs, then fine-tune
+KA-MIG's modules on any stack (:class:`KAMIGTraining` lists the knobs).
 
-``--only GRAPH`` trains a one-graph model (``fmnist_ka_mig_<graph>``) for the paper's ablation,
-which trains one model per graph configuration. ``--only head`` trains with every graph switched
-off, so only the head copy learns (``fmnist_ka_mig_head``): not in the paper, it is the control
+``only=GRAPH`` trains a one-graph model (``<stack>_ka_mig_<graph>``) for the paper's ablation,
+which trains one model per graph configuration. ``only=head`` trains with every graph switched
+off, so only the head copy learns (``<stack>_ka_mig_head``): not in the paper, it is the control
 that separates what the graphs add from what the extra fine-tuning of the head adds.
+``graphs_only=true`` builds the graphs and trains nothing.
 
-Graphs come from the training split's token maps and are saved (``fmnist_ka_mig_graphs``) with
-their content hash in the manifest. Fine-tuning (ka_mig.md section 5): the backbone is frozen;
-the GCNs, the negative prior's projection, the zero-initialised per-block projections and the
-head copy train with masked-token cross-entropy (label smoothing 0.1), class dropout 0.15,
-AdamW lr 1e-4, weight decay 0, betas (0.99, 0.99), linear warm-up then constant. Upstream runs
-1500 steps at a global batch of 2400 on AutoNAT-L with Beta(12, 3) mask ratios (AutoNAT's
-training distribution); here the steps are scaled to this machine and the mask ratios follow
-the backbone's own training schedule (cosine), for the same reason upstream uses AutoNAT's.
-Also unlike upstream: no EMA of the trained weights (upstream evaluates an EMA at 0.9999, which
-after 1500 steps is still mostly the initial weights) and no embedding dropout (our backbone was
-trained without dropout).
+Graphs come from the stack's training token maps (``stack.dataset.token_maps``) laid out as
+``stack.tokenizer.token_shape`` and are saved (``<stack>_ka_mig_graphs``) with their content
+hash in the manifest; G_co needs a 2-D grid, so a stack of 1-D tokens gets G_s and G_p only and
+trains with ``only`` set to another graph or the head. Fine-tuning (ka_mig.md section 5): the
+stack's backbone is frozen; the GCNs, the negative prior's projection, the zero-initialised
+per-block projections and the head copy train with masked-token cross-entropy (label smoothing
+0.1), class dropout 0.15, AdamW lr 1e-4, weight decay 0, betas (0.99, 0.99), linear warm-up then
+constant. Upstream runs 1500 steps at a global batch of 2400 on AutoNAT-L with Beta(12, 3) mask
+ratios (AutoNAT's training distribution); here the steps are scaled to this machine and the mask
+ratios are cosine (the embedded backbone's own training schedule), for the same reason upstream
+uses AutoNAT's. Also unlike upstream: no EMA of the trained weights (upstream evaluates an EMA at
+0.9999, which after 1500 steps is still mostly the initial weights) and no embedding dropout (our
+backbone was trained without dropout).
 
 Fine-tuning runs on the loop's device (the GPU where there is one) with the frozen backbone moved
 there once; its passes run under the same ``precision`` autocast as the trained modules.
@@ -23,133 +27,164 @@ there once; its passes run under the same ``precision`` autocast as the trained 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
-from migbench.backbones.fmnist.loading import TOKENIZER, load_transformer, token_maps
 from migbench.methods.ka_mig.fusion import GRAPH_SWITCHES, KAMIGModule, Switches
-from migbench.methods.ka_mig.graphs import (
-    content_hash,
-    cooccurrence_graph,
-    incompatibility,
-    semantic_graph,
-)
+from migbench.methods.ka_mig.graphs import graph_tensors, graphs_from_state
 
 from migbench import weights
-from migbench.api import NULL_LABEL, HookSet, Prediction
+from migbench.api import NULL_LABEL, HookSet, Prediction, Stack
+from migbench.config import check_choices, content_hash, knob
 from migbench.masking import masked_loss, sample_mask, validation_metrics
-from migbench.training import TrainLoop, batch_indices
+from migbench.recipe import AUTO
+from migbench.training import TrainLoop, batch_indices, stack_token_maps
 
-ONLY_CHOICES = (*GRAPH_SWITCHES, "head")  # `--only`: one graph, or the head-only control
+ONLY_CHOICES = (*GRAPH_SWITCHES, "head")  # `only`: one graph, or the head-only control
+PAPER_LR = 1e-4
 
 
 @dataclass(frozen=True)
-class KAMIGRecipe:
-    name: str = "fmnist_ka_mig"
-    graphs: str = "fmnist_ka_mig_graphs"
-    backbone: str = "fmnist_maskgit"
-    prune_ratio: float = 0.05
-    steps: int = 500
-    batch_size: int = 256
-    lr: float = 1e-4
-    warmup: int = 100
-    class_dropout: float = 0.15
-    label_smoothing: float = 0.1
-    seed: int = 0
-    only: str = ""  # "" trains with all three graphs; a graph name that graph alone; "head" none
+class KAMIGTraining:
+    """What `migbench fit ka_mig` builds and trains, and how (names resolved per stack: :meth:`named`)."""
+
+    name: str = knob(AUTO, "weights to publish; auto = <stack>_ka_mig, then _<only> and _lr<lr> when set")
+    graphs: str = knob(AUTO, "graphs to train with, built first when the manifest lacks them; "
+                             "auto = <stack>_ka_mig_graphs")
+    graphs_only: bool = knob(False, "build the graphs and train nothing")
+    only: str = knob("", "train with one graph, or with none (head: the head-only control); "
+                         "empty trains with all three", ("", *ONLY_CHOICES))
+    prune_ratio: float = knob(0.05, "G_co keeps this fraction of each row's co-occurrence counts")
+    steps: int = knob(500, "fine-tuning steps")
+    batch_size: int = knob(256, "token maps per step")
+    lr: float = knob(PAPER_LR, "AdamW learning rate (the paper's 1e-4; another value probes the budget)")
+    warmup: int = knob(100, "linear warm-up steps")
+    class_dropout: float = knob(0.15, "fraction of labels replaced by the null class")
+    label_smoothing: float = knob(0.1, "label smoothing of the masked-token cross-entropy")
+    seed: int = knob(0, "batch order and every per-step draw")
 
     def __post_init__(self) -> None:
-        if self.only not in ("", *ONLY_CHOICES):
-            raise ValueError(f"only must be one of {', '.join(ONLY_CHOICES)} (or empty for all three), "
-                             f"got {self.only!r}")
+        check_choices(self)
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.graphs_only and self.only:
+            raise ValueError("graphs_only builds the shared graphs; it takes no only")
 
     def switches(self) -> Switches:
-        """The graphs this recipe trains with (the paper's one-graph ablation rows train one; the
-        head-only control none)."""
-        if not self.only:
-            return Switches()
-        return Switches(**{graph: graph == self.only for graph in GRAPH_SWITCHES})
+        """The graphs this config trains with."""
+        return trained_switches(self.only)
+
+    def named(self, stack_name: str) -> KAMIGTraining:
+        """This config with its ``"auto"`` names resolved on stack ``stack_name``: the weights
+        ``<stack>_ka_mig`` (+ ``_<only>``, + ``_lr<lr>`` off the paper's lr), the graphs
+        ``<stack>_ka_mig_graphs``."""
+        name = self.name
+        if name == AUTO:
+            name = (f"{stack_name}_ka_mig" + (f"_{self.only}" if self.only else "")
+                    + (f"_lr{self.lr:g}" if self.lr != PAPER_LR else ""))
+        graphs = f"{stack_name}_ka_mig_graphs" if self.graphs == AUTO else self.graphs
+        return dataclasses.replace(self, name=name, graphs=graphs)
 
 
-def graph_tensors(ids: torch.Tensor, labels: torch.Tensor, num_tokens: int, num_classes: int,
-                  grid: tuple[int, int], prune_ratio: float) -> dict[str, torch.Tensor]:
-    """The three graphs of token maps (M, N) as named tensors."""
-    co = cooccurrence_graph(ids.view(-1, *grid), num_tokens, prune_ratio)
-    sem = semantic_graph(ids, num_tokens)
-    return {"co_edge_index": co.edge_index, "co_edge_weight": co.edge_weight,
-            "s_edge_index": sem.edge_index, "s_edge_weight": sem.edge_weight,
-            "incompatible": incompatibility(ids, labels, num_classes, num_tokens).to(torch.uint8)}
+def trained_switches(only: str) -> Switches:
+    """The graphs a model trained with ``only`` uses: all three (``""``), that graph alone (the
+    paper's one-graph ablation rows), or none (``"head"``, the head-only control)."""
+    if not only:
+        return Switches()
+    return Switches(**{graph: graph == only for graph in GRAPH_SWITCHES})
 
 
-def build_graphs(recipe: KAMIGRecipe, command: str, data_dir: str | None = None) -> dict[str, torch.Tensor]:
+def recorded_training(entry: dict[str, Any]) -> dict[str, Any]:
+    """The training config of a KA-MIG manifest entry (key ``training``; ``recipe`` in entries
+    written before the training configs were renamed)."""
+    config = entry.get("config", {})
+    return config.get("training", config.get("recipe", {}))
+
+
+def stack_identity(stack: Stack) -> dict[str, Any]:
+    """What a manifest entry records of the stack it was fitted to."""
+    return {"stack": stack.name, "weight_hashes": dict(stack.weight_hashes)}
+
+
+def fitted_to(entry: dict[str, Any], stack: Stack) -> bool:
+    """Whether a KA-MIG manifest entry was fitted to ``stack``: the stack weights it recorded
+    (only ``backbone_sha256`` in entries before stacks were recorded) are ``stack``'s."""
+    config = entry.get("config", {})
+    recorded = config.get("weight_hashes") or {"backbone": config.get("backbone_sha256")}
+    return set(recorded.values()) <= set(stack.weight_hashes.values())
+
+
+def build_graphs(stack: Stack, config: KAMIGTraining, command: str) -> dict[str, torch.Tensor]:
+    """Build the graphs of ``stack``'s training token maps and save them as ``config.graphs``
+    (``"auto"`` resolved) with their manifest entry; returns the tensors."""
+    config = config.named(stack.name)
     started = time.monotonic()
-    backbone = load_transformer(recipe.backbone)
-    ids, labels = token_maps("train", TOKENIZER, data_dir)
-    side = int(backbone.seq_len ** 0.5)
-    tensors = graph_tensors(ids, labels, backbone.layout.codebook_size, backbone.layout.num_classes,
-                            (side, side), recipe.prune_ratio)
-    weights.save_weights(recipe.graphs, tensors, half=False)
+    layout, token_shape = stack.backbone.layout, tuple(stack.tokenizer.token_shape)
+    ids, labels = stack_token_maps(stack, "train", "cpu", "fit ka_mig")
+    tensors = graph_tensors(ids, labels, layout.codebook_size, layout.num_classes, token_shape, config.prune_ratio)
+    weights.save_weights(config.graphs, tensors, half=False)
     metrics = {"co_edges": int(tensors["co_edge_weight"].numel()), "s_edges": int(tensors["s_edge_weight"].numel()),
                "incompatible_fraction": round(float(tensors["incompatible"].float().mean()), 4)}
-    weights.record(recipe.graphs, command=command, wall_seconds=time.monotonic() - started, metrics=metrics,
-                   config={"model": {"kind": "ka_mig_graphs", "prune_ratio": recipe.prune_ratio},
-                           "content_sha256": content_hash(tensors),
-                           "tokenizer_sha256": weights.manifest_entry(TOKENIZER)["sha256"]})
+    weights.record(config.graphs, command=command, wall_seconds=time.monotonic() - started, metrics=metrics,
+                   config={"model": {"kind": "ka_mig_graphs", "prune_ratio": config.prune_ratio,
+                                     "token_shape": list(token_shape)},
+                           "content_sha256": content_hash(tensors), **stack_identity(stack)})
     return tensors
 
 
-def train_ka_mig(run_dir: Path, recipe: KAMIGRecipe = KAMIGRecipe(), data_dir: str | None = None,
-                 command: str = "migbench fit ka_mig", stop_after: int | None = None,
-                 precision: str = "auto") -> KAMIGModule:
-    """Fine-tune KA-MIG's modules (building the graphs first if the manifest lacks them), then
-    save ``recipe.name`` with its manifest entry."""
-    from migbench.methods.ka_mig import graphs_from_state
-
+def train_ka_mig(run_dir: Path, stack: Stack, config: KAMIGTraining, command: str = "migbench fit ka_mig",
+                 stop_after: int | None = None, precision: str = "auto") -> KAMIGModule:
+    """Fine-tune KA-MIG's modules on ``stack`` (building the graphs first if the manifest lacks
+    them), then save ``config.name`` (``"auto"`` resolved) with its manifest entry. A config
+    training G_co on a stack of 1-D tokens is refused before anything runs."""
+    config = config.named(stack.name)
+    switches = config.switches()
+    if switches.cooccurrence and "grid2d" not in stack.capabilities:
+        raise ValueError(f"fit ka_mig: G_co needs a 2-D token grid; stack {stack.name} has token_shape "
+                         f"{tuple(stack.tokenizer.token_shape)} (fit with only=semantic, incompatibility or head)")
     started = time.monotonic()
-    loop = TrainLoop(name=f"fit {recipe.name}", total_steps=recipe.steps, seed=recipe.seed, run_dir=run_dir,
+    loop = TrainLoop(name=f"fit {config.name}", total_steps=config.steps, seed=config.seed, run_dir=run_dir,
                      precision=precision, stop_after=stop_after, grad_clip=None,
-                     lr_at=lambda s: recipe.lr * min(1.0, (s + 1) / recipe.warmup))
-    backbone = load_transformer(recipe.backbone).to(loop.device)
-    if recipe.graphs not in weights.read_manifest():
-        build_graphs(recipe, command=command + " (graphs)", data_dir=data_dir)
-    co, sem, incompatible = graphs_from_state(weights.load_weights(recipe.graphs)[0])
-    ids, labels = token_maps("train", TOKENIZER, data_dir, loop.device)
+                     lr_at=lambda s: config.lr * min(1.0, (s + 1) / config.warmup))
+    backbone = stack.backbone.to(loop.device).eval().requires_grad_(False)
+    if config.graphs not in weights.read_manifest():
+        build_graphs(stack, config, command=command + " (graphs)")
+    co, sem, incompatible = graphs_from_state(weights.load_weights(config.graphs)[0])
+    ids, labels = stack_token_maps(stack, "train", loop.device, "fit ka_mig")
 
     def fresh() -> KAMIGModule:
         return KAMIGModule(backbone.width, backbone.depth, backbone.head, co, sem, incompatible)
 
     module = fresh()
-    optimizer = torch.optim.AdamW(module.parameters(), lr=recipe.lr, betas=(0.99, 0.99), weight_decay=0.0)
+    optimizer = torch.optim.AdamW(module.parameters(), lr=config.lr, betas=(0.99, 0.99), weight_decay=0.0)
 
     def hooked(net: KAMIGModule) -> _Hooked:
-        switches = recipe.switches()
         constants = net.constants(backbone.token_embeddings()) if switches.any_graph() else None
         return _Hooked(backbone, net.hook_set(net.hooks(switches, lambda ctx: constants)))
 
     def step_fn(net: torch.nn.Module, step: int, gen: torch.Generator, device: torch.device
                 ) -> tuple[torch.Tensor, dict[str, float]]:
-        idx = batch_indices(len(ids), recipe.batch_size, recipe.seed, step)
+        idx = batch_indices(len(ids), config.batch_size, config.seed, step)
         x, y = ids[idx], labels[idx].clone()
-        y[torch.rand(len(y), generator=gen) < recipe.class_dropout] = NULL_LABEL
+        y[torch.rand(len(y), generator=gen) < config.class_dropout] = NULL_LABEL
         mask = sample_mask(len(x), x.shape[1], "cosine", 0.0, gen)
-        loss, acc = masked_loss(hooked(net), x.to(device), y.to(device), mask.to(device), recipe.label_smoothing)
+        loss, acc = masked_loss(hooked(net), x.to(device), y.to(device), mask.to(device), config.label_smoothing)
         return loss, {"masked_accuracy": float(acc)}
 
     module = loop.run(module, optimizer, step_fn)
-    if loop.stops_early:
-        return module
 
     def measure(net: KAMIGModule) -> dict[str, float]:
         # the backbone's own held-out metric (same fixed masks), so the two are comparable
-        return validation_metrics(hooked(net), *token_maps("test", TOKENIZER, data_dir, loop.device),
-                                  "cosine", 0.0, loop.precision_used)
+        return validation_metrics(hooked(net), *stack_token_maps(stack, "test", loop.device, "fit ka_mig"), "cosine", 0.0,
+                                  loop.precision_used)
 
-    return loop.publish(recipe.name, module, fresh, measure, command=command, started=started,
-                        config={"model": {"kind": "ka_mig"}, "recipe": asdict(recipe),
-                                "backbone_sha256": weights.manifest_entry(recipe.backbone)["sha256"],
-                                "graphs_sha256": weights.manifest_entry(recipe.graphs)["sha256"]})
+    return loop.publish(config.name, module, fresh, measure, command=command, started=started,
+                        config={"model": {"kind": "ka_mig"}, "training": asdict(config), **stack_identity(stack),
+                                "graphs_sha256": weights.manifest_entry(config.graphs)["sha256"]})
 
 
 class _Hooked(torch.nn.Module):
