@@ -65,22 +65,22 @@ def eval_command(args: argparse.Namespace) -> int:
     from migbench.benchmarks.metrics.evaluate import Extractor, evaluate
 
     from migbench.images import load_png_folder, load_samples
+    from migbench.outputs import check_file, write_text_atomic
 
     path = Path(args.samples)
-    if path.is_dir():
-        images, labels = load_png_folder(path)
-    elif path.is_file():
-        images, labels = load_samples(path)
-    else:
-        print(f"migbench eval: {path} is neither a samples .npz nor a folder of PNGs", file=sys.stderr)
+    if not path.exists():
+        print(f"migbench eval: error: {path} is neither a samples .npz nor a folder of PNGs", file=sys.stderr)
         return 2
+    out = Path(args.out) if args.out else (path if path.is_dir() else path.parent) / "eval.json"
+    check_file(out, "--out" if args.out else "--out (default: eval.json beside the samples)")
+    images, labels = load_png_folder(path) if path.is_dir() else load_samples(path)
     extractor = (Extractor.inception(args.inception_weights) if args.extractor == "inception-v3-compat"
                  else Extractor.fmnist())
     result = evaluate(images, labels, ref=args.ref, extractor=extractor, data_dir=args.data_dir,
                       prc=not args.no_prc)
     _print_metrics(f"{path} ({len(images)} images) against {args.ref}", result["metrics"])
-    out = Path(args.out) if args.out else (path if path.is_dir() else path.parent) / "eval.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 
@@ -99,15 +99,27 @@ def floors_command(args: argparse.Namespace) -> int:
 def sweep_command(args: argparse.Namespace) -> int:
     import os
 
+    from migbench.benchmarks.lock import LAUNCHER_PID
+
+    from migbench.processes import die_with_launcher
+
+    launched = bool(os.environ.get("MIGBENCH_LAUNCHED"))
+    if launched and LAUNCHER_PID in os.environ:  # a worker of relaunch(): die with it, from the start
+        die_with_launcher(int(os.environ[LAUNCHER_PID]))
+
+    from migbench.benchmarks.results import results_root
     from migbench.benchmarks.sweep import relaunch, sweep
 
-    if args.processes > 1 and not os.environ.get("MIGBENCH_LAUNCHED"):
+    from migbench.outputs import check_folder
+
+    root = Path(args.results) if args.results else None
+    check_folder(results_root(root), "--results")
+    if args.processes > 1 and not launched:
         forwarded = [args.suite, *(["--no-floors"] if args.no_floors else []),
                      *(["--keep-samples"] if args.keep_samples else []),
                      *(["--results", args.results] if args.results else [])]
-        return relaunch(forwarded, args.processes)
-    folder = sweep(args.suite, results_root=Path(args.results) if args.results else None,
-                   floors=not args.no_floors, keep_samples=args.keep_samples)
+        return relaunch(forwarded, args.processes, root)
+    folder = sweep(args.suite, results_root=root, floors=not args.no_floors, keep_samples=args.keep_samples)
     print(f"results in {folder}")
     return 0
 
@@ -115,10 +127,13 @@ def sweep_command(args: argparse.Namespace) -> int:
 def report_command(args: argparse.Namespace) -> int:
     from migbench.benchmarks.report import report, update_readme
 
+    from migbench.outputs import check_folder
     from migbench.paths import repo_root
 
     results = Path(args.results) if args.results else None
-    path = report(args.suite, results_root=results, reports_root=Path(args.reports) if args.reports else None)
+    reports = Path(args.reports) if args.reports else repo_root() / "reports"
+    check_folder(reports, "--reports")
+    path = report(args.suite, results_root=results, reports_root=reports)
     print(f"report written to {path}")
     if args.update_readme:
         update_readme(args.suite, repo_root() / "README.md", results)

@@ -1,5 +1,10 @@
 """`migbench report SUITE`: Markdown tables, figures (:mod:`.plots`, :mod:`.views`) and grids, from
-results/ only.
+results/ only. SUITE is what `migbench sweep` takes: a suite name or the path of a suite file.
+
+The report is built in a folder beside ``reports/<suite>`` and swapped in whole
+(:func:`~migbench.outputs.replaced_folder`): a killed report leaves the previous one as it was.
+Rows sharing a run hash (a results file written before sweeps locked their folder) count once,
+the first; the report says how many it left out.
 
 Rows are grouped by provenance (evaluator, extractor weights, reference content, N): numbers of
 different groups are never put in one table or plot. Over seeds, every metric is shown as the
@@ -12,16 +17,18 @@ import json
 import math
 import re
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from migbench.benchmarks.plots import non_dominated, plot_fid_is
-from migbench.benchmarks.results import flatten, read_rows, results_dir
+from migbench.benchmarks.results import duplicate_rows, flatten, read_rows, results_dir
 from migbench.benchmarks.views import views
 from scipy import stats
 from tabulate import tabulate
 
+from migbench.outputs import replaced_folder, write_text_atomic
 from migbench.paths import repo_root
 
 METRICS = ("fid", "is_mean", "kid_mean", "precision", "recall", "density", "coverage", "class_accuracy")
@@ -167,10 +174,20 @@ def paper_comparisons(suite: str, best: pd.DataFrame, papers: list[dict[str, Any
 README_MARK = "<!-- {suite}:begin -->", "<!-- {suite}:end -->"
 
 
+def suite_name(suite: str) -> str:
+    """The name ``migbench sweep`` files the results of ``suite`` under: the ``name`` of a suite
+    given by the path of its file (default: the file's stem), else ``suite`` itself."""
+    from migbench.benchmarks.suite import load_suite
+
+    path = Path(suite)
+    return load_suite(suite).name if path.suffix == ".toml" and path.is_file() else suite
+
+
 def update_readme(suite: str, readme: Path, results_root: Path | None = None) -> None:
     """Replace the block between ``<!-- SUITE:begin -->`` and ``<!-- SUITE:end -->`` in ``readme``
     with the suite's best-FID table, floors and FID-IS plot (rendered by :func:`report`)."""
     rows, _ = current_rows(suite, results_root)
+    suite = suite_name(suite)
     if not rows:
         raise FileNotFoundError(f"no current results for {suite}")
     latest = max(rows, key=lambda r: r["created"])["provenance_key"]  # never mix provenance groups
@@ -188,16 +205,18 @@ def update_readme(suite: str, readme: Path, results_root: Path | None = None) ->
         block += [_floors_table(json.loads(floors_path.read_text())), ""]
     block += [f"![FID-IS curves of {suite}](reports/{suite}/fid_is.png)", "", end]
     start, stop = text.index(begin), text.index(end) + len(end)
-    readme.write_text(text[:start] + "\n".join(block) + text[stop:], encoding="utf-8")
+    write_text_atomic(readme, text[:start] + "\n".join(block) + text[stop:])
 
 
 def current_rows(suite: str, results_root: Path | None = None) -> tuple[list[dict[str, Any]], int]:
     """Rows of the suite as defined now, in the suite's order (stale rows of older definitions
     or weights are left out), and how many were left out. A suite with no definition file keeps
-    every row. Where the rows hold more than one precision, each label gets its precision."""
+    every row. Where the rows hold more than one precision, each label gets its precision.
+    ``suite``: a name or a suite file's path (:func:`suite_name`); rows sharing a run hash count
+    once (:func:`~migbench.benchmarks.results.read_rows`)."""
     from migbench.benchmarks.sweep import current_hashes, row_precision
 
-    rows = read_rows(results_dir(suite, results_root))
+    rows = read_rows(results_dir(suite_name(suite), results_root))
     wanted = current_hashes(suite)
     kept = rows
     if wanted is not None:
@@ -210,22 +229,34 @@ def current_rows(suite: str, results_root: Path | None = None) -> tuple[list[dic
 
 
 def report(suite: str, results_root: Path | None = None, reports_root: Path | None = None) -> Path:
-    """Render ``reports/<suite>/`` from ``results/<suite>/``; returns the Markdown path."""
-    folder = results_dir(suite, results_root)
+    """Render ``reports/<suite>/`` from ``results/<suite>/`` (``suite``: a name or a suite file's
+    path); returns the Markdown path."""
+    name = suite_name(suite)
+    folder = results_dir(name, results_root)
     rows, stale = current_rows(suite, results_root)
     if not rows:
         raise FileNotFoundError(f"no current results in {folder}; run `migbench sweep {suite}` first")
-    out = (reports_root or repo_root() / "reports") / suite
-    if out.exists():
-        shutil.rmtree(out)
-    (out / "grids").mkdir(parents=True)
+    duplicates = duplicate_rows(folder)
+    if duplicates:
+        print(f"report {name}: {duplicates} duplicate row(s) in {folder / 'results.jsonl'} repeat the run hash of "
+              "an earlier row; each run counts once (the first row)", file=sys.stderr)
+    target = (reports_root or repo_root() / "reports") / name
+    with replaced_folder(target) as out:
+        _render(name, folder, out, rows, stale, duplicates)
+    return target / "README.md"
+
+
+def _render(suite: str, folder: Path, out: Path, rows: list[dict[str, Any]], stale: int, duplicates: int) -> None:
+    """Write the report of ``rows`` (from ``folder``) into the empty folder ``out``."""
+    (out / "grids").mkdir()
     floors_path = folder / "floors.json"
     floors = json.loads(floors_path.read_text()) if floors_path.exists() else None
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(row["provenance_key"], []).append(row)
     lines = [f"# {suite}", "", f"Generated by `migbench report {suite}` from `results/{suite}/` "
-             f"({len(rows)} rows{f'; {stale} stale rows of an older suite definition or older weights left out' if stale else ''}). "
+             f"({len(rows)} rows{f'; {stale} stale rows of an older suite definition or older weights left out' if stale else ''}"
+             f"{f'; {duplicates} duplicate rows repeating an earlier run hash left out (the first counts)' if duplicates else ''}). "
              "Metrics: mean ± 95% interval over seeds where a suite has several.", ""]
     for key, group_rows in groups.items():
         p = group_rows[0]["provenance"]
@@ -267,6 +298,4 @@ def report(suite: str, results_root: Path | None = None, reports_root: Path | No
                 shutil.copy(grid, out / "grids" / name)
                 lines += [f"**{r['label']}** ({r['swept']}, FID {r['fid']:.2f})", "",
                           f"![{r['label']}](grids/{name})", ""]
-    path = out / "README.md"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    (out / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -4,9 +4,11 @@ A point is skipped when its run hash (resolved recipe, backbone and method weigh
 batch size, reference, evaluator and extractor weights, sampler code version, method versions past
 1) already has a row. A suite whose pending points name untrained weights, or a recipe that does
 not build on its backbone (:func:`validate`: a step count above its number of tokens), fails
-before sampling.
+before sampling, and before its results folder is made. One sweep at a time writes a results
+folder (:mod:`~migbench.benchmarks.lock`; a second one refuses, naming the first), and a row is
+never appended twice for one run hash.
 ``--processes P`` relaunches the sweep under ``accelerate launch`` (one GPU per process, or CPU
-processes where no GPU is visible).
+processes where no GPU is visible); the processes die with their launcher (:func:`relaunch`).
 
 Per point, every process of the launch (CPU or GPU) runs its share of the batches
 (:mod:`migbench.generate`) and evaluates each batch as it comes (:class:`ShardEvaluator`):
@@ -43,8 +45,16 @@ from typing import Any
 
 import numpy as np
 import torch
+from migbench.benchmarks.lock import INHERITED, LAUNCHER_PID, LockError, ResultsLock
 from migbench.benchmarks.metrics.evaluate import Extractor, evaluate_features, extract_batch
-from migbench.benchmarks.results import append_row, read_rows, repair, results_dir, write_csv
+from migbench.benchmarks.results import (
+    append_row,
+    clean_leftovers,
+    read_rows,
+    repair,
+    results_dir,
+    write_csv,
+)
 from migbench.benchmarks.suite import Point, Suite, SuiteError, bind, load_suite
 from tqdm.auto import tqdm
 
@@ -56,6 +66,7 @@ from migbench.generate import Batch, Generation, generate, merge
 from migbench.images import SampleShard, grid_subset, merge_sample_shards, save_grid
 from migbench.precision import explain as explain_precision
 from migbench.precision import resolve as resolve_precision
+from migbench.processes import die_with_parent, preload_libc
 from migbench.recipe import AUTO, Recipe, build_sampler
 from migbench.weights import WeightsError, git_revision, read_manifest
 
@@ -251,48 +262,68 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def relaunch(args: list[str], processes: int) -> int:
-    """Run ``migbench sweep`` under ``accelerate launch`` with ``processes`` processes: one GPU
-    each, or CPU processes where no GPU is visible (more processes than GPUs is an error)."""
+def relaunch(args: list[str], processes: int, results_root: Path | None = None) -> int:
+    """Run ``migbench sweep ARGS`` (``args[0]``: the suite) under ``accelerate launch`` with
+    ``processes`` processes: one GPU each, or CPU processes where no GPU is visible (more
+    processes than GPUs is an error).
+
+    This launcher first checks the suite's pending points (:func:`prepare`, so a bad point is
+    one error here, not one per worker), then holds the results folder's lock for the whole
+    launch; the workers inherit it (:data:`~migbench.benchmarks.lock.INHERITED`). Every process of
+    the launch dies with this one: ``accelerate`` gets SIGKILL when the launcher exits
+    (``PR_SET_PDEATHSIG``, set before it starts) and each worker when ``accelerate`` exits
+    (:func:`~migbench.processes.die_with_launcher`), so a SIGKILL to the launcher or its process group leaves no
+    worker running on (``torch.distributed.run`` starts the workers in sessions of their own,
+    out of reach of a signal to the group)."""
     gpus = torch.cuda.device_count()
     if 0 < gpus < processes:  # process p runs on GPU p
         raise RuntimeError(f"--processes {processes} needs {processes} GPUs, {gpus} visible: use "
                            f"--processes {gpus}, or CPU processes (CUDA_VISIBLE_DEVICES= migbench sweep ...)")
     if importlib.util.find_spec("accelerate") is None:
         raise RuntimeError("`accelerate` is not installed; install it (pip install accelerate)")
+    plan = prepare(args[0], {}, torch.device("cuda" if gpus else "cpu"), results_root)
     # accelerate's --cpu launcher starts a single process; its multi-process launcher
     # (torch.distributed.run) works on CPU too: PartialState(cpu=True) then picks gloo. It runs
     # as this interpreter's module: a venv may lack the `accelerate` script on PATH.
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "--main_process_port", str(free_port())]
-    env = {**os.environ, "MIGBENCH_LAUNCHED": "1"}
-    return subprocess.call([*launch, "-m", "migbench.cli", "sweep", *args], env=env)
+    launcher = os.getpid()
+    preload_libc()  # so that the child need not load it between fork and exec
+    with ResultsLock.acquire(plan.folder) as lock:
+        _say_took_over(lock)
+        env = {**os.environ, "MIGBENCH_LAUNCHED": "1", INHERITED: lock.holder.token, LAUNCHER_PID: str(launcher)}
+        return subprocess.call([*launch, "-m", "migbench.cli", "sweep", *args], env=env,
+                               preexec_fn=lambda: die_with_parent(launcher))
 
 
-def sweep(suite_name: str | Suite, *, results_root: Path | None = None, floors: bool = True,
-          keep_samples: bool = False, progress: bool = True, limit: int | None = None) -> Path:
-    """Run the pending points of ``suite_name`` (a name, a path, or a parsed Suite); returns the
-    results folder."""
-    stacks: dict[str, Stack] = {}
-    suite = bind(suite_name if isinstance(suite_name, Suite) else load_suite(suite_name), stacks)
-    state, rank, world = _distributed()
-    device = state.device
-    folder = results_dir(suite.name, results_root)
-    if state.is_main_process:
-        folder.mkdir(parents=True, exist_ok=True)
-        dropped = repair(folder)
-        if dropped:
-            print(f"dropped {dropped} incomplete line(s) from {folder}/results.jsonl")
-    state.wait_for_everyone()
-    extractor = Extractor.named(suite.extractor)
+@dataclass
+class Plan:
+    """A sweep's bound ``suite``, its results ``folder``, ``extractor``, and its pending points
+    with their run hashes (``todo``), all checked (:func:`check_points`)."""
+
+    suite: Suite
+    folder: Path
+    extractor: Extractor
+    todo: list[tuple[Point, str]]
+
+
+def pending(suite: Suite, stacks: dict[str, Stack], extractor: Extractor, folder: Path, device: torch.device,
+            limit: int | None = None) -> list[tuple[Point, str]]:
+    """The points of ``suite`` (bound) whose run hash on ``device`` has no row in ``folder`` yet
+    (each hash once), the first ``limit`` of them."""
     done = {row["run_hash"] for row in read_rows(folder)}
     todo = []
     for point, h in suite_hashes(suite, stacks, extractor, lambda p: resolve_precision(p.precision, device)):
         if h not in done:
             todo.append((point, h))
             done.add(h)
-    todo = todo[:limit] if limit is not None else todo
+    return todo[:limit] if limit is not None else todo
+
+
+def check_points(suite: Suite, todo: list[tuple[Point, str]], stacks: dict[str, Stack]) -> None:
+    """Every point of ``todo`` can run: the weights it names exist and its recipe builds on its
+    stack (:func:`validate`); else one error naming the points."""
     missing = missing_weights(todo)
     if missing:
         needs = "; ".join(f"{name} (runs: {', '.join(labels)})" for name, labels in missing.items())
@@ -300,6 +331,86 @@ def sweep(suite_name: str | Suite, *, results_root: Path | None = None, floors: 
                            "Train them first (`migbench fit METHOD ...`, see README, The embedded stack).")
     for point in {(p.backbone, p.recipe): p for p, _ in todo}.values():
         validate(point, stacks[point.backbone])
+
+
+def prepare(suite_name: str | Suite, stacks: dict[str, Stack], device: torch.device,
+            results_root: Path | None = None, limit: int | None = None) -> Plan:
+    """Load and bind the suite (stacks into the cache ``stacks``), find its pending points from
+    the rows so far and check them all: every error a sweep can foresee, before it makes its
+    results folder or samples anything."""
+    suite = bind(suite_name if isinstance(suite_name, Suite) else load_suite(suite_name), stacks)
+    folder = results_dir(suite.name, results_root)
+    extractor = Extractor.named(suite.extractor)
+    todo = pending(suite, stacks, extractor, folder, device, limit)
+    check_points(suite, todo, stacks)
+    return Plan(suite, folder, extractor, todo)
+
+
+def _say_took_over(lock: ResultsLock) -> None:
+    if lock.took_over is not None:
+        print(f"took over the stale lock of {lock.folder} ({lock.took_over.describe()}, gone)", file=sys.stderr)
+
+
+def _hold(state: Any, folder: Path) -> ResultsLock | None:
+    """The main process takes ``folder``'s lock (or, under :func:`relaunch`, checks its
+    launcher's) and gets it (the others get None); every process raises the same
+    :class:`LockError` if it cannot."""
+    lock, error = None, None
+    if state.is_main_process:
+        try:
+            token = os.environ.get(INHERITED)
+            lock = ResultsLock.inherit(folder, token) if token else ResultsLock.acquire(folder)
+            _say_took_over(lock)
+        except LockError as err:
+            error = str(err)
+    if state.num_processes > 1:
+        box = [error]
+        torch.distributed.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error is not None:
+        raise LockError(error)
+    return lock
+
+
+def sweep(suite_name: str | Suite, *, results_root: Path | None = None, floors: bool = True,
+          keep_samples: bool = False, progress: bool = True, limit: int | None = None) -> Path:
+    """Run the pending points of ``suite_name`` (a name, a path, or a parsed Suite); returns the
+    results folder.
+
+    Every pending point is checked first (:func:`prepare`); then the main process holds the
+    folder's lock (:mod:`~migbench.benchmarks.lock`) for the whole sweep, removes what killed
+    sweeps left (:func:`~migbench.benchmarks.results.clean_leftovers`) and the points are found
+    again under the lock, so two sweeps of one folder never run a point twice."""
+    stacks: dict[str, Stack] = {}
+    state, rank, world = _distributed()
+    device = state.device
+    plan = prepare(suite_name, stacks, device, results_root, limit)
+    suite, folder, extractor = plan.suite, plan.folder, plan.extractor
+    lock = _hold(state, folder)
+    try:
+        if state.is_main_process:
+            dropped = repair(folder)
+            if dropped:
+                print(f"dropped {dropped} incomplete line(s) from {folder}/results.jsonl")
+            removed = clean_leftovers(folder)
+            if removed:
+                print(f"removed {removed} scratch file(s) a killed sweep left in {folder}")
+        state.wait_for_everyone()
+        checked = {h for _, h in plan.todo}
+        todo = pending(suite, stacks, extractor, folder, device, limit)
+        check_points(suite, [(p, h) for p, h in todo if h not in checked], stacks)
+        _run(state, suite, todo, stacks, extractor, folder, lock, floors=floors, keep_samples=keep_samples,
+             progress=progress)
+    finally:
+        if lock is not None:
+            lock.release()
+    return folder
+
+
+def _run(state: Any, suite: Suite, todo: list[tuple[Point, str]], stacks: dict[str, Stack], extractor: Extractor,
+         folder: Path, lock: ResultsLock | None, *, floors: bool, keep_samples: bool, progress: bool) -> None:
+    """Sample, score and record every point of ``todo`` (each process its share)."""
+    device, rank, world = state.device, state.process_index, state.num_processes
     if state.is_main_process:
         declared = sorted({point.precision for point, _ in todo})
         print(f"suite {suite.name}: {len(suite.points)} points, {len(suite.points) - len(todo)} done, "
@@ -326,11 +437,10 @@ def sweep(suite_name: str | Suite, *, results_root: Path | None = None, floors: 
                 merge_sample_shards(folder / "samples" / f"{h}.npz",
                                     [(s.samples, s.generation.indices) for s in shards], shape,
                                     result.generation.labels)
-            _record(folder, suite, point, h, stack, result, extractor, device, world)
+            _record(folder, suite, point, h, stack, result, extractor, device, world, lock)
         state.wait_for_everyone()
     if state.is_main_process:
         write_csv(folder)
-    return folder
 
 
 def validate(point: Point, stack: Stack) -> None:
@@ -384,7 +494,7 @@ def _write_floors(folder: Path, suite: Suite) -> None:
 
 
 def _record(folder: Path, suite: Suite, point: Point, h: str, stack: Stack, result: PointSamples,
-            extractor: Extractor, device: torch.device, world: int) -> None:
+            extractor: Extractor, device: torch.device, world: int, lock: ResultsLock | None) -> None:
     generation = result.generation
     evaluation = evaluate_features(result.features, generation.labels, suite.reference, extractor, device=device)
     save_grid(folder / "grids" / f"{h}.png", result.grid_images, result.grid_labels, stack.dataset.class_names)
@@ -407,4 +517,5 @@ def _record(folder: Path, suite: Suite, point: Point, h: str, stack: Stack, resu
                     "extra_parameters": generation.extra_parameters},
            "provenance": provenance, "provenance_key": provenance_key(provenance),
            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    append_row(folder, row)
+    if not append_row(folder, row, lock):
+        print(f"run {h} already has a row in {folder}: not appended again", file=sys.stderr)

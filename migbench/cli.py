@@ -7,6 +7,7 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from migbench.precision import HEAD_DTYPES, PRECISIONS
 
@@ -70,9 +71,12 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from migbench import registry
     from migbench.generate import generate
     from migbench.images import save_grid, save_samples
+    from migbench.outputs import check_folder, files_into
     from migbench.recipe import parse_overrides, resolve
 
     recipe = resolve(args.methods, parse_overrides(args.set))
+    out = Path(args.out)
+    check_folder(out, "--out")
     started = time.perf_counter()
     stack = registry.backbone(args.backbone)()
     labels = None
@@ -82,9 +86,6 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     result = generate(stack, recipe, args.n, args.seed, batch_size=args.batch_size,
                       device=args.device, precision=args.precision, head_dtype=args.head_dtype, labels=labels,
                       compile_backbone=args.compile)
-    out = Path(args.out)
-    save_samples(out / "samples.npz", result.images, result.labels)
-    save_grid(out / "grid.png", result.images, result.labels, stack.dataset.class_names)
     meta = {"backbone": stack.name, "recipe": recipe.describe(), "n": args.n, "seed": args.seed,
             "batch_size": args.batch_size, "nfe_per_image": result.nfe_per_image,
             "extra_parameters": result.extra_parameters,
@@ -94,7 +95,10 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             "device": str(args.device), "precision": result.precision, "head_dtype": result.head_dtype,
             "compile_backbone": args.compile,
             "versions": {"torch": torch.__version__, "python": platform.python_version()}}
-    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    with files_into(out, replaces=("eval.json",)) as staged:  # all three appear, or none; an old eval.json goes
+        save_samples(staged / "samples.npz", result.images, result.labels)
+        save_grid(staged / "grid.png", result.images, result.labels, stack.dataset.class_names)
+        (staged / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"{args.n} samples of {recipe.label()} on {stack.name}: "
           f"{result.images_per_second:.1f} images/s, NFE/image {result.nfe_per_image['total']:g}")
     print(f"wrote {out / 'samples.npz'}, {out / 'grid.png'}, {out / 'meta.json'}")
@@ -140,8 +144,26 @@ def json_compact(d: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in d.items() if not isinstance(v, dict))
 
 
+def positive_int(text: str) -> int:
+    """An ``int`` option that must be >= 1 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Parse errors as one line, ``migbench COMMAND: error: ...`` (exit 2), like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="migbench", description=__doc__)
+    parser = OneLineParser(prog="migbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("data", help="check that Fashion-MNIST can be found, and where")
@@ -152,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a component of the embedded Fashion-MNIST stack")
     p.add_argument("what", choices=["tokenizer", "backbone", "classifier"])
     p.add_argument("--preset", default="maskgit", help="backbone training preset: maskgit or emigm")
-    p.add_argument("--steps", type=int, default=None, help="override the training's step count")
+    p.add_argument("--steps", type=positive_int, default=None, help="override the training's step count")
     p.add_argument("--run-dir", default=None, help="checkpoint/log folder (default runs/WHAT, runs/backbone_PRESET)")
     p.add_argument("--data-dir", default=None)
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
@@ -174,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("diagnose", help="a method's own diagnostics (ka_mig: what the incompatibility prior "
                                         "could give, and what each trained model takes)")
     p.add_argument("method", help="a method with diagnostics, e.g. ka_mig")
-    p.add_argument("--maps", type=int, default=10_000, help="held-out token maps to measure on (at most the test split's 10,000)")
+    p.add_argument("--maps", type=positive_int, default=10_000, help="held-out token maps to measure on (at most the test split's 10,000)")
     p.add_argument("--out", default=None, help="also write the table to this markdown file")
     p.set_defaults(func=_cmd_diagnose)
 
@@ -183,10 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="maskgit", help="comma-separated list, e.g. halton or ka_mig,self_guidance")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KNOB=VALUE",
                    help="override a knob (repeatable), e.g. --set maskgit.cfg_scale=2")
-    p.add_argument("--n", type=int, default=100)
+    p.add_argument("--n", type=positive_int, default=100)
     p.add_argument("--classes", default=None, help="comma-separated class ids to cycle through (default all)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--batch-size", type=positive_int, default=250)
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="autocast precision; auto = bf16 where the device runs it natively, else fp32")
@@ -210,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_registered("eval"))
 
     p = sub.add_parser("floors", help="data and tokenizer quality floors at N images")
-    p.add_argument("--n", type=int, default=2000)
+    p.add_argument("--n", type=positive_int, default=2000)
     p.add_argument("--ref", default="fmnist-train")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
@@ -218,15 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="run the pending points of a suite (resumable)")
     p.add_argument("suite", help="suite name (benchmarks/suites/NAME.toml) or path")
-    p.add_argument("--processes", type=int, default=1, help="shard sampling over P accelerate processes")
+    p.add_argument("--processes", type=positive_int, default=1, help="shard sampling over P accelerate processes")
     p.add_argument("--results", default=None, help="results root (default results/)")
     p.add_argument("--no-floors", action="store_true", help="skip the quality floors")
     p.add_argument("--keep-samples", action="store_true", help="also save each point's samples.npz")
     p.set_defaults(func=_registered("sweep"))
 
     p = sub.add_parser("report", help="render reports/SUITE from results/SUITE")
-    p.add_argument("suite")
-    p.add_argument("--results", default=None)
+    p.add_argument("suite", help="suite name (benchmarks/suites/NAME.toml) or path, as for sweep")
+    p.add_argument("--results", default=None, help="results root (default results/)")
     p.add_argument("--reports", default=None, help="reports root (default reports/)")
     p.add_argument("--update-readme", action="store_true",
                    help="also refresh the suite's <!-- SUITE:begin/end --> block in README.md")
@@ -245,15 +267,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _message(err: Exception) -> str:
+    """One line for ``err``: a file error names its file, any other says its first argument."""
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.filename}: {err.strerror}" if err.filename else err.strerror
+    text = str(err.args[0]) if err.args else ""
+    return text.splitlines()[0] if text.strip() else repr(err)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help (0) or a parse error (2, already printed)
+        return int(done.code or 0)
     args.command_line = "migbench " + " ".join(shlex.quote(a) for a in argv)
     try:
         return int(args.func(args) or 0)
-    except (KeyError, ValueError, RuntimeError, FileNotFoundError) as err:
-        message = err.args[0] if err.args else repr(err)
-        print(f"migbench {args.command}: error: {message}", file=sys.stderr)
+    except (KeyError, ValueError, RuntimeError, OSError) as err:
+        print(f"migbench {args.command}: error: {_message(err)}", file=sys.stderr)
         return 2
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +176,111 @@ def test_cli_exits_2_with_one_line(command: str, argv: list[str], fragment: str,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"migbench {command}: error: ") and fragment in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture
+def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sampling or scoring fails the test: the checks must come first."""
+    from migbench.benchmarks import sweep as sweep_module
+
+    from migbench import generate
+
+    def work(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("work started before the inputs were checked")
+
+    monkeypatch.setattr(generate, "generate", work)
+    monkeypatch.setattr(sweep_module, "generate", work)
+    monkeypatch.setattr(ev, "evaluate", work)
+
+
+def tree(root: Path) -> list[str]:
+    """Every path under ``root`` (to see that a refused command left nothing)."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+UNWRITABLE = "/proc/migbench-no-such-folder"  # no process, root included, can create anything here
+
+PARSE_CASES = [
+    (["floors", "--n", "0"], "migbench floors: error: argument --n: must be >= 1, got 0"),
+    (["floors", "--n", "-3"], "argument --n: must be >= 1, got -3"),
+    (["floors", "--n", "ten"], "argument --n: expects a whole number >= 1, got 'ten'"),
+    (["sample", "--n", "0"], "migbench sample: error: argument --n: must be >= 1, got 0"),
+    (["sample", "--batch-size", "-1"], "argument --batch-size: must be >= 1, got -1"),
+    (["sweep", "toy", "--processes", "0"], "argument --processes: must be >= 1, got 0"),
+    (["train", "backbone", "--steps", "0"], "argument --steps: must be >= 1, got 0"),
+    (["diagnose", "ka_mig", "--maps", "0"], "argument --maps: must be >= 1, got 0"),
+    (["sample", "--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
+]
+
+
+@pytest.mark.parametrize(("argv", "fragment"), PARSE_CASES)
+def test_bad_option_is_refused_at_parse(argv: list[str], fragment: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+
+
+OUTPUT_CASES = [
+    ("sample", ["sample", "--backbone", "toy", "--out", "{file}"], "--out {file} is a file, not a folder"),
+    ("sample", ["sample", "--backbone", "toy", "--out", "{file}/sub"], "--out {file}/sub: {file} is a file"),
+    ("sample", ["sample", "--backbone", "toy", "--out", UNWRITABLE], f"--out {UNWRITABLE}: cannot write in /proc"),
+    ("eval", ["eval", "{samples}", "--out", "{folder}"], "--out {folder} is a folder, not a file"),
+    ("eval", ["eval", "{samples}", "--out", f"{UNWRITABLE}/eval.json"], "cannot write in /proc"),
+    ("eval", ["eval", "{samples}", "--out", "{file}/eval.json"], "{file} is a file"),
+    ("eval", ["eval", "{folder}/missing.npz"], "{folder}/missing.npz is neither a samples .npz nor a folder"),
+    ("sweep", ["sweep", "{suite}", "--results", "{file}"], "--results {file} is a file, not a folder"),
+    ("sweep", ["sweep", "{suite}", "--results", UNWRITABLE], "cannot write in /proc"),
+    ("sweep", ["sweep", "{bad_suite}", "--results", "{folder}/results", "--processes", "2"],
+     "run 'a' at {{'maskgit.steps': 65}} on toy: maskgit.steps = 65 must lie in"),
+    ("sweep", ["sweep", "{bad_suite}", "--results", "{folder}/results"], "maskgit.steps = 65 must lie in"),
+    ("sweep", ["sweep", "{folder}/missing.toml", "--results", "{folder}/results"], "no suite"),
+    ("report", ["report", "{suite}", "--reports", "{file}"], "--reports {file} is a file, not a folder"),
+    ("report", ["report", "{suite}", "--reports", UNWRITABLE], "cannot write in /proc"),
+    ("report", ["report", "{suite}", "--results", "{folder}/results", "--reports", "{folder}/reports"],
+     "no current results in {folder}/results/toy_suite"),
+]
+
+
+@pytest.mark.parametrize(("command", "argv", "fragment"), OUTPUT_CASES)
+def test_bad_path_is_one_line_before_any_work(command: str, argv: list[str], fragment: str, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str], no_work: None,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from migbench.benchmarks import sweep as sweep_module
+
+    work = tmp_path / "work"
+    (work / "folder").mkdir(parents=True)
+    (work / "file").write_text("not a folder\n")
+    suite = work / "toy_suite.toml"
+    suite.write_text('backbone = "toy"\nn = 16\n[[runs]]\nlabel = "a"\nmethods = ["maskgit"]\n')
+    bad_suite = work / "bad_suite.toml"
+    bad_suite.write_text('backbone = "toy"\nn = 16\n[[runs]]\nlabel = "a"\ngrid = { "maskgit.steps" = [8, 65] }\n')
+    names = {"file": work / "file", "folder": work / "folder", "samples": samples_file(work, "rgb"),
+             "suite": suite, "bad_suite": bad_suite}
+    monkeypatch.setattr(sweep_module.subprocess, "call", lambda *a, **k: pytest.fail("launched workers"))
+    before = tree(work)
+    argv = [a.format(**names) for a in argv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"migbench {command}: error: "), err
+    assert fragment.format(**names) in err[0], err
+    assert tree(work) == before  # nothing left behind: no results folder, no report, no scratch file
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+@pytest.mark.parametrize("argv", [["sample", "--backbone", "toy", "--out", "{ro}/out"],
+                                  ["eval", "{samples}", "--out", "{ro}/eval.json"], ["eval", "{ro}/rgb.npz"],
+                                  ["sweep", "{suite}", "--results", "{ro}"], ["report", "x", "--reports", "{ro}"]])
+def test_read_only_folder_is_refused(argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     no_work: None) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    samples = samples_file(ro, "rgb")
+    suite = tmp_path / "toy_suite.toml"
+    suite.write_text('backbone = "toy"\nn = 16\n[[runs]]\nlabel = "a"\nmethods = ["maskgit"]\n')
+    ro.chmod(0o555)
+    try:
+        assert cli.main([a.format(ro=ro, samples=samples, suite=suite) for a in argv]) == 2
+    finally:
+        ro.chmod(0o755)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot write in {ro}" in err[0], err

@@ -68,3 +68,48 @@ def test_info_lists_methods_and_knobs(capsys) -> None:
     text = capsys.readouterr().out
     for name in ("maskgit", "halton", "emigm", "cfg_interval", "choice_temperature", "fmnist_vq"):
         assert name in text
+
+
+def leftovers(folder) -> list[str]:
+    """Scratch files or folders a command left beside or in ``folder``."""
+    return [p.name for p in [*folder.parent.iterdir(), *(folder.iterdir() if folder.is_dir() else [])]
+            if ".staging-" in p.name or ".old-" in p.name or p.name.endswith(".tmp")]
+
+
+def test_sample_outputs_appear_together_or_not_at_all(tmp_path, monkeypatch) -> None:
+    from migbench import images
+
+    out = tmp_path / "s"
+    argv = ["sample", "--backbone", "toy", "--n", "10", "--batch-size", "5", "--out", str(out)]
+    real_grid = images.save_grid
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed while drawing the grid")
+
+    monkeypatch.setattr(images, "save_grid", killed)
+    assert main(argv) == 2
+    assert not out.exists() and not leftovers(out)  # no samples.npz without its grid and meta
+    monkeypatch.setattr(images, "save_grid", real_grid)
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "meta.json", "samples.npz"]
+    first = {p.name: p.read_bytes() for p in out.iterdir()}
+    (out / "eval.json").write_text("{}")  # the evaluation of these samples
+    monkeypatch.setattr(images, "save_grid", killed)
+    assert main([*argv, "--seed", "1"]) == 2
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.name != "eval.json"} == first
+    monkeypatch.setattr(images, "save_grid", real_grid)
+    assert main([*argv, "--seed", "1"]) == 0  # new samples: the old ones' eval.json goes with them
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "meta.json", "samples.npz"]
+    assert (out / "samples.npz").read_bytes() != first["samples.npz"] and not leftovers(out)
+    (out / "notes.txt").write_text("mine")  # a folder holding other files keeps them
+    (out / "eval.json").write_text("{}")
+    assert main(argv) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png", "meta.json", "notes.txt", "samples.npz"]
+    assert (out / "samples.npz").read_bytes() == first["samples.npz"] and not leftovers(out)
+
+
+def test_eval_writes_its_json_atomically_beside_the_samples(tmp_path) -> None:
+    out = tmp_path / "s"
+    assert main(["sample", "--n", "20", "--out", str(out), "--set", "maskgit.steps=4"]) == 0
+    assert main(["eval", str(out / "samples.npz"), "--ref", "fmnist-test", "--no-prc"]) == 0
+    assert json.loads((out / "eval.json").read_text())["provenance"]["n"] == 20 and not leftovers(out)

@@ -296,7 +296,8 @@ def test_cost_table_relative_to_the_first_run() -> None:
 def test_report_splits_provenance_groups(tmp_path) -> None:
     folder = tmp_path / "results" / "mixed"
     append_row(folder, fake_row("maskgit", 1.0, 0, 10.0, 5.0, key="k1"))
-    append_row(folder, fake_row("maskgit", 1.0, 0, 12.0, 5.0, key="k2"))
+    # another evaluator: another run hash
+    append_row(folder, {**fake_row("maskgit", 1.0, 0, 12.0, 5.0, key="k2"), "run_hash": "maskgit1.00-k2"})
     text = report("mixed", results_root=tmp_path / "results", reports_root=tmp_path / "reports").read_text()
     assert "Provenance group `k1`" in text and "Provenance group `k2`" in text
 
@@ -327,3 +328,284 @@ def test_sweep_names_untrained_weights_before_sampling(tmp_path) -> None:
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0 and "fmnist_ka_mig_never_trained (runs: untrained)" in out
     assert not (tmp_path / "results" / "toy_suite" / RESULTS_FILE).exists()  # nothing was sampled
+
+
+def test_report_counts_a_duplicated_run_once(tmp_path, capsys) -> None:
+    from migbench.benchmarks.results import duplicate_rows
+
+    folder = tmp_path / "results" / "fixture"
+    rows = [fake_row("maskgit", 1.0, s, fid=10.0 + s, is_mean=5.0) for s in (0, 1)]
+    for row in rows:
+        assert append_row(folder, row)
+    assert not append_row(folder, {**rows[0], "metrics": {**rows[0]["metrics"], "fid": 99.0}})  # keyed by run hash
+    with open(folder / RESULTS_FILE, "a") as f:  # what two unlocked sweeps once wrote
+        f.write(json.dumps({**rows[1], "metrics": {**rows[1]["metrics"], "fid": 99.0}}) + "\n")
+    assert duplicate_rows(folder) == 1 and [r["metrics"]["fid"] for r in read_rows(folder)] == [10.0, 11.0]
+    text = report("fixture", results_root=tmp_path / "results", reports_root=tmp_path / "reports").read_text()
+    assert "1 duplicate rows repeating an earlier run hash left out" in text and "10.50 ± 6.35" in text
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 duplicate row(s)" in err[0] and "each run counts once" in err[0]
+
+
+def test_a_killed_report_leaves_the_old_one_whole(tmp_path, monkeypatch) -> None:
+    from migbench.benchmarks import report as report_module
+
+    append_row(tmp_path / "results" / "fixture", fake_row("maskgit", 1.0, 0, 10.0, 5.0))
+    kwargs = {"results_root": tmp_path / "results", "reports_root": tmp_path / "reports"}
+    path = report("fixture", **kwargs)
+    old = {p.relative_to(path.parent): p.read_bytes() for p in path.parent.rglob("*") if p.is_file()}
+    real = report_module._render
+
+    def killed(suite, folder, out, *args):
+        real(suite, folder, out, *args)
+        (out / "README.md").write_text("half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report_module, "_render", killed)
+    with pytest.raises(KeyboardInterrupt):
+        report("fixture", **kwargs)
+    assert {p.relative_to(path.parent): p.read_bytes() for p in path.parent.rglob("*") if p.is_file()} == old
+    assert sorted(p.name for p in path.parent.parent.iterdir()) == ["fixture"]  # no staging folder left
+
+
+def test_a_swap_killed_between_its_renames_is_undone(tmp_path) -> None:
+    """Where the atomic exchange is missing, a folder is swapped by two renames; a kill between
+    them leaves the old folder aside, which the next run puts back before replacing it."""
+    from migbench.outputs import replaced_folder
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    target = tmp_path / "report"
+    target.mkdir()
+    (target / "README.md").write_text("old")
+    target.rename(tmp_path / f".report.old-{dead.pid}-0000")
+    (tmp_path / f".report.staging-{dead.pid}-0001").mkdir()
+    with pytest.raises(RuntimeError):
+        with replaced_folder(target) as out:
+            (out / "README.md").write_text("new")
+            raise RuntimeError("killed")
+    assert (target / "README.md").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+    with replaced_folder(target) as out:
+        (out / "README.md").write_text("new")
+    assert (target / "README.md").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+def gone_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_the_lock_refuses_a_second_writer(tmp_path) -> None:
+    from migbench.benchmarks.lock import LOCK_FILE, Holder, LockError, ResultsLock
+
+    folder = tmp_path / "results" / "suite"
+    with ResultsLock.acquire(folder) as lock:
+        held = json.loads((folder / LOCK_FILE).read_text())
+        assert held["pid"] == os.getpid() and held["token"] == lock.holder.token
+        with pytest.raises(LockError, match=f"being written by another sweep, pid {os.getpid()} on host "):
+            ResultsLock.acquire(folder)
+        ResultsLock.inherit(folder, lock.holder.token).check()
+        with pytest.raises(LockError, match="not locked by this sweep's launcher"):
+            ResultsLock.inherit(folder, "other")
+    assert not folder.exists()  # released; the folder was made for it and stayed empty
+    folder.mkdir(parents=True)
+    other = {**vars(Holder.me()), "host": "elsewhere"}
+    (folder / LOCK_FILE).write_text(json.dumps(other))
+    with pytest.raises(LockError, match="pid .* on host elsewhere .*another host: its process cannot be checked"):
+        ResultsLock.acquire(folder)
+    (folder / LOCK_FILE).write_text("{not json")
+    with pytest.raises(LockError, match=f"lock file {folder / LOCK_FILE} is not a migbench lock"):
+        ResultsLock.acquire(folder)
+
+
+def test_a_stale_lock_is_taken_over(tmp_path) -> None:
+    from migbench.benchmarks.lock import LOCK_FILE, Holder, LockError, ResultsLock
+
+    folder = tmp_path / "suite"
+    folder.mkdir()
+    stale = {**vars(Holder.me()), "pid": gone_pid(), "token": "stale"}
+    (folder / LOCK_FILE).write_text(json.dumps(stale))
+    lock = ResultsLock.acquire(folder)
+    assert lock.took_over is not None and lock.took_over.pid == stale["pid"]
+    assert json.loads((folder / LOCK_FILE).read_text())["token"] == lock.holder.token
+    reused = {**vars(lock.holder), "pid_started": 1, "token": "reused"}  # this pid, but another process's start
+    (folder / LOCK_FILE).write_text(json.dumps(reused))
+    with pytest.raises(LockError, match="lost the lock"):
+        lock.check()
+    assert ResultsLock.acquire(folder).took_over.token == "reused"
+    assert sorted(p.name for p in folder.iterdir()) == [LOCK_FILE]  # no scratch or takeover file left
+
+
+def _contend(folder: Path, start, done, wins) -> None:
+    from migbench.benchmarks.lock import LockError, ResultsLock
+
+    start.wait()
+    try:
+        lock = ResultsLock.acquire(folder)
+    except LockError:
+        done.wait()
+        return
+    with wins.get_lock():
+        wins.value += 1
+    done.wait()  # hold it until every contender has tried
+    lock.release()
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["fresh", "stale"])
+def test_of_many_simultaneous_takers_exactly_one_wins(tmp_path, stale) -> None:
+    import multiprocessing
+
+    from migbench.benchmarks.lock import LOCK_FILE, Holder
+
+    ctx = multiprocessing.get_context("fork")
+    takers = 6
+    for round_ in range(10):
+        folder = tmp_path / f"round{round_}"
+        folder.mkdir()
+        if stale:
+            (folder / LOCK_FILE).write_text(json.dumps({**vars(Holder.me()), "pid": gone_pid(), "token": "x"}))
+        start, done, wins = ctx.Barrier(takers), ctx.Barrier(takers), ctx.Value("i", 0)
+        procs = [ctx.Process(target=_contend, args=(folder, start, done, wins)) for _ in range(takers)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(60)
+            assert proc.exitcode == 0
+        assert wins.value == 1, f"round {round_}: {wins.value} winners"
+        assert not (folder / LOCK_FILE).exists() and not list(folder.iterdir())
+
+
+def test_two_sweeps_of_one_folder_never_run_a_point_twice(tmp_path) -> None:
+    """Started together: one refuses with one line naming the other (or, had the first finished
+    already, finds nothing to do); every point has exactly one row. The report takes the suite's
+    path as the sweep does."""
+    from migbench.benchmarks.lock import LOCK_FILE
+
+    from migbench.cli import main
+
+    suite = toy_suite(tmp_path, n=16)
+    results = tmp_path / "results"
+    procs = [run_cli("sweep", str(suite), "--results", str(results), "--no-floors") for _ in range(2)]
+    outs = [proc.communicate(timeout=600)[0] for proc in procs]
+    codes = sorted(proc.returncode for proc in procs)
+    assert codes in ([0, 0], [0, 2]), outs
+    if codes == [0, 2]:
+        refusal = next(out for proc, out in zip(procs, outs, strict=True) if proc.returncode == 2)
+        line = next(line for line in refusal.splitlines() if "error" in line)
+        assert line.startswith("migbench sweep: error: results folder ") and "being written by another sweep, pid " in line
+    rows = read_rows(results / "toy_suite")
+    assert len(rows) == 5 and len({r["run_hash"] for r in rows}) == 5
+    assert len((results / "toy_suite" / RESULTS_FILE).read_text().splitlines()) == 5
+    assert not (results / "toy_suite" / LOCK_FILE).exists()
+    assert main(["report", str(suite), "--results", str(results), "--reports", str(tmp_path / "reports")]) == 0
+    assert "(5 rows)" in (tmp_path / "reports" / "toy_suite" / "README.md").read_text()
+
+
+def tagged(tag: str) -> list[int]:
+    """Live processes whose environment holds ``tag``."""
+    from migbench.processes import process_alive
+
+    pids = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and tag.encode() in (p / "environ").read_bytes() and process_alive(int(p.name)):
+                pids.append(int(p.name))
+        except OSError:
+            continue
+    return pids
+
+
+def launch(log: Path, *args: str, tag: str = "") -> subprocess.Popen:
+    """`migbench ARGS` in a session of its own (CPU processes), output to ``log``, its
+    environment marked with ``tag``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "MIGBENCH_KILL_TEST": tag}
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "migbench.cli", *args], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 600) -> bool:
+    """Wait until ``text`` is in ``log`` (True) or ``proc`` ended without it (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in log.read_text(errors="replace"):
+            return True
+        if proc.poll() is not None:
+            return text in log.read_text(errors="replace")
+        time.sleep(0.05)
+    raise TimeoutError(f"no {text!r} in {log}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killed_two_process_sweeps_lose_and_repeat_nothing(tmp_path) -> None:
+    """SIGKILL to the process group of `migbench sweep --processes 2` at random moments
+    (``MIGBENCH_KILLS`` times, default 3; the issue's acceptance asks for 20): a fifth of them
+    while it starts, the others while its workers sample, score and write. No process of the
+    killed sweep runs on; whenever the kills let a sweep finish the suite, its rows are checked
+    and the folder emptied for the next kills; a last sweep resumes to the end. Every time:
+    each point exactly once, with the sample hashes and metrics of an uninterrupted run."""
+    import random
+    import shutil
+
+    kills = int(os.environ.get("MIGBENCH_KILLS", "3"))
+    rng = random.Random(int(os.environ.get("MIGBENCH_KILL_SEED", "0")))
+    suite = toy_suite(tmp_path, n=120)  # 15 batches a point: a kill lands in sampling, scoring or writing
+    results = tmp_path / "killed"
+    folder = results / "toy_suite"
+    sweep_args = ("sweep", str(suite), "--results", str(results), "--no-floors", "--processes", "2")
+
+    def uninterrupted(root: Path) -> tuple[dict, float, float]:
+        """Rows of a sweep left alone, its start-up time (to its first point) and its time per point."""
+        log = tmp_path / f"{root.name}.log"
+        t0 = time.monotonic()
+        proc = launch(log, *sweep_args[:3], str(root), *sweep_args[4:])
+        assert wait_for(log, "to run on", proc), log.read_text()
+        startup = time.monotonic() - t0
+        while len(read_rows(root / "toy_suite")) < 5 and proc.poll() is None:
+            time.sleep(0.05)
+        work = time.monotonic() - t0 - startup
+        assert proc.wait(600) == 0, log.read_text()
+        rows = read_rows(root / "toy_suite")
+        return {r["run_hash"]: (r["samples_sha256"], r["metrics"]) for r in rows}, startup, work / len(rows)
+
+    expected, startup, per_point = uninterrupted(tmp_path / "whole")
+
+    def check(finished: bool) -> None:
+        lines = (folder / RESULTS_FILE).read_text().splitlines()
+        got = {r["run_hash"]: (r["samples_sha256"], r["metrics"]) for r in read_rows(folder)}
+        assert len(lines) == len(got) == len(expected) and got == expected
+        if finished:  # a sweep that ended well leaves no scratch file, shard or lock
+            assert not [p for p in folder.rglob("*") if p.name.endswith(".tmp") or ".shard" in p.name
+                        or "lock" in p.name]
+
+    record, finished = [], 0
+    for k in range(kills):
+        tag = f"{tmp_path.name}-{k}"
+        log = tmp_path / f"kill{k}.log"
+        before = len(read_rows(folder))
+        proc = launch(log, *sweep_args, tag=tag)
+        if rng.random() < 0.2:
+            time.sleep(rng.uniform(0, startup))
+        elif wait_for(log, "to run on", proc):
+            time.sleep(rng.uniform(0, (len(expected) - before + 0.5) * per_point))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while tagged(f"MIGBENCH_KILL_TEST={tag}") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not tagged(f"MIGBENCH_KILL_TEST={tag}"), f"kill {k}: processes of the killed sweep run on"
+        record.append(f"{before}->{len(read_rows(folder))}")
+        if len(read_rows(folder)) == len(expected):  # this one recorded every point before its kill
+            check(finished=False)
+            shutil.rmtree(folder)
+            finished += 1
+    log = tmp_path / "resume.log"
+    proc = launch(log, *sweep_args)
+    assert proc.wait(600) == 0, log.read_text()
+    check(finished=True)
+    print(f"{kills} kills (rows before->after each: {' '.join(record)}); {finished} sweep(s) finished before "
+          f"their kill; resumed to {len(expected)} points, 0 lost, 0 repeated, equal to an uninterrupted run")
