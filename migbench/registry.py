@@ -21,6 +21,7 @@ BACKBONES: dict[str, str] = {
     "fmnist": "migbench.backbones.fmnist:fmnist",
     "fmnist_emigm": "migbench.backbones.fmnist:fmnist_emigm",
     "toy": "migbench.backbones.toy:toy",
+    "toy1d": "migbench.backbones.toy1d:toy1d",
 }
 
 # `migbench` sub-commands that live above the core (the harness and the families' trainers).

@@ -57,6 +57,37 @@ def toy_1d():
     return replace(stack, name="toy_1d", tokenizer=tokens)
 
 
+# Each trained method's loader, patched by ``random_trained_parts`` (module, attribute).
+TRAINED_LOADERS = {"self_guidance": ("migbench.methods.self_guidance", "load_adapter"),
+                   "token_critic": ("migbench.methods.token_critic", "load_critic"),
+                   "ka_mig": ("migbench.methods.ka_mig", "load_module")}
+
+
+@pytest.fixture
+def random_trained_parts(monkeypatch):
+    """``random_trained_parts(stack) -> stack``: every trained method's loader returns
+    ``Method.random_parts(stack)`` (built here, once) whatever weights it is asked for, and the
+    stack returned names weights for every trained method, so that ``"auto"`` knobs resolve
+    (:meth:`Recipe.bind`). The names are the Fashion-MNIST ones, labels only: no loader reads
+    them, while a method's look-ups of its manifest entry still find one."""
+    import importlib
+    from dataclasses import replace
+
+    from migbench.backbones.fmnist import METHOD_WEIGHTS
+
+    from migbench import registry
+
+    trained = [name for name in registry.METHODS if registry.method(name).trained]
+    assert sorted(trained) == sorted(TRAINED_LOADERS), "a trained method without a loader to patch"
+
+    def patch(stack):
+        for name, (module, attribute) in TRAINED_LOADERS.items():
+            parts = registry.method(name).random_parts(stack)
+            monkeypatch.setattr(importlib.import_module(module), attribute, lambda *args, parts=parts: parts)
+        return replace(stack, method_weights=METHOD_WEIGHTS)
+    return patch
+
+
 def machine_key() -> str:
     """What a bit-exact CPU recording depends on: the torch version, the CPU kernel family and
     whether bf16 is native (another CPU kind rounds differently, so its bits differ)."""

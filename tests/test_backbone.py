@@ -1,14 +1,15 @@
-"""Tokenizer and transformer contracts: shapes, ranges, vocabulary layout, hook sites."""
-
-from collections import Counter
+"""What each family's own modules do: the VQ tokenizer, the vocabulary layout, the masking
+helpers, and ``toy1d``'s checkpoint-like layout (the contract every family keeps is in
+tests/test_contract.py)."""
 
 import pytest
 import torch
-from migbench.backbones.fmnist.transformer import MaskedTransformer, TransformerConfig
+from migbench.backbones.fmnist.transformer import TransformerConfig
 from migbench.backbones.fmnist.vq_tokenizer import VQConfig, VQTokenizer
 from migbench.backbones.toy import toy
+from migbench.backbones.toy1d import toy1d
 
-from migbench.api import BLANK_LABEL, NULL_LABEL, HookSet, Tokenizer, VocabLayout, hook_sites
+from migbench.api import BLANK_LABEL, NULL_LABEL, HookSet, Tokenizer, VocabLayout
 
 
 @pytest.fixture(scope="module")
@@ -16,17 +17,12 @@ def stack():
     return toy()
 
 
-def test_tokenizer_shapes_and_ranges(stack) -> None:
+def test_vq_tokenizer_grid_and_codebook(stack) -> None:
+    """(Shapes and ranges of every family's tokenizer: tests/test_contract.py.)"""
     tok = stack.tokenizer
     assert isinstance(tok, Tokenizer)
-    images = torch.rand(3, 1, 32, 32)
-    ids = tok.encode(images)
-    assert ids.shape == (3, 64) and ids.dtype == torch.long
-    assert 0 <= int(ids.min()) and int(ids.max()) < tok.codebook_size
-    out = tok.decode(ids)
-    assert out.shape == (3, 1, 32, 32) and out.min() >= 0 and out.max() <= 1
     assert tok.codebook().shape == (tok.codebook_size, tok.config.code_dim)
-    assert tok.grid == (8, 8)
+    assert tok.grid == tok.token_shape == (8, 8)
 
 
 def test_tokenizer_rejects_bad_input(stack) -> None:
@@ -68,50 +64,6 @@ def test_vocabulary_layout() -> None:
         VocabLayout(codebook_size=4, mask_id=3, num_classes=2, class_offset=5, null_class_id=7, vocab_size=8)
 
 
-def test_every_hook_site_called_once_per_forward(stack) -> None:
-    backbone = stack.backbone
-    calls: Counter[str] = Counter()
-    hooks = HookSet()
-    for site in hook_sites(backbone.depth):
-        hooks.add(site, lambda x, ctx, site=site: (calls.update([site]), x)[1])
-    pred = backbone(torch.randint(0, 16, (2, 64)), torch.tensor([0, NULL_LABEL]), hooks)
-    assert calls == Counter(hook_sites(backbone.depth))
-    assert pred.logits.shape == (2, 64, 16) and pred.last_block.shape == (2, 65, backbone.width)
-
-
-def test_hooks_change_the_output_and_see_context(stack) -> None:
-    backbone = stack.backbone
-    ids = torch.randint(0, 16, (2, 64))
-    ids[:, :10] = backbone.layout.mask_id
-    labels = torch.tensor([1, 2])
-    base = backbone(ids, labels).logits
-    seen = {}
-    hooks = HookSet()
-
-    def add_one(x, ctx):
-        seen["masked"] = ctx.masked.sum().item()
-        seen["slice"] = ctx.token_slice
-        return x + 1.0
-    hooks.add("attn_value.1", add_one)
-    changed = backbone(ids, labels, hooks).logits
-    assert not torch.allclose(base, changed)
-    assert seen["masked"] == 20 and seen["slice"] == slice(1, None)
-
-
-def test_forward_rejects_bad_shapes(stack) -> None:
-    with pytest.raises(ValueError, match="ids must have shape"):
-        stack.backbone(torch.zeros(2, 10, dtype=torch.long), torch.zeros(2, dtype=torch.long))
-    with pytest.raises(ValueError, match="labels must have shape"):
-        stack.backbone(torch.zeros(2, 64, dtype=torch.long), torch.zeros(3, dtype=torch.long))
-
-
-def test_token_embeddings(stack) -> None:
-    emb = stack.backbone.token_embeddings()
-    assert emb.shape == (16, stack.backbone.width)
-    assert isinstance(MaskedTransformer(TransformerConfig(codebook_size=8, width=16, depth=1, heads=2)),
-                      torch.nn.Module)
-
-
 def test_validation_masks_of_a_prefix_do_not_depend_on_the_rows_after_it() -> None:
     from migbench.masking import VALIDATION_BATCH, validation_masks
 
@@ -120,3 +72,46 @@ def test_validation_masks_of_a_prefix_do_not_depend_on_the_rows_after_it() -> No
     assert [rows for rows, _ in part] == [slice(0, VALIDATION_BATCH), slice(VALIDATION_BATCH, VALIDATION_BATCH + 7)]
     assert torch.equal(torch.cat([m for _, m in part]), full[:VALIDATION_BATCH + 7])
     assert full.shape == (2 * VALIDATION_BATCH, 8) and full.any() and not full.all()
+
+
+def test_toy1d_is_laid_out_like_the_public_checkpoints() -> None:
+    """Class token last, a head tied to the input embeddings (``LN(h) @ E^T + bias`` over the
+    whole vocabulary, sliced to K), BERT-named attention, 16 1-D tokens of a 32x32 grey image."""
+    stack = toy1d()
+    backbone, layout = stack.backbone, stack.backbone.layout
+    assert layout.class_position == "last" and (layout.codebook_size, backbone.seq_len) == (16, 16)
+    assert stack.tokenizer.token_shape == (16,) and stack.tokenizer.image_shape == (1, 32, 32)
+    assert backbone.head.embeddings is backbone.word_embeddings
+    assert backbone.value_projection(1)[0] is backbone.layers[1].attention.value.weight
+    ids = torch.randint(0, 16, (2, 16))
+    seen = {}
+    hooks = HookSet()
+    hooks.add("final_hidden", lambda x, ctx: seen.update(hidden=x) or x)
+    with torch.no_grad():
+        logits = backbone(ids, torch.tensor([3, BLANK_LABEL]), hooks).logits
+        head = backbone.head
+        full = head.norm(seen["hidden"][:, :16]) @ backbone.word_embeddings.weight.t() + head.bias
+    assert full.shape == (2, 16, layout.vocab_size)
+    torch.testing.assert_close(logits, full[..., :16])
+
+
+def test_toy1d_same_seed_same_weights_and_the_global_generator_untouched() -> None:
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a, b, other = toy1d(), toy1d(), toy1d(seed=1)
+    assert torch.equal(torch.rand(1), before)
+    for module in ("backbone", "tokenizer"):
+        pairs = zip(getattr(a, module).state_dict().values(), getattr(b, module).state_dict().values(), strict=True)
+        assert all(torch.equal(x, y) for x, y in pairs)
+    assert not torch.equal(a.backbone.token_embeddings(), other.backbone.token_embeddings())
+
+
+def test_toy1d_tokenizer_rejects_bad_input() -> None:
+    tokenizer = toy1d().tokenizer
+    with pytest.raises(ValueError, match="shape"):
+        tokenizer.encode(torch.rand(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="floating"):
+        tokenizer.encode(torch.zeros(2, 1, 32, 32, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="lie in"):
+        tokenizer.decode(torch.full((1, 16), 16))

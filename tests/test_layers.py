@@ -53,3 +53,17 @@ def test_registry_entries_resolve() -> None:
         assert callable(factory) and factory.__annotations__.get("return") in (Stack, "Stack"), name
     for name in registry.COMMANDS:
         assert callable(registry.command(name)), name
+
+
+def test_every_family_folder_is_registered_and_makes_a_stack() -> None:
+    """A family is a folder of ``backbones/`` plus registry lines: every folder is named by at
+    least one entry, every entry points into a folder, and each factory returns a Stack."""
+    from migbench import registry
+    from migbench.api import Stack
+
+    folders = {p.name for p in (CORE.parent / "backbones").iterdir() if (p / "__init__.py").is_file()}
+    families = {entry.split(":")[0].split(".")[2] for entry in registry.BACKBONES.values()}
+    assert folders == families, f"folders without a registry line: {folders - families}; entries without a folder: {families - folders}"
+    for name in registry.BACKBONES:
+        stack = registry.backbone(name)()
+        assert isinstance(stack, Stack) and stack.name == name, name
