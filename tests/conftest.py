@@ -21,69 +21,51 @@ def first_step_logits():
     return run
 
 
-@pytest.fixture
-def toy_trained_parts(monkeypatch):
-    """Trained methods load their ``random_parts`` for the toy backbone instead of committed weights
-    (whatever weights they name: the toy stack names none, so "auto" goes through to the loaders)."""
-    from migbench.backbones.toy import toy
-    from migbench.methods import ka_mig, self_guidance, token_critic
-
-    from migbench.sampler import SamplerBuilder
-
-    def on_device(part: torch.nn.Module, backbone: torch.nn.Module) -> torch.nn.Module:
-        return part.to(next(backbone.parameters()).device)  # where a loader puts its part
-
-    monkeypatch.setattr(SamplerBuilder, "weights_name", lambda self, owner, knob, value: value)
-    adapter = self_guidance.SelfGuidance.random_parts(toy())
-    monkeypatch.setattr(self_guidance, "load_adapter", lambda name, backbone: on_device(adapter, backbone))
-    critic = token_critic.TokenCriticMethod.random_parts(toy())
-    monkeypatch.setattr(token_critic, "load_critic", lambda name, backbone: on_device(critic, backbone))
-    ka_mig_parts = ka_mig.KAMIG.random_parts(toy())
-    monkeypatch.setattr(ka_mig, "load_module", lambda name, graphs, backbone: on_device(ka_mig_parts, backbone))
-
-
-@pytest.fixture
-def toy_1d():
-    """The toy stack with its 64 tokens declared 1-D (``token_shape`` (64,)): the shape of TiTok's
-    tokens, for methods that need a 2-D grid to refuse."""
-    from dataclasses import replace
-    from types import SimpleNamespace
-
-    from migbench.backbones.toy import toy
-
-    stack = toy()
-    tokens = SimpleNamespace(codebook_size=stack.tokenizer.codebook_size, token_shape=(64,),
-                             image_shape=stack.tokenizer.image_shape)
-    return replace(stack, name="toy_1d", tokenizer=tokens)
-
-
-# Each trained method's loader, patched by ``random_trained_parts`` (module, attribute).
+# Each trained method's loader (module, attribute); its last argument is the backbone.
 TRAINED_LOADERS = {"self_guidance": ("migbench.methods.self_guidance", "load_adapter"),
                    "token_critic": ("migbench.methods.token_critic", "load_critic"),
                    "ka_mig": ("migbench.methods.ka_mig", "load_module")}
 
 
-@pytest.fixture
-def random_trained_parts(monkeypatch):
-    """``random_trained_parts(stack) -> stack``: every trained method's loader returns
-    ``Method.random_parts(stack)`` (built here, once) whatever weights it is asked for, and the
-    stack returned names weights for every trained method, so that ``"auto"`` knobs resolve
-    (:meth:`Recipe.bind`). The names are the Fashion-MNIST ones, labels only: no loader reads
-    them, while a method's look-ups of its manifest entry still find one."""
+def patch_loaders(monkeypatch: pytest.MonkeyPatch, stack) -> None:
+    """Every trained method's loader returns ``Method.random_parts(stack)`` (built here, once),
+    on the device of the backbone it is asked for, whatever weights it is asked for."""
     import importlib
-    from dataclasses import replace
-
-    from migbench.backbones.fmnist import METHOD_WEIGHTS
 
     from migbench import registry
 
     trained = [name for name in registry.METHODS if registry.method(name).trained]
     assert sorted(trained) == sorted(TRAINED_LOADERS), "a trained method without a loader to patch"
+    for name, (module, attribute) in TRAINED_LOADERS.items():
+        parts = registry.method(name).random_parts(stack)
+        monkeypatch.setattr(importlib.import_module(module), attribute,
+                            lambda *args, parts=parts: parts.to(next(args[-1].parameters()).device))
+
+
+@pytest.fixture
+def toy_trained_parts(monkeypatch):
+    """Trained methods load their ``random_parts`` for the toy backbone instead of committed weights
+    (whatever weights they name: the toy stack names none, so "auto" goes through to the loaders)."""
+    from migbench.backbones.toy import toy
+
+    from migbench.sampler import SamplerBuilder
+
+    monkeypatch.setattr(SamplerBuilder, "weights_name", lambda self, owner, knob, value: value)
+    patch_loaders(monkeypatch, toy())
+
+
+@pytest.fixture
+def random_trained_parts(monkeypatch):
+    """``random_trained_parts(stack) -> stack``: :func:`patch_loaders` for ``stack``, and the stack
+    returned names weights for every trained method, so that ``"auto"`` knobs resolve
+    (:meth:`Recipe.bind`). The names are the Fashion-MNIST ones, labels only: no loader reads
+    them, while a method's look-ups of its manifest entry still find one."""
+    from dataclasses import replace
+
+    from migbench.backbones.fmnist import METHOD_WEIGHTS
 
     def patch(stack):
-        for name, (module, attribute) in TRAINED_LOADERS.items():
-            parts = registry.method(name).random_parts(stack)
-            monkeypatch.setattr(importlib.import_module(module), attribute, lambda *args, parts=parts: parts)
+        patch_loaders(monkeypatch, stack)
         return replace(stack, method_weights=METHOD_WEIGHTS)
     return patch
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from migbench.backbones.toy1d import toy1d
 from migbench.methods.halton import (
     HaltonSchedule,
     halton_order,
@@ -48,11 +49,11 @@ def test_plan_reveals_the_counts_on_the_time_grid() -> None:
     assert [(i.t, i.s) for i in plan] == list(zip(grid[:-1], grid[1:], strict=True))
 
 
-def test_refused_on_1d_tokens(toy_1d) -> None:
+def test_refused_on_1d_tokens() -> None:
     with pytest.raises(ValueError, match=r"^method halton needs image tokens on a 2-D grid .token_shape of length "
-                                         r"2.; stack toy_1d has token_shape \(64,\)$"):
-        build_sampler(resolve("halton"), toy_1d)
-    build_sampler(resolve("halton", neutral=["halton"]), toy_1d)  # the neutral config needs nothing
+                                         r"2.; stack toy1d has token_shape \(16,\)$"):
+        build_sampler(resolve("halton"), toy1d())
+    build_sampler(resolve("halton", neutral=["halton"]), toy1d())  # the neutral config needs nothing
 
 
 def test_revealed_tokens_kept_unless_resampling() -> None:

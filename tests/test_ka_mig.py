@@ -1,10 +1,11 @@
-"""KA-MIG: each graph on hand-made grids, GCN normalisation, zero-init fusion, online vs precomputed."""
+"""KA-MIG: each graph on hand-made grids, GCN normalisation, online vs precomputed (zero-init fusion: tests/test_contract.py)."""
 
 import math
 
 import pytest
 import torch
 from migbench.backbones.toy import toy
+from migbench.backbones.toy1d import toy1d
 from migbench.methods.ka_mig.encoder import GCNConv, NegativePrior
 from migbench.methods.ka_mig.fusion import KAMIGModule, Switches
 from migbench.methods.ka_mig.graphs import (
@@ -106,15 +107,6 @@ def run(stack, module, switches, ids, labels, precomputed=True):
     else:
         sites = module.hooks(switches, lambda ctx: module.constants(ctx.backbone.token_embeddings()))
     return stack.backbone(ids, labels, module.hook_set(sites)).logits
-
-
-def test_zero_initialised_fusion_reproduces_the_backbone_exactly() -> None:
-    stack = toy()
-    ids = torch.randint(0, 16, (3, 64))
-    ids[:, ::3] = stack.backbone.layout.mask_id
-    labels = torch.tensor([0, 5, NULL_LABEL])
-    with torch.no_grad():
-        assert torch.equal(run(stack, make_module(stack), Switches(), ids, labels), stack.backbone(ids, labels).logits)
 
 
 SWITCH_CASES = (Switches(), Switches(semantic=False, incompatibility=False),
@@ -402,17 +394,17 @@ def test_auto_weights_resolve_per_stack(monkeypatch) -> None:
     build_sampler(resolve("ka_mig", neutral=["ka_mig"]), toy())
 
 
-def test_g_co_is_refused_on_1d_tokens_g_s_and_g_p_are_not(toy_1d, monkeypatch) -> None:
+def test_g_co_is_refused_on_1d_tokens_g_s_and_g_p_are_not(monkeypatch) -> None:
     from migbench.methods import ka_mig
 
     from migbench.recipe import build_sampler, resolve
 
     with pytest.raises(ValueError, match=r"^method ka_mig needs image tokens on a 2-D grid .token_shape of length "
-                                         r"2.; stack toy_1d has token_shape \(64,\)$"):
-        build_sampler(resolve("ka_mig"), toy_1d)
-    monkeypatch.setattr(ka_mig, "load_module", lambda name, graphs, backbone: ka_mig.KAMIG.random_parts(toy_1d))
+                                         r"2.; stack toy1d has token_shape \(16,\)$"):
+        build_sampler(resolve("ka_mig"), toy1d())
+    monkeypatch.setattr(ka_mig, "load_module", lambda name, graphs, backbone: ka_mig.KAMIG.random_parts(toy1d()))
     build_sampler(resolve("ka_mig", {"ka_mig.cooccurrence": False, "ka_mig.weights": "w", "ka_mig.graphs": "g"}),
-                  toy_1d)
+                  toy1d())
 
 
 def test_1d_graphs_have_no_g_co() -> None:
@@ -448,7 +440,7 @@ def test_random_parts_fit_the_stack_and_change_the_logits() -> None:
         assert not torch.equal(run(stack, parts, Switches(), ids, labels), stack.backbone(ids, labels).logits)
 
 
-def test_fit_on_1d_tokens_builds_g_s_and_g_p_and_refuses_g_co(toy_1d, tmp_path, monkeypatch) -> None:
+def test_fit_on_1d_tokens_builds_g_s_and_g_p_and_refuses_g_co(tmp_path, monkeypatch) -> None:
     """A stack of 1-D tokens: fitting with G_co is refused in one line before anything runs; a
     G_s model fits, on graphs built without G_co, and is recorded with the stack."""
     from dataclasses import replace
@@ -459,21 +451,21 @@ def test_fit_on_1d_tokens_builds_g_s_and_g_p_and_refuses_g_co(toy_1d, tmp_path, 
     from migbench import weights
 
     monkeypatch.setenv("MIGBENCH_WEIGHTS", str(tmp_path / "weights"))
-    maps = {"train": (torch.randint(0, 16, (16, 64)), torch.arange(16) % 10),
-            "test": (torch.randint(0, 16, (8, 64)), torch.arange(8) % 10)}
-    stack = replace(toy_1d, dataset=replace(toy_1d.dataset, token_maps=lambda split, device="cpu": maps[split]))
+    maps = {"train": (torch.randint(0, 16, (16, 16)), torch.arange(16) % 10),
+            "test": (torch.randint(0, 16, (8, 16)), torch.arange(8) % 10)}
+    stack = replace(toy1d(), dataset=replace(toy1d().dataset, token_maps=lambda split, device="cpu": maps[split]))
     training = KAMIGTraining(steps=1, batch_size=8, warmup=1)
-    with pytest.raises(ValueError, match=r"^fit ka_mig: G_co needs a 2-D token grid; stack toy_1d has token_shape "
-                                         r"\(64,\) \(fit with only=semantic, incompatibility or head\)$"):
+    with pytest.raises(ValueError, match=r"^fit ka_mig: G_co needs a 2-D token grid; stack toy1d has token_shape "
+                                         r"\(16,\) \(fit with only=semantic, incompatibility or head\)$"):
         KAMIG.fit(tmp_path / "run", "test", stack, training, "fp32")
     assert not weights.read_manifest()
     KAMIG.fit(tmp_path / "run", "test", stack, replace(training, only="semantic"), "fp32")
     manifest = weights.read_manifest()
-    assert set(manifest) == {"toy_1d_ka_mig_graphs", "toy_1d_ka_mig_semantic"}
-    assert manifest["toy_1d_ka_mig_graphs"]["metrics"]["co_edges"] == 0
-    entry = manifest["toy_1d_ka_mig_semantic"]["config"]
-    assert entry["training"]["only"] == "semantic" and entry["training"]["name"] == "toy_1d_ka_mig_semantic"
-    assert entry["stack"] == "toy_1d" and entry["weight_hashes"] == {"toy": "seed0"}
+    assert set(manifest) == {"toy1d_ka_mig_graphs", "toy1d_ka_mig_semantic"}
+    assert manifest["toy1d_ka_mig_graphs"]["metrics"]["co_edges"] == 0
+    entry = manifest["toy1d_ka_mig_semantic"]["config"]
+    assert entry["training"]["only"] == "semantic" and entry["training"]["name"] == "toy1d_ka_mig_semantic"
+    assert entry["stack"] == "toy1d" and entry["weight_hashes"] == {"toy1d": "seed0"}
 
 
 def test_training_needs_token_maps() -> None:
