@@ -128,19 +128,27 @@ def _swap_in(staged: Path, target: Path) -> None:
 
 
 @contextlib.contextmanager
-def replaced_folder(target: Path) -> Iterator[Path]:
-    """An empty folder beside ``target`` to build into; on success it replaces ``target`` whole,
-    on an error it goes and ``target`` stays as it was."""
+def _staging(target: Path) -> Iterator[tuple[Path, Path]]:
+    """(absolute ``target``, an empty folder beside it); on an error the folder goes and the
+    error passes on, leaving ``target`` as it was."""
     target = Path(os.path.abspath(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     _recover(target)
     staged = _scratch(target, "staging")
     staged.mkdir()
     try:
-        yield staged
+        yield target, staged
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def replaced_folder(target: Path) -> Iterator[Path]:
+    """An empty folder beside ``target`` to build into; on success it replaces ``target`` whole,
+    on an error it goes and ``target`` stays as it was."""
+    with _staging(target) as (target, staged):
+        yield staged
     _swap_in(staged, target)
 
 
@@ -151,16 +159,8 @@ def files_into(target: Path, replaces: tuple[str, ...] = ()) -> Iterator[Path]:
     (not written again) go. A missing ``target``, or one holding only such files, is swapped in
     whole (atomic); a folder holding other files (or the working directory) gets the old set
     removed first, then the new files renamed in one by one, so old and new never mix."""
-    target = Path(os.path.abspath(target))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _recover(target)
-    staged = _scratch(target, "staging")
-    staged.mkdir()
-    try:
+    with _staging(target) as (target, staged):
         yield staged
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
     written = sorted(p.name for p in staged.iterdir())
     ours = {*written, *replaces}
     if not target.exists() or ({p.name for p in target.iterdir()} <= ours
