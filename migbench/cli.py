@@ -48,16 +48,18 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
     from migbench import registry
+    from migbench.outputs import check_file, write_text_atomic
 
     method = registry.method(args.method)
     if not hasattr(method, "diagnose"):
         print(f"migbench diagnose: method {args.method!r} has no diagnostics", file=sys.stderr)
         return 2
+    if args.out:
+        check_file(Path(args.out), "--out")
     text = method.diagnose(maps=args.maps).markdown()
     print(text)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(f"<!-- written by `{args.command_line}` -->\n{text}\n", encoding="utf-8")
+        write_text_atomic(Path(args.out), f"<!-- written by `{args.command_line}` -->\n{text}\n")
     return 0
 
 
@@ -144,6 +146,17 @@ def json_compact(d: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in d.items() if not isinstance(v, dict))
 
 
+def seed_int(text: str) -> int:
+    """A seed option: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """An ``int`` option that must be >= 1 (argparse names the option in its error)."""
     try:
@@ -207,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a knob (repeatable), e.g. --set maskgit.cfg_scale=2")
     p.add_argument("--n", type=positive_int, default=100)
     p.add_argument("--classes", default=None, help="comma-separated class ids to cycle through (default all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--batch-size", type=positive_int, default=250)
     p.add_argument("--device", default="cpu")
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
@@ -234,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("floors", help="data and tokenizer quality floors at N images")
     p.add_argument("--n", type=positive_int, default=2000)
     p.add_argument("--ref", default="fmnist-train")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=_registered("floors"))
 

@@ -54,7 +54,13 @@ def read_manifest(folder: Path | None = None) -> dict[str, dict[str, Any]]:
     path = (folder or weights_dir()) / MANIFEST
     if not path.exists():
         return {}
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise WeightsError(f"file {path} is not a valid weights manifest ({err}); restore it from git") from None
+    if not isinstance(manifest, dict):
+        raise WeightsError(f"file {path} is not a valid weights manifest (a JSON object of entries)")
+    return manifest
 
 
 def _write_manifest(manifest: dict[str, dict[str, Any]], folder: Path) -> None:

@@ -210,6 +210,8 @@ PARSE_CASES = [
     (["train", "backbone", "--steps", "0"], "argument --steps: must be >= 1, got 0"),
     (["diagnose", "ka_mig", "--maps", "0"], "argument --maps: must be >= 1, got 0"),
     (["sample", "--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
+    (["sample", "--seed", "-1"], "migbench sample: error: argument --seed: must be >= 0, got -1"),
+    (["floors", "--seed", "1.5"], "argument --seed: expects a whole number >= 0, got '1.5'"),
 ]
 
 
@@ -234,6 +236,7 @@ OUTPUT_CASES = [
      "run 'a' at {{'maskgit.steps': 65}} on toy: maskgit.steps = 65 must lie in"),
     ("sweep", ["sweep", "{bad_suite}", "--results", "{folder}/results"], "maskgit.steps = 65 must lie in"),
     ("sweep", ["sweep", "{folder}/missing.toml", "--results", "{folder}/results"], "no suite"),
+    ("diagnose", ["diagnose", "ka_mig", "--out", "{folder}"], "--out {folder} is a folder, not a file"),
     ("report", ["report", "{suite}", "--reports", "{file}"], "--reports {file} is a file, not a folder"),
     ("report", ["report", "{suite}", "--reports", UNWRITABLE], "cannot write in /proc"),
     ("report", ["report", "{suite}", "--results", "{folder}/results", "--reports", "{folder}/reports"],
@@ -284,3 +287,13 @@ def test_read_only_folder_is_refused(argv: list[str], tmp_path: Path, capsys: py
         ro.chmod(0o755)
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"cannot write in {ro}" in err[0], err
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", ""])
+def test_a_broken_manifest_is_named(text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "manifest.json").write_text(text)
+    monkeypatch.setenv("MIGBENCH_WEIGHTS", str(tmp_path))
+    assert cli.main(["info"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"file {tmp_path / 'manifest.json'} is not a valid weights manifest" in err[0], err
