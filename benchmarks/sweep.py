@@ -279,6 +279,9 @@ def relaunch(args: list[str], processes: int, results_root: Path | None = None) 
     if 0 < gpus < processes:  # process p runs on GPU p
         raise RuntimeError(f"--processes {processes} needs {processes} GPUs, {gpus} visible: use "
                            f"--processes {gpus}, or CPU processes (CUDA_VISIBLE_DEVICES= migbench sweep ...)")
+    if not gpus and processes > (os.cpu_count() or 1):
+        raise RuntimeError(f"--processes {processes} CPU processes on {os.cpu_count()} cores: use at most "
+                           f"--processes {os.cpu_count()}")
     if importlib.util.find_spec("accelerate") is None:
         raise RuntimeError("`accelerate` is not installed; install it (pip install accelerate)")
     plan = prepare(args[0], {}, torch.device("cuda" if gpus else "cpu"), results_root)

@@ -300,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyError, ValueError, RuntimeError, OSError) as err:
         print(f"migbench {args.command}: error: {_message(err)}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"migbench {args.command}: error: out of memory; use a smaller --n, --batch-size or step count",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

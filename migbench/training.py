@@ -90,6 +90,10 @@ class TrainLoop:
     history: list[dict[str, float]] = field(default_factory=list)
     precision_used: str | None = field(default=None, init=False)  # bf16 | fp16 | fp32, set by run()
 
+    def __post_init__(self) -> None:
+        if self.total_steps < 1:
+            raise ValueError(f"{self.name}: steps must be >= 1, got {self.total_steps}")
+
     @property
     def device(self) -> torch.device:
         """The device this loop trains on: the accelerator's (CUDA where available, else CPU).

@@ -160,6 +160,8 @@ CLI_CASES = [
     ("sample", ["sample", "--backbone", "toy", "--set", "halton.steps=0", "--methods", "halton"],
      "halton.steps must be >= 1"),
     ("sample", ["sample", "--backbone", "toy", "--set", "maskgit.steps=65"], "maskgit.steps = 65 must lie in"),
+    ("sample", ["sample", "--backbone", "toy", "--n", str(10**13)], "can't allocate memory"),
+    ("sample", ["sample", "--backbone", "toy1d", "--methods", "halton"], "method halton needs image tokens on a 2-D grid"),
     ("eval", ["eval", "{few}"], "need at least 10 images"),
     ("eval", ["eval", "{truncated}"], "is not a valid samples file"),
     ("eval", ["eval", "{rgb}"], "RGB images differ between channels"),
@@ -210,6 +212,8 @@ PARSE_CASES = [
     (["train", "backbone", "--steps", "0"], "argument --steps: must be >= 1, got 0"),
     (["diagnose", "ka_mig", "--maps", "0"], "argument --maps: must be >= 1, got 0"),
     (["sample", "--precision", "fp8"], "argument --precision: invalid choice: 'fp8'"),
+    (["fit", "ka_mig", "--set", "steps=0"], "steps must be >= 1, got 0"),
+    (["fit", "token_critic", "--set", "lr=nan"], "lr"),
     (["sample", "--seed", "-1"], "migbench sample: error: argument --seed: must be >= 0, got -1"),
     (["floors", "--seed", "1.5"], "argument --seed: expects a whole number >= 0, got '1.5'"),
 ]
