@@ -37,9 +37,12 @@ def data_command(args: argparse.Namespace) -> int:
 
 
 def train_command(args: argparse.Namespace) -> int:
+    from migbench.cli import check_training_outputs
+
     command = args.command_line
     default_dir = f"runs/{args.what}" + (f"_{args.preset}" if args.what == "backbone" and args.preset != "maskgit" else "")
     run_dir = Path(args.run_dir or default_dir)
+    check_training_outputs(run_dir)
     if args.what == "tokenizer":
         from migbench.backbones.fmnist.train_tokenizer import TokenizerTraining, train_tokenizer
 
@@ -62,7 +65,13 @@ def train_command(args: argparse.Namespace) -> int:
 def eval_command(args: argparse.Namespace) -> int:
     import json
 
-    from migbench.benchmarks.metrics.evaluate import Extractor, evaluate
+    from migbench.benchmarks.metrics.evaluate import (
+        MIN_SAMPLES,
+        Extractor,
+        check_reference,
+        check_samples,
+        evaluate,
+    )
 
     from migbench.images import load_png_folder, load_samples
     from migbench.outputs import check_file, write_text_atomic
@@ -73,9 +82,13 @@ def eval_command(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out) if args.out else (path if path.is_dir() else path.parent) / "eval.json"
     check_file(out, "--out" if args.out else "--out (default: eval.json beside the samples)")
-    images, labels = load_png_folder(path) if path.is_dir() else load_samples(path)
+    if args.inception_weights and args.extractor != "inception-v3-compat":
+        raise ValueError(f"--inception-weights applies to --extractor inception-v3-compat only, not {args.extractor}")
+    check_reference(args.ref, args.data_dir)
     extractor = (Extractor.inception(args.inception_weights) if args.extractor == "inception-v3-compat"
                  else Extractor.fmnist())
+    images, labels = load_png_folder(path) if path.is_dir() else load_samples(path)
+    check_samples(images, minimum=MIN_SAMPLES)
     result = evaluate(images, labels, ref=args.ref, extractor=extractor, data_dir=args.data_dir,
                       prc=not args.no_prc)
     _print_metrics(f"{path} ({len(images)} images) against {args.ref}", result["metrics"])
@@ -86,8 +99,10 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def floors_command(args: argparse.Namespace) -> int:
+    from migbench.benchmarks.metrics.evaluate import check_reference
     from migbench.benchmarks.metrics.floors import floors
 
+    check_reference(args.ref, args.data_dir)
     result = floors(args.n, args.ref, args.seed, args.data_dir)
     for kind in ("data", "tokenizer"):
         _print_metrics(f"{kind} floor: N={args.n} {result['source_split']} images"

@@ -235,6 +235,12 @@ def report(suite: str, results_root: Path | None = None, reports_root: Path | No
     folder = results_dir(name, results_root)
     rows, stale = current_rows(suite, results_root)
     if not rows:
+        from migbench.benchmarks.suite import SuiteError, suite_path
+
+        try:
+            suite_path(suite)
+        except SuiteError as err:
+            raise SuiteError(f"{err}; and no results in {folder}") from None
         raise FileNotFoundError(f"no current results in {folder}; run `migbench sweep {suite}` first")
     duplicates = duplicate_rows(folder)
     if duplicates:

@@ -158,6 +158,8 @@ def parse_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
     n = _require(raw.get("n", 1000), int, f"{where}: n")
     seeds = tuple(_require(s, int, f"{where}: seeds[]") for s in _require(raw.get("seeds", [0]), list, f"{where}: seeds"))
     batch_size = _require(raw.get("batch_size", 250), int, f"{where}: batch_size")
+    if any(seed < 0 for seed in seeds):
+        raise SuiteError(f"{where}: seeds must be >= 0, got {list(seeds)}")
     if n < MIN_SAMPLES or batch_size < 1 or not seeds:
         raise SuiteError(f"{where}: need n >= {MIN_SAMPLES} (the fewest every metric is computed from), "
                          "batch_size >= 1 and at least one seed")

@@ -46,7 +46,12 @@ from typing import Any
 import numpy as np
 import torch
 from migbench.benchmarks.lock import INHERITED, LAUNCHER_PID, LockError, ResultsLock
-from migbench.benchmarks.metrics.evaluate import Extractor, evaluate_features, extract_batch
+from migbench.benchmarks.metrics.evaluate import (
+    Extractor,
+    check_reference,
+    evaluate_features,
+    extract_batch,
+)
 from migbench.benchmarks.results import (
     append_row,
     clean_leftovers,
@@ -62,7 +67,7 @@ import migbench
 from migbench import registry
 from migbench.api import Stack
 from migbench.config import stable_hash
-from migbench.generate import Batch, Generation, generate, merge
+from migbench.generate import Batch, Generation, check_count, generate, merge
 from migbench.images import SampleShard, grid_subset, merge_sample_shards, save_grid
 from migbench.precision import explain as explain_precision
 from migbench.precision import resolve as resolve_precision
@@ -344,6 +349,8 @@ def prepare(suite_name: str | Suite, stacks: dict[str, Stack], device: torch.dev
     suite = bind(suite_name if isinstance(suite_name, Suite) else load_suite(suite_name), stacks)
     folder = results_dir(suite.name, results_root)
     extractor = Extractor.named(suite.extractor)
+    check_reference(suite.reference, option=f"suite {suite.name}: reference")
+    check_count(suite.n, f"suite {suite.name}: n")
     todo = pending(suite, stacks, extractor, folder, device, limit)
     check_points(suite, todo, stacks)
     return Plan(suite, folder, extractor, todo)

@@ -40,10 +40,20 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     changed = [f"{f.name}{getattr(config, f.name)}" for f in dataclasses.fields(config)
                if getattr(config, f.name) != f.default and f.name != "steps"]
     run_dir = args.run_dir or f"runs/{args.method}" + "".join(f"_{c}" for c in changed)
+    check_training_outputs(Path(run_dir))
     stack = registry.backbone(args.backbone)()
     method.fit(Path(run_dir), args.command_line, stack, config, args.precision)
     print(f"weights and manifest entry written; training log in {run_dir}/train.log")
     return 0
+
+
+def check_training_outputs(run_dir: Path) -> None:
+    """Before training: the run folder and the weights folder can be written (one line if not)."""
+    from migbench.outputs import check_folder
+    from migbench.paths import weights_dir
+
+    check_folder(run_dir, "--run-dir")
+    check_folder(weights_dir(), "the weights folder (MIGBENCH_WEIGHTS)")
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
@@ -71,7 +81,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
     from migbench import registry
-    from migbench.generate import generate
+    from migbench.generate import check_count, generate
     from migbench.images import save_grid, save_samples
     from migbench.outputs import check_folder, files_into
     from migbench.recipe import parse_overrides, resolve
@@ -79,6 +89,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     recipe = resolve(args.methods, parse_overrides(args.set))
     out = Path(args.out)
     check_folder(out, "--out")
+    check_device(args.device)
+    check_count(args.n, "--n")
     started = time.perf_counter()
     stack = registry.backbone(args.backbone)()
     labels = None
@@ -105,6 +117,21 @@ def _cmd_sample(args: argparse.Namespace) -> int:
           f"{result.images_per_second:.1f} images/s, NFE/image {result.nfe_per_image['total']:g}")
     print(f"wrote {out / 'samples.npz'}, {out / 'grid.png'}, {out / 'meta.json'}")
     return 0
+
+
+def check_device(text: str) -> None:
+    """``--device``: a device torch knows and this machine has; else a ValueError naming the option."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise ValueError(f"--device {text!r} is not a device: use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device {text}: {torch.cuda.device_count()} CUDA device(s) visible; use cpu or "
+                         "one of those")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {text}: MPS is not available here; use cpu")
 
 
 def parse_classes(text: str) -> list[int]:

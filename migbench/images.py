@@ -170,12 +170,25 @@ def save_grid(path: Path, images: np.ndarray, labels: np.ndarray, class_names: S
     os.replace(tmp, path)
 
 
+def _read_png(path: Path) -> np.ndarray:
+    """One PNG as uint8 (H, W) or (H, W, C); a truncated or corrupt file is a ValueError naming it."""
+    try:
+        with Image.open(path) as image:
+            if image.format != "PNG":
+                raise ValueError(f"a {image.format} image")
+            image.verify()  # chunk checksums and the end marker: catches a truncated file
+        with Image.open(path) as image:
+            return np.asarray(image)
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"file {path} is not a valid PNG image ({type(err).__name__}: {err})") from None
+
+
 def load_png_folder(folder: Path) -> tuple[np.ndarray, None]:
     """Every ``*.png`` of a folder (sorted by name) as uint8 (N, H, W, C); no labels."""
     paths = sorted(folder.glob("*.png"))
     if not paths:
         raise ValueError(f"{folder} holds no .png files")
-    arrays = [np.asarray(Image.open(p)) for p in paths]
+    arrays = [_read_png(p) for p in paths]
     arrays = [a[..., None] if a.ndim == 2 else a for a in arrays]
     if len({a.shape for a in arrays}) != 1:
         raise ValueError(f"the PNGs in {folder} differ in size or channels")

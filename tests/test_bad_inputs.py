@@ -160,12 +160,16 @@ CLI_CASES = [
     ("sample", ["sample", "--backbone", "toy", "--set", "halton.steps=0", "--methods", "halton"],
      "halton.steps must be >= 1"),
     ("sample", ["sample", "--backbone", "toy", "--set", "maskgit.steps=65"], "maskgit.steps = 65 must lie in"),
-    ("sample", ["sample", "--backbone", "toy", "--n", str(10**13)], "can't allocate memory"),
+    ("sample", ["sample", "--backbone", "toy", "--n", str(10**13)], "--n = 10,000,000,000,000 samples: their labels"),
     ("sample", ["sample", "--backbone", "toy1d", "--methods", "halton"], "method halton needs image tokens on a 2-D grid"),
     ("eval", ["eval", "{few}"], "need at least 10 images"),
     ("eval", ["eval", "{truncated}"], "is not a valid samples file"),
     ("eval", ["eval", "{rgb}"], "RGB images differ between channels"),
     ("eval", ["eval", "{bad_labels}"], "labels must be classes 0..9"),
+    ("eval", ["eval", "{labstr}"], "12 labels of dtype <U1 for 12 samples: need 12 integer labels"),
+    ("eval", ["eval", "{good}", "--extractor", "inception-v3-compat", "--inception-weights", "{weights}"],
+     "is not torch-fidelity's Inception weights"),
+    ("sample", ["sample", "--backbone", "toy", "--classes", "99", "--n", "10"], "labels must be class ids in [0, 10)"),
 ]
 
 
@@ -173,6 +177,8 @@ CLI_CASES = [
 def test_cli_exits_2_with_one_line(command: str, argv: list[str], fragment: str, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     files = {kind: str(samples_file(tmp_path, kind)) for kind in ("few", "truncated", "rgb", "bad_labels")}
+    (tmp_path / "inputs").mkdir()
+    files.update({k: str(v) for k, v in input_files(tmp_path / "inputs").items()})
     argv = [a.format(**files) for a in argv]
     assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -301,3 +307,206 @@ def test_a_broken_manifest_is_named(text: str, tmp_path: Path, monkeypatch: pyte
     assert cli.main(["info"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"file {tmp_path / 'manifest.json'} is not a valid weights manifest" in err[0], err
+
+
+def input_files(root: Path) -> dict[str, Path]:
+    """Every kind of bad input file (and a good samples file), by name, under ``root``."""
+    from PIL import Image
+
+    def npz(name: str, **arrays: np.ndarray) -> Path:
+        np.savez(root / f"{name}.npz", **arrays)
+        return root / f"{name}.npz"
+
+    grey = np.zeros((12, 32, 32, 1), np.uint8)
+    files = {"good": npz("good", arr_0=grey, arr_1=np.arange(12) % 10),
+             "float": npz("float", arr_0=grey.astype(np.float32)), "rank3": npz("rank3", arr_0=grey[..., 0]),
+             "noarr": npz("noarr", x=np.zeros(3)), "ch4": npz("ch4", arr_0=np.zeros((12, 32, 32, 4), np.uint8)),
+             "zero": npz("zero", arr_0=grey[:0]), "lab2d": npz("lab2d", arr_0=grey, arr_1=np.zeros((12, 2))),
+             "labstr": npz("labstr", arr_0=grey, arr_1=np.array(["a"] * 12))}
+    (root / "empty.npz").write_bytes(b"")
+    (root / "text.npz").write_text("not an archive\n")
+    np.save(root / "npy.npy", grey)
+    (root / "npy.npy").rename(root / "npy.npz")
+    (root / "weights.pt").write_text("not a checkpoint\n")
+    files.update({k: root / f"{k}.npz" for k in ("empty", "text", "npy")}, weights=root / "weights.pt",
+                 missing=root / "missing.npz", file=root / "file")
+    (root / "file").write_text("x\n")
+    for kind in ("pngempty", "pngtrunc", "pngbad", "pngmixed", "pngrgba"):
+        folder = root / kind
+        folder.mkdir()
+        files[kind] = folder
+        if kind == "pngempty":
+            continue
+        for i in range(12):
+            size = 28 if kind == "pngmixed" and i == 0 else 32
+            pixels = np.random.default_rng(i).integers(0, 255, (size, 32, 4 if kind == "pngrgba" else 1), np.uint8)
+            Image.fromarray(pixels if kind == "pngrgba" else pixels[..., 0]).save(folder / f"{i}.png")
+    trunc = files["pngtrunc"] / "5.png"
+    trunc.write_bytes(trunc.read_bytes()[:300])
+    (files["pngbad"] / "3.png").write_text("not a png\n")
+    return files
+
+
+INPUT_CASES = [
+    ("eval", ["eval", "{empty}"], "file {empty} is not a valid samples file"),
+    ("eval", ["eval", "{text}"], "file {text} is not a valid samples file"),
+    ("eval", ["eval", "{npy}"], "an .npy array, not an .npz archive"),
+    ("eval", ["eval", "{float}"], "arr_0 must be uint8 (N, H, W, C), got float32"),
+    ("eval", ["eval", "{rank3}"], "arr_0 must be uint8 (N, H, W, C), got uint8 (12, 32, 32)"),
+    ("eval", ["eval", "{noarr}"], "{noarr} has no arr_0"),
+    ("eval", ["eval", "{ch4}"], "with C in (1, 3), got (12, 32, 32, 4)"),
+    ("eval", ["eval", "{zero}"], "need at least 10 images, got 0"),
+    ("eval", ["eval", "{lab2d}"], "arr_1 must hold one label per image (12), got shape (12, 2)"),
+    ("eval", ["eval", "{file}"], "file {file} is not a valid samples file"),
+    ("eval", ["eval", "{pngempty}"], "{pngempty} holds no .png files"),
+    ("eval", ["eval", "{pngtrunc}"], "file {pngtrunc}/5.png is not a valid PNG image"),
+    ("eval", ["eval", "{pngbad}"], "file {pngbad}/3.png is not a valid PNG image"),
+    ("eval", ["eval", "{pngmixed}"], "the PNGs in {pngmixed} differ in size or channels"),
+    ("eval", ["eval", "{pngrgba}"], "with C in (1, 3), got (12, 32, 32, 4)"),
+    ("eval", ["eval", "{good}", "--ref", "nosuch"], "--ref 'nosuch': unknown reference"),
+    ("eval", ["eval", "{good}", "--ref", "{missing}"], "--ref {missing}: no such file"),
+    ("eval", ["eval", "{good}", "--ref", "{text}"], "--ref: file {text} is not a valid reference .npz"),
+    ("eval", ["eval", "{good}", "--ref", "{empty}"], "--ref: file {empty} is not a valid reference .npz"),
+    ("eval", ["eval", "{good}", "--ref", "{noarr}"], "--ref: file {noarr} has no arr_0"),
+    ("eval", ["eval", "{good}", "--extractor", "inception-v3-compat", "--inception-weights", "{missing}"],
+     "--inception-weights {missing}: no such file"),
+    ("eval", ["eval", "{good}", "--inception-weights", "{weights}"],
+     "--inception-weights applies to --extractor inception-v3-compat only"),
+    ("eval", ["eval", "{good}", "--extractor", "nope"], "argument --extractor: invalid choice: 'nope'"),
+    ("eval", ["eval", "{good}", "--data-dir", "{file}/none"], "Fashion-MNIST: --data-dir points to"),
+    ("floors", ["floors", "--ref", "{missing}"], "--ref {missing}: no such file"),
+    ("floors", ["floors", "--ref", "nosuch"], "--ref 'nosuch': unknown reference"),
+    ("floors", ["floors", "--n", str(10**9)], "needs more than the split holds"),
+    ("sample", ["sample", "--backbone", "nosuch"], "unknown backbone 'nosuch'"),
+    ("sample", ["sample", "--backbone", "toy", "--methods", "nosuch"], "unknown method 'nosuch'"),
+    ("sample", ["sample", "--backbone", "toy", "--methods"], "argument --methods: expected one argument"),
+    ("sample", ["sample", "--backbone", "toy", "--set", "garbage"], "--set expects key=value, got 'garbage'"),
+    ("sample", ["sample", "--backbone", "toy", "--set", "maskgit.nosuch=1"], "unknown knob maskgit.nosuch"),
+    ("sample", ["sample", "--backbone", "toy", "--set", "maskgit.steps=abc"], "maskgit.steps: cannot read 'abc'"),
+    ("sample", ["sample", "--backbone", "toy", "--set", "maskgit.steps=1.5"], "maskgit.steps: cannot read '1.5'"),
+    ("sample", ["sample", "--backbone", "toy", "--set", "maskgit.steps=-1"], "maskgit.steps must be >= 1, got -1"),
+    ("sample", ["sample", "--backbone", "toy", "--set", "maskgit.cfg_scale=-inf"], "must be a finite number"),
+    ("sample", ["sample", "--backbone", "toy", "--set", "maskgit.temperature=-1"], "maskgit.temperature must be > 0"),
+    ("sample", ["sample", "--backbone", "toy", "--classes", ","], "--classes expects comma-separated class ids"),
+    ("sample", ["sample", "--backbone", "toy", "--n", "1e3"], "argument --n: expects a whole number >= 1, got '1e3'"),
+    ("sample", ["sample", "--backbone", "toy", "--device", "nosuch"], "--device 'nosuch' is not a device"),
+    ("sample", ["sample", "--backbone", "toy", "--device", "cuda:99"], "--device cuda:99: "),
+    ("sample", ["sample", "--backbone", "toy", "--head-dtype", "nope"], "argument --head-dtype: invalid choice"),
+    ("sample", ["sample", "--backbone", "toy", "--out"], "argument --out: expected one argument"),
+    ("train", ["train", "nothing"], "argument what: invalid choice: 'nothing'"),
+    ("train", ["train", "backbone", "--preset", "nosuch"], "unknown backbone training preset 'nosuch'"),
+    ("train", ["train", "tokenizer", "--steps", "1", "--run-dir", "{file}"], "--run-dir {file} is a file"),
+    ("train", ["train", "tokenizer", "--steps", "1", "--run-dir", f"{UNWRITABLE}/run"], "--run-dir"),
+    ("fit", ["fit", "nosuch"], "unknown method 'nosuch'"),
+    ("fit", ["fit", "maskgit"], "method 'maskgit' has nothing to train"),
+    ("fit", ["fit", "token_critic", "--backbone", "nosuch"], "unknown backbone 'nosuch'"),
+    ("fit", ["fit", "token_critic", "--set", "nosuch=1"], "unknown knob fit token_critic.nosuch"),
+    ("fit", ["fit", "token_critic", "--set", "steps=abc"], "fit token_critic.steps: cannot read 'abc' as int"),
+    ("fit", ["fit", "token_critic", "--set", "lr=0"], "fit token_critic.lr must be positive, got 0.0"),
+    ("fit", ["fit", "token_critic", "--set", "lr=-1"], "fit token_critic.lr must be positive, got -1.0"),
+    ("fit", ["fit", "token_critic", "--set", "lr=inf"], "fit token_critic.lr = 'inf': a float knob must be a finite"),
+    ("fit", ["fit", "token_critic", "--backbone", "toy", "--run-dir", "{file}"], "--run-dir {file} is a file"),
+    ("fit", ["fit", "token_critic", "--backbone", "toy"], "stack toy has no token maps"),
+    ("diagnose", ["diagnose", "nosuch"], "unknown method 'nosuch'"),
+    ("diagnose", ["diagnose", "maskgit"], "method 'maskgit' has no diagnostics"),
+    ("diagnose", ["diagnose", "ka_mig", "--maps", "-1"], "argument --maps: must be >= 1, got -1"),
+    ("diagnose", ["diagnose", "ka_mig", "--out", "{file}/x.md"], "--out {file} is a file"),
+    ("diagnose", ["diagnose", "ka_mig", "--maps", "10001"], "--maps 10001: the test split of stack fmnist holds"),
+    ("report", ["report", "nosuch", "--reports", "{reports}"], "no suite 'nosuch'"),
+    ("sweep", ["sweep", "{file}"], "no suite '{file}'"),
+    ("sweep", ["sweep", "{pngempty}"], "no suite '{pngempty}'"),
+    ("demo", ["demo", "--suite", "nosuch"], "no suite 'nosuch'"),
+    ("migbench", ["info", "extra"], "unrecognized arguments: extra"),
+    ("migbench", ["regress", "--update", "extra"], "unrecognized arguments: extra"),
+]
+
+
+@pytest.mark.parametrize(("command", "argv", "fragment"), INPUT_CASES)
+def test_bad_input_is_one_line(command: str, argv: list[str], fragment: str, tmp_path: Path,
+                               capsys: pytest.CaptureFixture[str], no_work: None,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each input file of each kind, each option of each command: one line, exit 2, nothing left."""
+    monkeypatch.setenv("MIGBENCH_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setenv("MIGBENCH_CACHE", str(tmp_path / "cache"))
+    work = tmp_path / "work"
+    work.mkdir()
+    names = {**input_files(work), "reports": work / "reports"}
+    before = tree(work)
+    argv = [a.format(**names) for a in argv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    prefix = "migbench: error: " if command == "migbench" else f"migbench {command}: "
+    assert len(err) == 1 and err[0].startswith(prefix), err
+    assert fragment.format(**names) in err[0], err
+    assert tree(work) == before
+
+
+SWEEP_SUITES = [
+    ('reference = "fmnist-trian"\n', "suite s: reference 'fmnist-trian': unknown reference"),
+    ('reference = "{missing}"\n', "suite s: reference {missing}: no such file"),
+    ('extractor = "nope"\n', "unknown feature extractor 'nope'"),
+    ("n = 1_000_000_000_000_000\n", "suite s: n = 1,000,000,000,000,000 samples: their labels alone need"),
+    ("seeds = [-1]\n", "seeds must be >= 0, got [-1]"),
+    ("n = 16.5\n", "n must be int, got 16.5"),
+    ("batch_size = 0\n", "batch_size >= 1"),
+    ("seeds = []\n", "at least one seed"),
+    ('backbone = "nosuch"\n', "unknown backbone 'nosuch'"),
+    ('precision = "fp8"\n', "precision must be one of auto, bf16, fp16, fp32, got 'fp8'"),
+    ('backbone = "toy\n', "s.toml: Illegal character"),
+    ('unknown = 1\n', "unknown key 'unknown'"),
+    ('set = { "maskgit.steps" = "abc" }\n', "maskgit.steps: cannot read 'abc' as int"),
+    ('set = { "maskgit.cfg_scale" = inf }\n', "maskgit.cfg_scale = inf"),
+]
+
+
+@pytest.mark.parametrize(("top", "fragment"), SWEEP_SUITES)
+def test_bad_suite_is_one_line_before_any_work(top: str, fragment: str, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str], no_work: None) -> None:
+    """A suite file with a bad value: `migbench sweep` says so in one line and makes no results folder."""
+    work = tmp_path / "work"
+    work.mkdir()
+    names = {"missing": work / "missing.npz"}
+    key = top.split("=")[0].strip()
+    body = "".join(line for line in ('backbone = "toy"\n', "n = 16\n") if not line.startswith(key + " "))
+    body += top.replace("{missing}", str(names["missing"]))
+    suite = work / "s.toml"
+    suite.write_text(body + '[[runs]]\nlabel = "a"\nmethods = ["maskgit"]\n')
+    assert cli.main(["sweep", str(suite), "--results", str(work / "results")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("migbench sweep: error: "), err
+    assert fragment.format(**names) in err[0], err
+    assert not (work / "results").exists()
+
+
+BAD_RUNS = [
+    ('[[runs]]\nmethods = ["maskgit"]\n', "runs[0].label must be str, got None"),
+    ('[[runs]]\nlabel = "a"\nmethods = "maskgit"\n', "runs[0].methods must be list, got 'maskgit'"),
+    ('[[runs]]\nlabel = "a"\nprecision = "fp8"\n', "runs[0].precision must be one of"),
+    ('[[runs]]\nlabel = "a"\n[[runs]]\nlabel = "a"\n', "label 'a' used twice"),
+    ('[[runs]]\nlabel = "a"\ngrid = { "maskgit.steps" = 8 }\n', "grid.maskgit.steps must be list, got 8"),
+    ("", "no [[runs]]"),
+]
+
+
+@pytest.mark.parametrize(("runs", "fragment"), BAD_RUNS)
+def test_bad_run_of_a_suite_is_one_line(runs: str, fragment: str, tmp_path: Path,
+                                        capsys: pytest.CaptureFixture[str], no_work: None) -> None:
+    suite = tmp_path / "s.toml"
+    suite.write_text('backbone = "toy"\nn = 16\n' + runs)
+    assert cli.main(["sweep", str(suite), "--results", str(tmp_path / "results")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0], err
+    assert not (tmp_path / "results").exists()
+
+
+GOOD_CASES = [
+    ["--batch-size", str(10**11)],  # larger than n: one batch of n
+    ["--classes", "-1"],  # -1 is the unconditional class
+    ["--seed", str(10**20)],  # any whole number >= 0 is a seed
+]
+
+
+@pytest.mark.parametrize("extra", GOOD_CASES)
+def test_extreme_but_valid_option_gives_a_result(extra: list[str], tmp_path: Path) -> None:
+    assert cli.main(["sample", "--backbone", "toy", "--n", "10", *extra, "--out", str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["grid.png", "meta.json", "samples.npz"]

@@ -141,6 +141,9 @@ class Extractor:
         ``weights_path`` is a local copy of torch-fidelity's Inception weights for offline use;
         without it torch-fidelity downloads them to $TORCH_HOME.
         """
+        if weights_path and not Path(weights_path).is_file():
+            raise EvaluationError(f"--inception-weights {weights_path}: no such file (give a local copy of "
+                                  "torch-fidelity's Inception weights, or leave it out to download them)")
         ident = (weights.sha256_file(Path(weights_path)) if weights_path
                  else f"torch-fidelity-{torch_fidelity.__version__}-default-inception")
         return Extractor("inception-v3-compat", "2048", "logits_unbiased", ident, weights_path)
@@ -184,8 +187,14 @@ def _module(extractor: Extractor, device: str) -> torch.nn.Module:
     kwargs: dict[str, Any] = {"verbose": False}
     if extractor.weights_path:
         kwargs["feature_extractor_weights_path"] = extractor.weights_path
-    module = create_feature_extractor(extractor.name, [extractor.feature_layer, extractor.logits_layer],
-                                      cuda=False, **kwargs)
+    try:
+        module = create_feature_extractor(extractor.name, [extractor.feature_layer, extractor.logits_layer],
+                                          cuda=False, **kwargs)
+    except Exception as err:  # torch.load of a file that is no checkpoint raises what its bytes make it raise
+        if not extractor.weights_path:
+            raise
+        raise EvaluationError(f"--inception-weights: file {extractor.weights_path} is not torch-fidelity's "
+                              f"Inception weights ({type(err).__name__}: {err})") from None
     return module.to(device)
 
 
@@ -249,6 +258,31 @@ def fmnist_images(split: str, data_dir: str | None = None) -> tuple[np.ndarray, 
     """A Fashion-MNIST split as the images samples are compared with: uint8 (N, 32, 32, 1), padded."""
     ds = load_split(split, data_dir)
     return np.pad(ds.images, ((0, 0), (2, 2), (2, 2)))[..., None], ds.labels
+
+
+def check_reference(name: str, data_dir: str | None = None, option: str = "--ref") -> None:
+    """Refuse (one line naming ``option``) a reference :func:`reference` could not load, before any
+    work: an unknown name, a path that is no file, a file that is no ``.npz`` archive with images
+    ``arr_0``, or Fashion-MNIST that cannot be found. Only the archive's index is read."""
+    import zipfile
+
+    if name in ("fmnist-train", "fmnist-test"):
+        load_split(name.split("-")[1], data_dir)
+        return
+    path = Path(name)
+    if not name.endswith(".npz"):
+        raise EvaluationError(f"{option} {name!r}: unknown reference; use fmnist-train, fmnist-test, or the path "
+                              "of an ADM-layout .npz of images (arr_0)")
+    if not path.is_file():
+        raise EvaluationError(f"{option} {name}: no such file (give the path of an ADM-layout .npz of images)")
+    try:
+        with np.load(path) as data:
+            files = data.files
+    except (OSError, EOFError, ValueError, AttributeError, zipfile.BadZipFile) as err:
+        raise EvaluationError(f"{option}: file {name} is not a valid reference .npz ({type(err).__name__}: {err})") \
+            from None
+    if "arr_0" not in files:
+        raise EvaluationError(f"{option}: file {name} has no arr_0 (ADM layout: arr_0 images, arr_1 labels)")
 
 
 def reference(name: str, data_dir: str | None = None) -> Reference:

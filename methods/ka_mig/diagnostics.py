@@ -123,6 +123,9 @@ def diagnose(stack: Stack, maps: int = 10_000, device: torch.device | str | None
     backbone = stack.backbone.eval()
     ruled_out_table = graphs_from_state(weights.load_weights(graphs_name)[0])[2]  # (C, N, K)
     ids, labels = stack_token_maps(stack, "test", device, "diagnose ka_mig")
+    if maps > len(ids):
+        raise ValueError(f"--maps {maps}: the test split of stack {stack.name} holds {len(ids):,} token maps; "
+                         f"use --maps {len(ids)} or fewer")
     ids, labels = ids[:maps].cpu(), labels[:maps].cpu()
     hook_sets: list[tuple[str, str, HookSet]] = [(stack.name, "— (frozen backbone)", HookSet())]
     embeddings = backbone.token_embeddings().float()
