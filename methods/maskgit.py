@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from migbench.api import NULL_LABEL
-from migbench.config import check_choices, check_logit_scale, knob
+from migbench.config import check_choices, check_guidance_scale, check_logit_scale, knob
 from migbench.guidance import GuidanceTerm, StepInfo
 from migbench.rng import gumbel
 from migbench.sampler import SamplerBuilder, SampleState
@@ -64,6 +64,7 @@ class MaskGITConfig:
             raise ValueError(f"maskgit.temperature must be > 0, got {self.temperature}")
         scale = 1.0 / self.temperature if self.temperature_mode == "divisor" else self.temperature
         check_logit_scale("maskgit.temperature", self.temperature, scale)
+        check_guidance_scale("maskgit.cfg_scale", self.cfg_scale)
         if self.ratios and len(self.ratios) != self.steps:
             raise ValueError(f"maskgit.ratios has {len(self.ratios)} values for {self.steps} steps")
 

@@ -50,6 +50,15 @@ def check_logit_scale(where: str, value: float, scale: float) -> None:
                          f"(0, {MAX_LOGIT_SCALE:g}]")
 
 
+def check_guidance_scale(where: str, value: float) -> None:
+    """Raise ValueError unless the guidance scale s of knob ``where`` keeps the guided logits
+    (1 + s) l - s l_ref within :data:`MAX_LOGIT_SCALE` times the logits: |s| <= MAX_LOGIT_SCALE - 1
+    (negative scales are legal: they guide away from the condition)."""
+    if abs(value) > MAX_LOGIT_SCALE - 1:
+        raise ValueError(f"{where} = {value!r} scales logits by {abs(value) + 1:g}; |{where}| must be at most "
+                         f"{MAX_LOGIT_SCALE - 1:g}")
+
+
 def closest(name: str, options: list[str]) -> str:
     """' (did you mean X?)' for the closest option, or ''."""
     match = difflib.get_close_matches(name, options, n=1, cutoff=0.5)

@@ -30,6 +30,8 @@ KNOB_CASES = [
     ("maskgit", "maskgit.temperature", "0", "maskgit.temperature must be > 0"),
     ("maskgit", "maskgit.cfg_scale", "nan", "maskgit.cfg_scale = 'nan': a float knob must be a finite"),
     ("maskgit", "maskgit.cfg_scale", float("inf"), "maskgit.cfg_scale = inf: a float knob must be a finite"),
+    ("maskgit", "maskgit.cfg_scale", "1e308", "maskgit.cfg_scale = 1e+308 scales logits by 1e+308"),
+    ("self_guidance", "self_guidance.scale", "-5000", "|self_guidance.scale| must be at most 999"),
     ("maskgit", "maskgit.ratios", "0.5,nan", "maskgit.ratios = 'nan'"),
     ("halton", "halton.sm_temp_max", "nan", "halton.sm_temp_max = 'nan': a float knob must be a finite"),
     ("halton", "halton.sm_temp_min", "0", "halton.sm_temp_min = 0.0 scales logits by 0"),

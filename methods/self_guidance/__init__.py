@@ -30,7 +30,7 @@ from torch import nn
 
 from migbench import weights
 from migbench.api import Backbone, HookSet, Prediction, Stack
-from migbench.config import check_choices, knob
+from migbench.config import check_choices, check_guidance_scale, knob
 from migbench.guidance import GuidanceTerm
 from migbench.sampler import SamplerBuilder
 from migbench.schedules import guidance_scale
@@ -45,6 +45,7 @@ class SelfGuidanceConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        check_guidance_scale("self_guidance.scale", self.scale)
 
 
 @dataclass(frozen=True)
