@@ -413,7 +413,8 @@ INPUT_CASES = [
     ("diagnose", ["diagnose", "maskgit"], "method 'maskgit' has no diagnostics"),
     ("diagnose", ["diagnose", "ka_mig", "--maps", "-1"], "argument --maps: must be >= 1, got -1"),
     ("diagnose", ["diagnose", "ka_mig", "--out", "{file}/x.md"], "--out {file} is a file"),
-    ("diagnose", ["diagnose", "ka_mig", "--maps", "10001"], "--maps 10001: the test split of stack fmnist holds"),
+    pytest.param("diagnose", ["diagnose", "ka_mig", "--maps", "10001"], "--maps 10001: the test split of stack fmnist holds",
+                 marks=pytest.mark.slow),  # encodes the test split's token maps into a fresh cache first
     ("report", ["report", "nosuch", "--reports", "{reports}"], "no suite 'nosuch'"),
     ("sweep", ["sweep", "{file}"], "no suite '{file}'"),
     ("sweep", ["sweep", "{pngempty}"], "no suite '{pngempty}'"),
