@@ -173,26 +173,25 @@ def json_compact(d: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in d.items() if not isinstance(v, dict))
 
 
-def seed_int(text: str) -> int:
-    """A seed option: a whole number >= 0."""
+def whole_number(text: str, minimum: int) -> int:
+    """An ``int`` option that must be >= ``minimum`` (argparse names the option in its error)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expects a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+        raise argparse.ArgumentTypeError(f"expects a whole number >= {minimum}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
     return value
+
+
+def seed_int(text: str) -> int:
+    """A seed option: a whole number >= 0."""
+    return whole_number(text, 0)
 
 
 def positive_int(text: str) -> int:
-    """An ``int`` option that must be >= 1 (argparse names the option in its error)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expects a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+    """A count option: a whole number >= 1."""
+    return whole_number(text, 1)
 
 
 class OneLineParser(argparse.ArgumentParser):
