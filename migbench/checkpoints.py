@@ -1,0 +1,164 @@
+"""Public checkpoints: what a known file is, importing it once into the user cache, strict loading.
+
+A family lists its known files as :class:`CheckpointSpec` entries (source, expected size and
+sha256 where known, container key, prefixes to strip, keys to ignore, licence). A file enters
+the cache once (:func:`import_file`): read with ``torch.load(weights_only=True)`` when it is a
+pickle (or as safetensors), the state dict taken out of its container, prefixes stripped and
+ignored keys dropped, then written as ``<cache>/checkpoints/<name>.safetensors`` beside a
+``<name>.json`` record of the source's and the converted file's sha256 and size. Later loads
+(:func:`load_state`) read the converted file and check it against that record by size and
+modification time, hashing it again only when those changed (a 1 GB file is not re-hashed on
+every load). :func:`load_strict` loads a state dict into a module and fails with the lists of
+missing and unexpected keys.
+
+Nothing here downloads: ``migbench fetch`` and ``migbench import`` are the only ways in, and a
+sweep never fetches.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from migbench.paths import cache_dir
+from migbench.weights import sha256_file
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that is missing, foreign, truncated or does not fit its module."""
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """One known public file.
+
+    ``source`` is where it comes from (``hf:REPO/FILE@REVISION`` or a URL to download by hand);
+    ``sha256`` and ``size`` are pinned where known ("" and 0 where not: recorded at first import);
+    ``container`` is the key holding the state dict in a training checkpoint (``"state_dict"``,
+    ``"model_state_dict"``, ...; "" for a bare state dict); ``strip`` lists key prefixes to remove
+    (``module.``, ``_orig_mod.``); ``ignore`` lists glob patterns of keys to drop (``loss.*``)."""
+
+    name: str
+    source: str
+    licence: str
+    sha256: str = ""
+    size: int = 0
+    container: str = ""
+    strip: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+
+
+def checkpoints_dir() -> Path:
+    """``<cache>/checkpoints`` (``MIGBENCH_CHECKPOINTS`` overrides it)."""
+    override = os.environ.get("MIGBENCH_CHECKPOINTS")
+    folder = Path(override) if override else cache_dir() / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _read(path: Path) -> Mapping[str, Any]:
+    """The object in ``path``: a ``.safetensors`` file, or a pickle read with ``weights_only=True``
+    (tensors and plain containers only: no code from the file runs)."""
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch and safetensors raise many kinds for a foreign or cut file
+        raise CheckpointError(f"file {path} is not a readable checkpoint ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''})") from None
+
+
+def extract_state(spec: CheckpointSpec, raw: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The state dict of ``raw``: out of ``spec.container``, prefixes stripped, ignored keys
+    dropped; every value must be a tensor."""
+    if spec.container:
+        if spec.container not in raw:
+            raise CheckpointError(f"{spec.name}: no {spec.container!r} in the file (keys: "
+                                  f"{', '.join(sorted(map(str, raw))[:8])})")
+        raw = raw[spec.container]
+    state: dict[str, torch.Tensor] = {}
+    for key, value in raw.items():
+        for prefix in spec.strip:
+            key = key.removeprefix(prefix)
+        if any(fnmatch.fnmatchcase(key, pattern) for pattern in spec.ignore):
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{spec.name}: {key!r} is a {type(value).__name__}, not a tensor")
+        if key in state:
+            raise CheckpointError(f"{spec.name}: two keys become {key!r} once {spec.strip} are stripped")
+        state[key] = value.contiguous()
+    return state
+
+
+def import_file(spec: CheckpointSpec, source: Path) -> Path:
+    """Check ``source`` against ``spec`` (size, sha256 where pinned), convert it once to
+    safetensors in :func:`checkpoints_dir` and record both hashes; returns the converted path."""
+    if not source.is_file():
+        raise CheckpointError(f"{spec.name}: no file {source}")
+    size = source.stat().st_size
+    if spec.size and size != spec.size:
+        raise CheckpointError(f"{spec.name}: {source} has {size:,} bytes, the known file {spec.size:,} "
+                              "(a truncated download or another file)")
+    digest = sha256_file(source)
+    if spec.sha256 and digest != spec.sha256:
+        raise CheckpointError(f"{spec.name}: {source} has sha256 {digest[:16]}..., the known file "
+                              f"{spec.sha256[:16]}... (another checkpoint or a corrupted download)")
+    state = extract_state(spec, _read(source))
+    folder = checkpoints_dir()
+    target, record = folder / f"{spec.name}.safetensors", folder / f"{spec.name}.json"
+    tmp = target.with_name(target.name + ".tmp")
+    save_file(state, str(tmp), metadata={"source_sha256": digest})
+    os.replace(tmp, target)
+    stat = target.stat()
+    entry = {"name": spec.name, "source": spec.source, "licence": spec.licence, "source_sha256": digest,
+             "source_bytes": size, "sha256": sha256_file(target), "bytes": stat.st_size,
+             "mtime_ns": stat.st_mtime_ns, "pinned": bool(spec.sha256)}
+    tmp_record = record.with_name(record.name + ".tmp")
+    tmp_record.write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp_record, record)
+    return target
+
+
+def record(name: str) -> dict[str, Any]:
+    """The import record of ``name`` (its sha256s enter run hashes and result rows)."""
+    path = checkpoints_dir() / f"{name}.json"
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {name} is not imported: `migbench fetch {name}`, or download it "
+                              f"by hand and `migbench import {name} PATH`")
+    return json.loads(path.read_text())
+
+
+def load_state(name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The converted state dict of ``name`` and its record. The file is re-hashed only when its
+    size or modification time differs from the record's."""
+    entry = record(name)
+    path = checkpoints_dir() / f"{name}.safetensors"
+    if not path.exists():
+        raise CheckpointError(f"{path} is recorded but missing: import {name} again")
+    stat = path.stat()
+    if (stat.st_size, stat.st_mtime_ns) != (entry["bytes"], entry["mtime_ns"]) and sha256_file(path) != entry["sha256"]:
+        raise CheckpointError(f"{path} changed since it was imported (sha256 differs): import {name} again")
+    return load_file(str(path)), entry
+
+
+def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], name: str) -> None:
+    """``module.load_state_dict(state)``, failing with the missing and unexpected keys and the
+    shape mismatches, each listed (at most 10 of each)."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in set(own) & set(state)
+                    if state[k].shape != own[k].shape)
+    if missing or unexpected or shapes:
+        parts = [f"{label} ({len(keys)}): {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)) if keys]
+        raise CheckpointError(f"{name} does not fit {type(module).__name__}: " + "; ".join(parts))
+    module.load_state_dict(state)
