@@ -66,13 +66,13 @@ from tqdm.auto import tqdm
 import migbench
 from migbench import registry
 from migbench.api import Stack
-from migbench.config import stable_hash
+from migbench.config import AUTO, stable_hash
 from migbench.generate import Batch, Generation, check_count, generate, merge
 from migbench.images import SampleShard, grid_subset, merge_sample_shards, save_grid
 from migbench.precision import explain as explain_precision
 from migbench.precision import resolve as resolve_precision
 from migbench.processes import die_with_parent, preload_libc
-from migbench.recipe import AUTO, Recipe, build_sampler
+from migbench.recipe import Recipe, build_sampler
 from migbench.weights import WeightsError, git_revision, read_manifest
 
 FINGERPRINT = "batch-sha256-v2"  # samples_sha256 = samples_fingerprint(batch_sha256 of every batch)

@@ -32,6 +32,8 @@ def check_choices(config: Any) -> None:
             raise ValueError(f"{type(config).__name__}.{f.name} = {value!r}; choose from {list(choices)}")
 
 
+AUTO = "auto"  # a trained method's weights knob left to the stack (Recipe.bind resolves it)
+
 MAX_LOGIT_SCALE = 1e3
 """Largest factor a method may multiply logits by (a temperature of at least 1 / this).
 
@@ -40,6 +42,18 @@ The backbone's logits are log-probabilities over K codes, tens of nats apart at 
 temperature of 1e-3 already turns sampling into argmax (a 0.01 nat gap becomes 10 nats). Larger
 factors add nothing, and factors near 1 / 1e-45 overflow to inf, whose softmax is NaN.
 """
+
+
+def check_bounds(config: Any, prefix: str, *, at_least_one: tuple[str, ...] = (), positive: tuple[str, ...] = (),
+                 non_negative: tuple[str, ...] = ()) -> None:
+    """Raise ValueError ``prefix.knob must be ...`` for the first named field of ``config`` out of
+    its range: counts >= 1, positive numbers, numbers >= 0."""
+    rules = ([(n, lambda v: v >= 1, ">= 1") for n in at_least_one] + [(n, lambda v: v > 0, "positive") for n in positive]
+             + [(n, lambda v: v >= 0, ">= 0") for n in non_negative])
+    for name, holds, wanted in rules:
+        value = getattr(config, name)
+        if not holds(value):
+            raise ValueError(f"{prefix}.{name} must be {wanted}, got {value}")
 
 
 def check_logit_scale(where: str, value: float, scale: float) -> None:

@@ -11,6 +11,7 @@ kept: a sweep evaluates it there and then, so no process ever holds all images.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,13 +60,10 @@ class Batch:
     indices: np.ndarray
 
 
-
 def check_count(n: int, what: str) -> None:
     """Refuse (ValueError naming ``what``) ``n`` samples whose int64 labels alone (8 bytes each,
     allocated up front) exceed this machine's memory: one line before any work, not an
     allocation failure midway."""
-    import os
-
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):  # no sysconf (Windows): let the allocation decide
@@ -73,6 +71,7 @@ def check_count(n: int, what: str) -> None:
     if 8 * n > memory:
         raise ValueError(f"{what} = {n:,} samples: their labels alone need {8 * n / 2**30:,.0f} GiB, more than "
                          f"this machine's {memory / 2**30:,.0f} GiB; sample fewer")
+
 
 def generate(stack: Stack, recipe: Recipe, n: int, seed: int, *, batch_size: int = 250,
              device: str | torch.device = "cpu", process_index: int = 0, num_processes: int = 1,

@@ -15,11 +15,10 @@ from typing import Any
 
 from migbench import registry
 from migbench.api import Stack
-from migbench.config import apply_overrides, closest
+from migbench.config import AUTO, apply_overrides, closest
 from migbench.sampler import Sampler, SamplerBuilder
 
 BASE = "maskgit"
-AUTO = "auto"  # a trained method's weights knob: resolved per stack by Recipe.bind
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 import torch
 
 from migbench.api import Hook, HookSet, Prediction, Stack
+from migbench.config import AUTO
 from migbench.guidance import GuidanceTerm, StepInfo, combine
 
 SLOTS = ("schedule", "token_sampler", "scorer", "selector")
@@ -136,7 +137,7 @@ class SamplerBuilder:
     def weights_name(self, owner: str, knob: str, value: str) -> str:
         """``value`` of ``owner.knob`` as a weights name: ``"auto"`` here means the stack names no
         weights of ``owner`` (:meth:`Recipe.bind` resolved every other), a one-line error."""
-        if value == "auto":
+        if value == AUTO:
             raise ValueError(f"{owner}.{knob}=auto: stack {self.stack.name} has no {owner} weights; "
                              f"set {owner}.{knob}=NAME (a manifest name, `migbench info` lists them)")
         return value

@@ -35,8 +35,7 @@ from migbench.methods.ka_mig.train import KAMIGTraining, recorded_training
 
 from migbench import weights
 from migbench.api import HookContext, Stack
-from migbench.config import check_choices, knob
-from migbench.recipe import AUTO
+from migbench.config import AUTO, check_choices, knob
 from migbench.sampler import SamplerBuilder
 
 if TYPE_CHECKING:
@@ -69,7 +68,7 @@ def load_module(name: str, graphs: str, backbone: torch.nn.Module) -> KAMIGModul
     def build(entry: dict[str, Any]) -> KAMIGModule:
         co, sem, incompatible = graphs_from_state(weights.load_weights(graphs)[0])
         return KAMIGModule(backbone.width, backbone.depth, backbone.head, co, sem, incompatible)
-    return weights.load_module(name, build, key=(graphs, weights.manifest_entry(graphs)["sha256"], id(backbone)))
+    return weights.load_module(name, build, key=(graphs, weights.manifest_entry(graphs)["sha256"], backbone))
 
 
 def check_trained_graphs(name: str, config: KAMIGConfig) -> None:

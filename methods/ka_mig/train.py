@@ -39,9 +39,8 @@ from migbench.methods.ka_mig.graphs import graph_tensors, graphs_from_state
 
 from migbench import weights
 from migbench.api import NULL_LABEL, HookSet, Prediction, Stack
-from migbench.config import check_choices, content_hash, knob
+from migbench.config import AUTO, check_bounds, check_choices, content_hash, knob
 from migbench.masking import masked_loss, sample_mask, validation_metrics
-from migbench.recipe import AUTO
 from migbench.training import TrainLoop, batch_indices, stack_token_maps
 
 ONLY_CHOICES = (*GRAPH_SWITCHES, "head")  # `only`: one graph, or the head-only control
@@ -69,8 +68,7 @@ class KAMIGTraining:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        check_bounds(self, "fit ka_mig", positive=("lr",))
         if self.graphs_only and self.only:
             raise ValueError("graphs_only builds the shared graphs; it takes no only")
 

@@ -30,7 +30,7 @@ from torch import nn
 
 from migbench import weights
 from migbench.api import Backbone, HookSet, Prediction, Stack
-from migbench.config import check_choices, check_guidance_scale, knob
+from migbench.config import AUTO, check_bounds, check_choices, check_guidance_scale, knob
 from migbench.guidance import GuidanceTerm
 from migbench.sampler import SamplerBuilder
 from migbench.schedules import guidance_scale
@@ -41,7 +41,7 @@ class SelfGuidanceConfig:
     scale: float = knob(1.0, "guidance scale s (paper and released evaluation: 1)")
     scale_schedule: str = knob("constant", "s over steps (released code: constant)",
                                ("constant", "linear", "power-cosine"))
-    weights: str = knob("auto", "adapter weights (a manifest name; auto = the stack's)")
+    weights: str = knob(AUTO, "adapter weights (a manifest name; auto = the stack's)")
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -52,7 +52,7 @@ class SelfGuidanceConfig:
 class SelfGuidanceTraining:
     """`migbench fit self_guidance` (:mod:`.train`): the adapter's error-correction fine-tuning."""
 
-    name: str = knob("auto", "weights name; auto = <stack>_self_guidance")
+    name: str = knob(AUTO, "weights name; auto = <stack>_self_guidance")
     steps: int = knob(400, "optimiser steps (upstream: 50k at batch 256 on ImageNet)")
     batch_size: int = knob(128, "token maps per step")
     lr: float = knob(1e-4, "peak AdamW learning rate (upstream 1e-4)")
@@ -62,13 +62,8 @@ class SelfGuidanceTraining:
     seed: int = knob(0, "seed of the batches and draws")
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "factor"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"fit self_guidance.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"fit self_guidance.lr must be positive, got {self.lr}")
-        if self.warmup < 0:
-            raise ValueError(f"fit self_guidance.warmup must be >= 0, got {self.warmup}")
+        check_bounds(self, "fit self_guidance", at_least_one=("steps", "batch_size", "factor"), positive=("lr",),
+                     non_negative=("warmup",))
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"fit self_guidance.label_smoothing must lie in [0, 1), got {self.label_smoothing}")
 

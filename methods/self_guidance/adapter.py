@@ -150,9 +150,12 @@ class SampledClassHooks(HookSet):
     def __init__(self, hooks: HookSet, labels: torch.Tensor) -> None:
         super().__init__()
         self._inner, self._labels = hooks, labels
+        self._seen: tuple[HookContext, HookContext] | None = None  # (the forward's context, its view)
 
     def __call__(self, site: str, x: torch.Tensor, ctx: HookContext) -> torch.Tensor:
-        return self._inner(site, x, replace(ctx, labels=self._labels))
+        if self._seen is None or self._seen[0] is not ctx:  # one view per forward, not one per site
+            self._seen = (ctx, replace(ctx, labels=self._labels))
+        return self._inner(site, x, self._seen[1])
 
     def head(self, default: nn.Module) -> nn.Module:
         return self._inner.head(default)

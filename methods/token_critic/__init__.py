@@ -29,7 +29,7 @@ from migbench.methods.token_critic.critic import TokenCritic, check_trained_for,
 
 from migbench import weights
 from migbench.api import Backbone, Stack
-from migbench.config import check_choices, knob
+from migbench.config import AUTO, check_bounds, check_choices, knob
 from migbench.rng import gumbel
 from migbench.sampler import SamplerBuilder, SampleState
 from migbench.schedules import MASK_SCHEDULES
@@ -38,7 +38,7 @@ from migbench.slots import lowest
 
 @dataclass(frozen=True)
 class TokenCriticConfig:
-    weights: str = knob("auto", "critic weights (a manifest name; auto = the stack's)")
+    weights: str = knob(AUTO, "critic weights (a manifest name; auto = the stack's)")
     noise_scale: float = knob(1.0, "scale of the linearly annealed noise on the critic scores")
     noise: str = knob("uniform", "noise on the scores: uniform (lucidrains) or gumbel", ("uniform", "gumbel"))
     enabled: bool = knob(True, "false installs nothing (the neutral setting)")
@@ -53,7 +53,7 @@ class TokenCriticConfig:
 class TokenCriticTraining:
     """`migbench fit token_critic` (:mod:`.train`): the critic against the frozen generator."""
 
-    name: str = knob("auto", "weights name; auto = <stack>_token_critic, then _differs / _scratch "
+    name: str = knob(AUTO, "weights name; auto = <stack>_token_critic, then _differs / _scratch "
                              "for those choices (a variant never overwrites the default critic)")
     label: str = knob("mask", "target: mask = the token was sampled (paper), differs = it differs "
                               "from the real one (lucidrains)", ("mask", "differs"))
@@ -69,19 +69,13 @@ class TokenCriticTraining:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        for name in ("steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"fit token_critic.{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"fit token_critic.lr must be positive, got {self.lr}")
-        if self.warmup < 0 or self.weight_decay < 0:
-            raise ValueError(f"fit token_critic.warmup and weight_decay must be >= 0, got {self.warmup}, "
-                             f"{self.weight_decay}")
+        check_bounds(self, "fit token_critic", at_least_one=("steps", "batch_size"), positive=("lr",),
+                     non_negative=("warmup", "weight_decay"))
 
     def weights_name(self, stack: Stack) -> str:
         """``name``, or for auto ``<stack>_token_critic`` with ``_differs`` / ``_scratch`` for
         the non-default label / init (``fmnist_token_critic_differs_scratch``)."""
-        if self.name != "auto":
+        if self.name != AUTO:
             return self.name
         variant = "".join(f"_{v}" for v, default in ((self.label, "mask"), (self.init, "generator"))
                           if v != default)
