@@ -11,6 +11,7 @@ setup(
     packages=PACKAGES,
     package_dir=ROOTS,
     package_data={"migbench": ["weights/*.json", "weights/*.safetensors"],
+                  "migbench.backbones": ["*/keys/*.json"],
                   "migbench.benchmarks": ["suites/*.toml", "papers/*.toml"]},
     include_package_data=True,
 )

@@ -171,6 +171,27 @@ def paper_comparisons(suite: str, best: pd.DataFrame, papers: list[dict[str, Any
                                    "our runs", "our change"], tablefmt="github")
 
 
+def paper_rows_beside_ours(suite: str, best: pd.DataFrame, papers: list[dict[str, Any]]) -> str:
+    """Each paper row that a run of ``suite`` reproduces (a paper file's ``[[reproductions]]``:
+    ``row``, ``suite``, ``run``) beside that run's best-FID point: the same model and settings,
+    so the values themselves compare (within the protocol differences the paper file notes)."""
+    measured = {r["label"]: r for _, r in best.iterrows()}
+    body = []
+    for paper in papers:
+        rows = {r["label"]: r for r in paper.get("rows", [])}
+        for match in paper.get("reproductions", []):
+            if match["suite"] != suite:
+                continue
+            row, ours = rows[match["row"]], measured.get(match["run"])
+            body.append([paper["file"], match["row"], row.get("fid", "-"), row.get("is", "-"), match["run"],
+                         f"{ours['fid']:.2f}" if ours is not None else "not run yet",
+                         f"{ours['is_mean']:.1f}" if ours is not None else "-"])
+    if not body:
+        return ""
+    return tabulate(body, headers=["paper", "paper row", "paper FID", "paper IS", "our run", "our FID", "our IS"],
+                    tablefmt="github")
+
+
 README_MARK = "<!-- {suite}:begin -->", "<!-- {suite}:end -->"
 
 
@@ -290,7 +311,14 @@ def _render(suite: str, folder: Path, out: Path, rows: list[dict[str, Any]], sta
                   f"{p['device']}, batch of the suite. Online parameters run at sampling time; precomputed "
                   "ones were folded into constants before sampling.", "", cost_table(table), "",
                   "### All points", "", metrics_table(table), ""]
-        comparisons = paper_comparisons(suite, best, load_papers())
+        papers = load_papers()
+        reproductions = paper_rows_beside_ours(suite, best, papers)
+        if reproductions:
+            lines += ["### Paper rows beside ours", "",
+                      "The paper's numbers for the model and settings each run reproduces, beside our best-FID "
+                      "point of that run (N and the protocol as in the provenance above; the paper's protocol is "
+                      "in its file under `benchmarks/papers/`).", "", reproductions, ""]
+        comparisons = paper_comparisons(suite, best, papers)
         if comparisons:
             lines += ["### Papers' claims beside our measurements", "",
                       "Relative change of the metric from the paper's baseline row to its method row, and from "

@@ -11,15 +11,23 @@ modification time, hashing it again only when those changed (a 1 GB file is not 
 every load). :func:`load_strict` loads a state dict into a module and fails with the lists of
 missing and unexpected keys.
 
-Nothing here downloads: ``migbench fetch`` and ``migbench import`` are the only ways in, and a
-sweep never fetches.
+A file is recognised by its size and sha256 where those are pinned, and always by its content:
+the family's committed key listing (``listing``: every key with its shape, and the parameter
+count) must match the converted state dict, so another checkpoint or a file of the wrong model
+is refused at import with the keys that differ, not at sampling time.
+
+Only :func:`fetch` downloads (``migbench fetch NAME``, through ``huggingface_hub`` at the spec's
+revision); ``migbench import NAME PATH`` takes a file downloaded by hand. A sweep never fetches.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import importlib.resources
 import json
 import os
+import shutil
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +52,10 @@ class CheckpointSpec:
     ``sha256`` and ``size`` are pinned where known ("" and 0 where not: recorded at first import);
     ``container`` is the key holding the state dict in a training checkpoint (``"state_dict"``,
     ``"model_state_dict"``, ...; "" for a bare state dict); ``strip`` lists key prefixes to remove
-    (``module.``, ``_orig_mod.``); ``ignore`` lists glob patterns of keys to drop (``loss.*``)."""
+    (``module.``, ``_orig_mod.``); ``ignore`` lists glob patterns of keys to drop (``loss.*``);
+    ``listing`` names the committed key listing the state dict must match
+    (``"package:relative/path.json"``, a JSON object with ``keys`` {name: shape} and ``parameters``);
+    ``manual`` is the page to download the file from by hand where ``source`` is no ``hf:`` path."""
 
     name: str
     source: str
@@ -54,6 +65,52 @@ class CheckpointSpec:
     container: str = ""
     strip: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
+    listing: str = ""
+    manual: str = ""
+
+    def hub_location(self) -> tuple[str, str, str] | None:
+        """(repo id, file, revision) of an ``hf:OWNER/REPO/PATH@REVISION`` source, else None."""
+        if not self.source.startswith("hf:"):
+            return None
+        path, _, revision = self.source[3:].partition("@")
+        owner, repo, file = path.split("/", 2)
+        return f"{owner}/{repo}", file, revision or "main"
+
+    def download_page(self) -> str:
+        """Where a person downloads the file by hand."""
+        if self.manual:
+            return self.manual
+        location = self.hub_location()
+        if location is None:
+            return self.source
+        repo, file, revision = location
+        return f"https://huggingface.co/{repo}/blob/{revision}/{file}"
+
+
+def expected_keys(spec: CheckpointSpec) -> tuple[dict[str, tuple[int, ...]], int]:
+    """The key listing of ``spec``: {key: shape} and the parameter count (empty without one)."""
+    if not spec.listing:
+        return {}, 0
+    package, _, resource = spec.listing.partition(":")
+    data = json.loads(importlib.resources.files(package).joinpath(resource).read_text())
+    return {k: tuple(v) for k, v in data["keys"].items()}, int(data["parameters"])
+
+
+def check_listing(spec: CheckpointSpec, state: Mapping[str, torch.Tensor], source: Path) -> None:
+    """Refuse ``state`` unless it holds exactly the listed keys with the listed shapes (one line
+    naming what differs: another checkpoint, or a file of another model)."""
+    keys, _ = expected_keys(spec)
+    if not keys:
+        return
+    missing = sorted(set(keys) - set(state))
+    unexpected = sorted(set(state) - set(keys))
+    shapes = sorted(f"{k} {tuple(state[k].shape)} vs {keys[k]}" for k in set(keys) & set(state)
+                    if tuple(state[k].shape) != keys[k])
+    if missing or unexpected or shapes:
+        parts = [f"{label} ({len(found)}): {', '.join(found[:5])}{' ...' if len(found) > 5 else ''}"
+                 for label, found in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)) if found]
+        raise CheckpointError(f"{spec.name}: {source} is not this checkpoint (another file or model?): "
+                              + "; ".join(parts))
 
 
 def checkpoints_dir() -> Path:
@@ -98,9 +155,10 @@ def extract_state(spec: CheckpointSpec, raw: Mapping[str, Any]) -> dict[str, tor
     return state
 
 
-def import_file(spec: CheckpointSpec, source: Path) -> Path:
-    """Check ``source`` against ``spec`` (size, sha256 where pinned), convert it once to
-    safetensors in :func:`checkpoints_dir` and record both hashes; returns the converted path."""
+def import_file(spec: CheckpointSpec, source: Path, origin: Mapping[str, str] | None = None) -> Path:
+    """Check ``source`` against ``spec`` (size, sha256 where pinned, the key listing), convert it
+    once to safetensors in :func:`checkpoints_dir` and record both hashes (and ``origin``: where
+    it came from, e.g. the hub commit); returns the converted path."""
     if not source.is_file():
         raise CheckpointError(f"{spec.name}: no file {source}")
     size = source.stat().st_size
@@ -112,6 +170,7 @@ def import_file(spec: CheckpointSpec, source: Path) -> Path:
         raise CheckpointError(f"{spec.name}: {source} has sha256 {digest[:16]}..., the known file "
                               f"{spec.sha256[:16]}... (another checkpoint or a corrupted download)")
     state = extract_state(spec, _read(source))
+    check_listing(spec, state, source)
     folder = checkpoints_dir()
     target, record = folder / f"{spec.name}.safetensors", folder / f"{spec.name}.json"
     tmp = target.with_name(target.name + ".tmp")
@@ -120,11 +179,66 @@ def import_file(spec: CheckpointSpec, source: Path) -> Path:
     stat = target.stat()
     entry = {"name": spec.name, "source": spec.source, "licence": spec.licence, "source_sha256": digest,
              "source_bytes": size, "sha256": sha256_file(target), "bytes": stat.st_size,
-             "mtime_ns": stat.st_mtime_ns, "pinned": bool(spec.sha256)}
+             "mtime_ns": stat.st_mtime_ns, "pinned": bool(spec.sha256), **(origin or {})}
     tmp_record = record.with_name(record.name + ".tmp")
     tmp_record.write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n")
     os.replace(tmp_record, record)
     return target
+
+
+def hub_endpoint() -> str:
+    """The Hugging Face endpoint ``huggingface_hub`` uses (``HF_ENDPOINT`` overrides it)."""
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def check_network(spec: CheckpointSpec, timeout: float = 5.0) -> None:
+    """Fail at once, naming the manual route, when the hub cannot be reached (``huggingface_hub``
+    itself retries for half a minute before it gives up)."""
+    host = hub_endpoint().split("://", 1)[-1].split("/", 1)[0]
+    name, _, port = host.partition(":")
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        reason = "HF_HUB_OFFLINE is set"
+    else:
+        try:
+            socket.create_connection((name, int(port or 443)), timeout=timeout).close()
+            return
+        except OSError as err:
+            reason = f"cannot reach {host}: {err.strerror or err}"
+    raise CheckpointError(f"{spec.name}: {reason}; download {spec.download_page()} by hand and run "
+                          f"`migbench import {spec.name} PATH`")
+
+
+def fetch(spec: CheckpointSpec) -> Path:
+    """Download ``spec``'s file from the Hugging Face hub at its pinned revision, import it
+    (:func:`import_file`) and delete the download; returns the converted path. Files that are
+    not on the hub (Google Drive) are refused with their download page."""
+    location = spec.hub_location()
+    if location is None:
+        raise CheckpointError(f"{spec.name} is downloaded by hand: {spec.download_page()}, then "
+                              f"`migbench import {spec.name} PATH`")
+    check_network(spec)
+    from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+
+    repo, file, revision = location
+    staging = checkpoints_dir() / f".{spec.name}.download"
+    try:
+        commit = get_hf_file_metadata(hf_hub_url(repo, file, revision=revision)).commit_hash or revision
+        path = hf_hub_download(repo, file, revision=commit, local_dir=staging)
+        return import_file(spec, Path(path), {"hub_repo": repo, "hub_file": file, "hub_commit": commit})
+    except CheckpointError:
+        raise
+    except Exception as err:  # the hub raises its own kinds (missing repo, revision, file; HTTP errors)
+        raise CheckpointError(f"{spec.name}: download from {repo} failed ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}); download "
+                              f"{spec.download_page()} by hand and run `migbench import {spec.name} PATH`") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def is_imported(name: str) -> bool:
+    """Whether ``name`` has an import record and its converted file."""
+    folder = checkpoints_dir()
+    return (folder / f"{name}.json").is_file() and (folder / f"{name}.safetensors").is_file()
 
 
 def record(name: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The `migbench` command line: data, train, fit, diagnose, sample, eval, sweep, report, info, demo."""
+"""The `migbench` command line: data, train, fit, diagnose, sample, eval, sweep, report, info, demo,
+fetch, import."""
 
 from __future__ import annotations
 
@@ -47,6 +48,33 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    """`migbench fetch NAME ...`: download known files from the hub into the checkpoint cache."""
+    from migbench import checkpoints, registry
+
+    specs = [registry.checkpoint(name) for name in args.names]  # every name checked before any download
+    for spec in specs:
+        if checkpoints.is_imported(spec.name) and not args.force:
+            print(f"{spec.name}: already imported ({checkpoints.record(spec.name)['source_sha256'][:16]}...); "
+                  "--force fetches it again")
+            continue
+        path = checkpoints.fetch(spec)
+        print(f"{spec.name}: {path} (source sha256 {checkpoints.record(spec.name)['source_sha256']})")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    """`migbench import NAME PATH`: a file downloaded by hand into the checkpoint cache."""
+    from migbench import checkpoints, registry
+
+    spec = registry.checkpoint(args.name)
+    path = checkpoints.import_file(spec, Path(args.path))
+    entry = checkpoints.record(spec.name)
+    print(f"{spec.name}: {path} (source sha256 {entry['source_sha256']}"
+          f"{', pinned' if entry['pinned'] else ', recorded now: not pinned by the family'})")
+    return 0
+
+
 def check_training_outputs(run_dir: Path) -> None:
     """Before training: the run folder and the weights folder can be written (one line if not)."""
     from migbench.outputs import check_folder
@@ -92,7 +120,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     check_device(args.device)
     check_count(args.n, "--n")
     started = time.perf_counter()
-    stack = registry.backbone(args.backbone)()
+    stack = registry.stack(args.backbone, args.random_weights)
     labels = None
     if args.classes:
         classes = torch.tensor(parse_classes(args.classes))
@@ -106,6 +134,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
             "sampling_seconds": round(result.sampling_seconds, 3),
             "images_per_second": round(result.images_per_second, 2),
             "wall_seconds": round(time.perf_counter() - started, 3), "weights": stack.weight_hashes,
+            "random_weights": args.random_weights,
             "device": str(args.device), "precision": result.precision, "head_dtype": result.head_dtype,
             "compile_backbone": args.compile,
             "versions": {"torch": torch.__version__, "python": platform.python_version()}}
@@ -113,7 +142,7 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         save_samples(staged / "samples.npz", result.images, result.labels)
         save_grid(staged / "grid.png", result.images, result.labels, stack.dataset.class_names)
         (staged / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    print(f"{args.n} samples of {recipe.label()} on {stack.name}: "
+    print(f"{args.n} samples of {recipe.label()} on {stack.name}{' (random weights)' if args.random_weights else ''}: "
           f"{result.images_per_second:.1f} images/s, NFE/image {result.nfe_per_image['total']:g}")
     print(f"wrote {out / 'samples.npz'}, {out / 'grid.png'}, {out / 'meta.json'}")
     return 0
@@ -165,6 +194,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
     manifest = weights.read_manifest()
     rows = [[n, e["file"], e["sha256"][:12], json_compact(e["metrics"])] for n, e in sorted(manifest.items())]
     print(tabulate(rows, headers=["weights", "file", "sha256", "metrics"]))
+    print()
+    from migbench import checkpoints
+
+    rows = [[name, spec.source, spec.licence,
+             checkpoints.record(name)["source_sha256"][:12] if checkpoints.is_imported(name) else "not imported"]
+            for name, spec in registry.checkpoints().items()]
+    print(tabulate(rows, headers=["public checkpoint", "source", "licence", f"in {checkpoints.checkpoints_dir()}"]))
     return 0
 
 
@@ -255,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fp32 runs the output head in fp32 under bf16/fp16 autocast")
     p.add_argument("--compile", action="store_true",
                    help="run the backbone through torch.compile (static shapes; pays on GPUs, costs a compile first)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="a public-checkpoint stack with seeded random weights instead of its files (to try the "
+                        "pipeline; the samples are noise)")
     p.add_argument("--out", default="out/sample")
     p.set_defaults(func=_cmd_sample)
 
@@ -300,6 +339,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("regress", help="run the CI regression suite and compare with its baseline")
     p.add_argument("--update", action="store_true", help="rewrite the baseline instead of checking")
     p.set_defaults(func=_registered("regress"))
+
+    p = sub.add_parser("fetch", help="download known public checkpoint files into the checkpoint cache "
+                       "(`migbench info` lists them)")
+    p.add_argument("names", nargs="+", metavar="NAME", help="known checkpoint names, e.g. valeoai_maskgit_256")
+    p.add_argument("--force", action="store_true", help="fetch again even where the file is imported")
+    p.set_defaults(func=_cmd_fetch)
+
+    p = sub.add_parser("import", help="import a checkpoint file downloaded by hand (checked, converted once)")
+    p.add_argument("name", help="a known checkpoint name (`migbench info` lists them)")
+    p.add_argument("path", help="the downloaded file (.pth, .ckpt, .bin or .safetensors)")
+    p.set_defaults(func=_cmd_import)
 
     p = sub.add_parser("info", help="registered methods with their knobs, backbones, and weights")
     p.set_defaults(func=_cmd_info)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 from migbench.config import closest
@@ -22,6 +23,14 @@ BACKBONES: dict[str, str] = {
     "fmnist_emigm": "migbench.backbones.fmnist:fmnist_emigm",
     "toy": "migbench.backbones.toy:toy",
     "toy1d": "migbench.backbones.toy1d:toy1d",
+    "valeoai_maskgit_256": "migbench.backbones.valeoai:valeoai_maskgit_256",
+    "valeoai_maskgit_512": "migbench.backbones.valeoai:valeoai_maskgit_512",
+    "valeoai_tiny": "migbench.backbones.valeoai:valeoai_tiny",
+}
+
+# Known public checkpoint files: family -> "module:attr" of its tuple of CheckpointSpec.
+CHECKPOINT_TABLES: dict[str, str] = {
+    "valeoai": "migbench.backbones.valeoai:CHECKPOINTS",
 }
 
 # `migbench` sub-commands that live above the core (the harness and the families' trainers).
@@ -52,6 +61,34 @@ def method(name: str) -> Any:
 def backbone(name: str) -> Any:
     """The stack factory registered as ``name`` (call it to load the stack)."""
     return _load(BACKBONES, "backbone", name)
+
+
+def checkpoints() -> dict[str, Any]:
+    """Every known public checkpoint file by name (``CheckpointSpec``), over all families."""
+    found: dict[str, Any] = {}
+    for family in CHECKPOINT_TABLES:
+        for spec in _load(CHECKPOINT_TABLES, "checkpoint table", family):
+            found[spec.name] = spec
+    return found
+
+
+def checkpoint(name: str) -> Any:
+    """The ``CheckpointSpec`` of the known file ``name``."""
+    known = checkpoints()
+    if name not in known:
+        raise KeyError(f"unknown checkpoint {name!r}{closest(name, list(known))}; known: {', '.join(known)}")
+    return known[name]
+
+
+def stack(name: str, random_weights: bool = False) -> Any:
+    """Load the stack ``name``; ``random_weights`` builds a public-checkpoint stack with seeded
+    random weights instead of its files (refused for stacks without that mode)."""
+    factory = backbone(name)
+    if not random_weights:
+        return factory()
+    if "random_weights" not in inspect.signature(factory).parameters:
+        raise ValueError(f"stack {name} has no random-weights mode (its weights are committed or it is random already)")
+    return factory(random_weights=True)
 
 
 def command(name: str) -> Any:

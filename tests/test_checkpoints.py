@@ -13,6 +13,7 @@ from migbench.checkpoints import (
     CheckpointError,
     CheckpointSpec,
     extract_state,
+    fetch,
     import_file,
     load_state,
     load_strict,
@@ -126,3 +127,102 @@ def test_load_notices_a_changed_file_and_a_missing_import(tmp_path: Path, cache:
     converted.unlink()
     with pytest.raises(CheckpointError, match="recorded but missing"):
         load_state("tiny")
+
+
+LISTED = CheckpointSpec("tiny", "hf:someone/repo/weights/tiny.pth@0123abc", "MIT", container="model_state_dict",
+                        strip=("module.",), ignore=("loss.*",))
+
+
+def listed_spec(tmp_path: Path, model: nn.Module, monkeypatch: pytest.MonkeyPatch) -> CheckpointSpec:
+    """LISTED with a key listing of ``model`` in an importable package under ``tmp_path``."""
+    package = tmp_path / "listing_pkg"
+    (package / "keys").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    keys = {k: list(v.shape) for k, v in model.state_dict().items()}
+    (package / "keys" / "tiny.json").write_text(json.dumps({"provenance": "test", "parameters": 15, "keys": keys}))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return CheckpointSpec(**{**LISTED.__dict__, "listing": "listing_pkg:keys/tiny.json"})
+
+
+def test_a_file_of_another_model_is_refused_by_its_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = listed_spec(tmp_path, tiny(), monkeypatch)
+    import_file(spec, training_checkpoint(tmp_path / "right.pth", tiny()))
+    other = nn.Sequential(nn.Linear(4, 5), nn.LayerNorm(5), nn.Linear(5, 1))
+    with pytest.raises(CheckpointError, match=r"is not this checkpoint .another file or model\?.: unexpected \(2\): "
+                                              r"2.bias, 2.weight; shape \(4\)") as info:
+        import_file(spec, training_checkpoint(tmp_path / "other.pth", other))
+    assert "\n" not in str(info.value)
+
+
+def test_hub_sources_and_download_pages() -> None:
+    assert LISTED.hub_location() == ("someone/repo", "weights/tiny.pth", "0123abc")
+    assert LISTED.download_page() == "https://huggingface.co/someone/repo/blob/0123abc/weights/tiny.pth"
+    assert SPEC.hub_location() is None and SPEC.download_page() == "https://example.org/tiny.pth"
+
+
+def test_fetch_without_network_fails_at_once_naming_the_manual_route(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    with pytest.raises(CheckpointError, match=r"^tiny: cannot reach 127.0.0.1:9: .*; download "
+                                              r"https://huggingface.co/someone/repo/blob/0123abc/weights/tiny.pth by "
+                                              r"hand and run `migbench import tiny PATH`$"):
+        fetch(LISTED)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE is set"):
+        fetch(LISTED)
+    with pytest.raises(CheckpointError, match=r"tiny is downloaded by hand: https://example.org/tiny.pth, then "
+                                              r"`migbench import tiny PATH`"):
+        fetch(SPEC)
+
+
+def test_fetch_downloads_at_the_pinned_revision_and_imports(tmp_path: Path, cache: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hub calls replaced by a local copy: fetch asks for the spec's repo, file and resolved
+    commit, imports the download, records where it came from and leaves no download behind."""
+    import huggingface_hub
+
+    from migbench import checkpoints
+
+    source = training_checkpoint(tmp_path / "tiny.pth", tiny())
+    asked = {}
+
+    def download(repo: str, file: str, revision: str, local_dir: Path) -> str:
+        asked.update(repo=repo, file=file, revision=revision)
+        target = Path(local_dir) / file
+        target.parent.mkdir(parents=True)
+        target.write_bytes(source.read_bytes())
+        return str(target)
+
+    monkeypatch.setattr(checkpoints, "check_network", lambda spec: None)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata",
+                        lambda url: type("Meta", (), {"commit_hash": "f" * 40})())
+    fetch(LISTED)
+    assert asked == {"repo": "someone/repo", "file": "weights/tiny.pth", "revision": "f" * 40}
+    entry = record("tiny")
+    assert entry["hub_commit"] == "f" * 40 and entry["source_sha256"] == sha256_file(source)
+    assert sorted(p.name for p in cache.iterdir()) == ["tiny.json", "tiny.safetensors"]
+
+
+def test_every_known_checkpoint_names_a_listing_that_exists() -> None:
+    from migbench import registry
+    from migbench.checkpoints import expected_keys
+
+    for name, spec in registry.checkpoints().items():
+        keys, parameters = expected_keys(spec)
+        assert keys and parameters > 0, name
+        assert spec.hub_location() is not None and spec.licence
+
+
+def test_cli_fetch_and_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    from migbench.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["fetch", "valeoai_vqgan"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "HF_HUB_OFFLINE is set; download https://huggingface.co/llvictorll" in err
+    assert main(["fetch", "valeoai_nonsense"]) == 2
+    assert "unknown checkpoint 'valeoai_nonsense'" in capsys.readouterr().err
+    bad = tmp_path / "last.ckpt"
+    bad.write_bytes(b"\x00" * 100)
+    assert main(["import", "valeoai_vqgan", str(bad)]) == 2
+    assert "is not a readable checkpoint" in capsys.readouterr().err

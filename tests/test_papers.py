@@ -1,7 +1,7 @@
 """Published-number files parse, and every comparison names rows and runs that exist."""
 
 import pandas as pd
-from migbench.benchmarks.report import load_papers, paper_comparisons
+from migbench.benchmarks.report import load_papers, paper_comparisons, paper_rows_beside_ours
 from migbench.benchmarks.suite import load_suite
 
 from migbench import registry
@@ -22,6 +22,16 @@ def test_papers_are_consistent() -> None:
             for name in c["our_suites"]:
                 labels_run = {point.label for point in load_suite(name).points}
                 assert {c["our_baseline"], c["our_method"]} <= labels_run, (name, c["claim"])
+        for match in paper.get("reproductions", []):
+            assert match["row"] in labels, match
+            assert match["run"] in {point.label for point in load_suite(match["suite"]).points}, match
+
+
+def test_paper_rows_beside_ours() -> None:
+    best = pd.DataFrame([{"label": "valeoai 256", "fid": 7.1234, "is_mean": 201.56}])
+    text = paper_rows_beside_ours("imagenet256_valeoai", best, load_papers())
+    assert "| 6.8 " in text and "| 214 " in text and "7.12" in text and "201.6" in text
+    assert "not run yet" in paper_rows_beside_ours("imagenet256_valeoai", best.iloc[:0], load_papers())
 
 
 def test_comparison_table_marks_missing_runs() -> None:

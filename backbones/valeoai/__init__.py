@@ -1,0 +1,95 @@
+"""``valeoai``: valeoai's PyTorch MaskGIT reproduction, branch v1.0 (Besnier & Chen, arXiv 2310.14400).
+
+Stacks: ``valeoai_maskgit_256`` (16x16 tokens) and ``valeoai_maskgit_512`` (32x32 tokens), each
+the released :class:`~.mask_transformer.MaskTransformer` (768 wide, 24 blocks, 16 heads, class
+token last, vocabulary 2026, head tied to the token embeddings with a per-position bias) over the
+released taming VQGAN (:class:`~.taming_vqgan.TamingVQGAN`, f = 16, 1,024 codes), evaluated
+against ImageNet; and ``valeoai_tiny``, the same modules tiny and random, for contract tests.
+
+The released files are in :data:`CHECKPOINTS`; they enter through ``migbench fetch NAME`` (from
+``llvictorll/Maskgit-pytorch`` on the Hugging Face hub) or ``migbench import NAME PATH``, and load
+strictly under upstream's key names. ``random_weights=True`` builds a stack without them (seeded
+random weights, recorded as such in ``weight_hashes``): for trying the pipeline, never for numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from migbench.backbones.common.imagenet import imagenet_data
+from migbench.backbones.valeoai.mask_transformer import MaskTransformer, MaskTransformerConfig
+from migbench.backbones.valeoai.taming_vqgan import TamingVQGAN, TamingVQGANConfig
+
+from migbench.api import Stack
+from migbench.checkpoints import CheckpointSpec, load_state, load_strict
+
+HUB = "hf:llvictorll/Maskgit-pytorch/pretrained_maskgit"
+LICENCE = "MIT (valeoai/Maskgit-pytorch LICENSE.txt)"
+PAGE = "https://huggingface.co/llvictorll/Maskgit-pytorch/tree/main/pretrained_maskgit"
+
+# The hub repository has one revision line, `main`, not pinned by upstream: the commit actually
+# fetched and both sha256s are recorded at import and enter every run hash. Sizes and hashes are
+# not pinned here because they could not be read from this machine (no network); the committed
+# key listings identify the files by content instead.
+CHECKPOINTS: tuple[CheckpointSpec, ...] = (
+    CheckpointSpec(name="valeoai_maskgit_256", source=f"{HUB}/MaskGIT/MaskGIT_ImageNet_256.pth@main", licence=LICENCE,
+                   container="model_state_dict", strip=("module.", "_orig_mod."),
+                   listing="migbench.backbones.valeoai:keys/mask_transformer_256.json", manual=PAGE),
+    CheckpointSpec(name="valeoai_maskgit_512", source=f"{HUB}/MaskGIT/MaskGIT_ImageNet_512.pth@main", licence=LICENCE,
+                   container="model_state_dict", strip=("module.", "_orig_mod."),
+                   listing="migbench.backbones.valeoai:keys/mask_transformer_512.json", manual=PAGE),
+    CheckpointSpec(name="valeoai_vqgan", source=f"{HUB}/VQGAN/last.ckpt@main", licence=LICENCE,
+                   container="state_dict", ignore=("loss.*",),
+                   listing="migbench.backbones.valeoai:keys/taming_vqgan.json", manual=PAGE),
+)
+
+
+def _load(module: torch.nn.Module, name: str, hashes: dict[str, str]) -> None:
+    """Load checkpoint ``name`` strictly into ``module``; record its source and converted sha256."""
+    state, entry = load_state(name)
+    load_strict(module, state, name)
+    hashes[name] = entry["source_sha256"]
+    hashes[f"{name}.safetensors"] = entry["sha256"]
+
+
+def _stack(name: str, image_size: int, checkpoint: str, random_weights: bool, seed: int = 0) -> Stack:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        tokenizer = TamingVQGAN(TamingVQGANConfig(), image_size=image_size)
+        backbone = MaskTransformer(MaskTransformerConfig(img_size=image_size))
+    hashes: dict[str, str] = {}
+    if random_weights:
+        hashes = {checkpoint: f"random-seed{seed}", "valeoai_vqgan": f"random-seed{seed}"}
+    else:
+        _load(backbone, checkpoint, hashes)
+        _load(tokenizer, "valeoai_vqgan", hashes)
+    return Stack(name=name, tokenizer=tokenizer.eval().requires_grad_(False),
+                 backbone=backbone.eval().requires_grad_(False), dataset=imagenet_data(image_size),
+                 weight_hashes=hashes)
+
+
+def valeoai_maskgit_256(random_weights: bool = False) -> Stack:
+    """The released 256 px MaskGIT (``valeoai_maskgit_256``) over the released VQGAN: 256 tokens."""
+    return _stack("valeoai_maskgit_256", 256, "valeoai_maskgit_256", random_weights)
+
+
+def valeoai_maskgit_512(random_weights: bool = False) -> Stack:
+    """The released 512 px MaskGIT (``valeoai_maskgit_512``) over the same VQGAN: 1,024 tokens."""
+    return _stack("valeoai_maskgit_512", 512, "valeoai_maskgit_512", random_weights)
+
+
+def valeoai_tiny(seed: int = 0) -> Stack:
+    """Both modules at their tiny configurations, random (same seed, same weights): the family's
+    contract-test stack. Its data is ImageNet's first classes at the tiny image size."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        vq_config = TamingVQGANConfig.tiny()
+        tokenizer = TamingVQGAN(vq_config, image_size=vq_config.resolution)
+        backbone = MaskTransformer(MaskTransformerConfig.tiny())
+    classes = backbone.layout.num_classes
+    data = imagenet_data(vq_config.resolution)
+    data = dataclasses.replace(data, class_names=data.class_names[:classes])
+    return Stack(name="valeoai_tiny", tokenizer=tokenizer.eval().requires_grad_(False),
+                 backbone=backbone.eval().requires_grad_(False), dataset=data,
+                 weight_hashes={"valeoai_tiny": f"random-seed{seed}"})
