@@ -5,7 +5,7 @@ Fixtures, both made once from valeoai/Maskgit-pytorch v1.0 at commit
 (torch 2.14.1, ``pytorch_lightning`` replaced by a stub whose ``LightningModule`` is ``nn.Module``;
 no upstream code is committed):
 
-- ``fixtures/valeoai_taming_vqgan_keys.json``: ``Network.Taming.models.vqgan.VQModel`` built at full
+- ``backbones/valeoai/keys/taming_vqgan.json`` (the listing ``migbench import`` checks files against): ``Network.Taming.models.vqgan.VQModel`` built at full
   size with taming's ``vqgan_imagenet_f16_1024`` ddconfig (double_z False, z_channels 256,
   resolution 256, in/out channels 3, ch 128, ch_mult [1,1,2,2,4], num_res_blocks 2,
   attn_resolutions [16], dropout 0), n_embed 1024, embed_dim 256: every ``state_dict()`` name with
@@ -41,6 +41,7 @@ from migbench.api import Tokenizer
 from migbench.checkpoints import CheckpointSpec, extract_state, load_strict
 
 FIXTURES = Path(__file__).parent / "fixtures"
+LISTINGS = Path(__file__).parents[1] / "backbones" / "valeoai" / "keys"
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def tiny(golden: dict[str, torch.Tensor], image_size: int = 32) -> TamingVQGAN:
 
 
 def test_full_size_keys_shapes_and_count_match_upstream() -> None:
-    listing = json.loads((FIXTURES / "valeoai_taming_vqgan_keys.json").read_text())
+    listing = json.loads((LISTINGS / "taming_vqgan.json").read_text())
     with torch.device("meta"):
         model = TamingVQGAN()
     ours = {name: list(t.shape) for name, t in model.state_dict().items()}
