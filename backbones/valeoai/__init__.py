@@ -84,12 +84,12 @@ def valeoai_tiny(seed: int = 0) -> Stack:
     contract-test stack. Its data is ImageNet's first classes at the tiny image size."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        vq_config = TamingVQGANConfig.tiny()
+        vq_config = TamingVQGANConfig.tiny()  # f = 2: 32 px -> 16 x 16 tokens of 64 codes
         tokenizer = TamingVQGAN(vq_config, image_size=vq_config.resolution)
-        backbone = MaskTransformer(MaskTransformerConfig.tiny())
-    classes = backbone.layout.num_classes
+        backbone = MaskTransformer(dataclasses.replace(MaskTransformerConfig.tiny(), img_size=vq_config.resolution,
+                                                       downsample=2, codebook_size=vq_config.n_embed))
     data = imagenet_data(vq_config.resolution)
-    data = dataclasses.replace(data, class_names=data.class_names[:classes])
+    data = dataclasses.replace(data, class_names=data.class_names[:backbone.layout.num_classes])
     return Stack(name="valeoai_tiny", tokenizer=tokenizer.eval().requires_grad_(False),
                  backbone=backbone.eval().requires_grad_(False), dataset=data,
                  weight_hashes={"valeoai_tiny": f"random-seed{seed}"})
