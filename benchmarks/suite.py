@@ -10,6 +10,7 @@
     batch_size = 250
     precision = "auto"               # auto | bf16 | fp16 | fp32 (a run may override it)
     head_dtype = "auto"              # auto | fp32: the output head in fp32 under bf16/fp16 autocast
+    preset = "valeoai"               # a named bundle of overrides (`migbench info`); a run may override it
     set = { "maskgit.steps" = 8 }    # overrides for every run
 
     [[runs]]
@@ -18,8 +19,11 @@
     set = { "maskgit.cfg_scale" = 0.0 }
     grid = { "maskgit.choice_temperature" = [1.0, 2.0, 4.5] }   # Cartesian product of all keys
 
-Every point's knobs are checked against the method configs when the suite is loaded, so a typo
-fails before any sampling starts.
+A point's overrides are its preset's (the run's, else the suite's), then the suite's ``set``,
+the run's ``set`` and its grid values, later ones winning; the preset is expanded here, so a
+point's run hash and recorded ``overrides`` are those of its knob values. Every point's knobs
+are checked against the method configs when the suite is loaded, so a typo fails before any
+sampling starts.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from migbench import registry
 from migbench.api import Stack
 from migbench.config import closest
 from migbench.precision import HEAD_DTYPES, PRECISIONS
-from migbench.recipe import Recipe, resolve
+from migbench.recipe import Recipe, expand_preset, resolve
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,8 +49,8 @@ else:  # pragma: no cover
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 TOP_KEYS = ("name", "description", "backbone", "n", "seeds", "reference", "extractor", "batch_size",
-            "precision", "head_dtype", "set", "runs")
-RUN_KEYS = ("label", "methods", "set", "grid", "backbone", "precision", "head_dtype")
+            "precision", "head_dtype", "preset", "set", "runs")
+RUN_KEYS = ("label", "methods", "preset", "set", "grid", "backbone", "precision", "head_dtype")
 
 
 class SuiteError(ValueError):
@@ -164,6 +168,7 @@ def parse_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
         raise SuiteError(f"{where}: need n >= {MIN_SAMPLES} (the fewest every metric is computed from), "
                          "batch_size >= 1 and at least one seed")
     common = _require(raw.get("set", {}), dict, f"{where}: set")
+    preset = _optional_str(raw, "preset", where)
     precision = _choice(raw.get("precision", "auto"), PRECISIONS, f"{where}: precision")
     head_dtype = _choice(raw.get("head_dtype", "auto"), HEAD_DTYPES, f"{where}: head_dtype")
     runs = _require(raw.get("runs", []), list, f"{where}: runs")
@@ -184,6 +189,7 @@ def parse_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
             raise SuiteError(f"{run_where}: unknown backbone {run_backbone!r}"
                              f"{closest(run_backbone, list(registry.BACKBONES))}")
         fixed = {**common, **_require(run.get("set", {}), dict, f"{run_where}.set")}
+        run_preset = preset if "preset" not in run else _require(run["preset"], str, f"{run_where}.preset")
         run_precision = _choice(run.get("precision", precision), PRECISIONS, f"{run_where}.precision")
         run_head_dtype = _choice(run.get("head_dtype", head_dtype), HEAD_DTYPES, f"{run_where}.head_dtype")
         grid = _require(run.get("grid", {}), dict, f"{run_where}.grid")
@@ -191,8 +197,8 @@ def parse_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
         values = [_require(grid[k], list, f"{run_where}.grid.{k}") for k in keys]
         for combo in itertools.product(*values) if keys else [()]:
             swept = tuple(zip(keys, combo, strict=True))
-            overrides = {**fixed, **dict(swept)}
             try:
+                overrides = expand_preset(run_preset, {**fixed, **dict(swept)})
                 recipe = resolve(methods, overrides)
             except (KeyError, ValueError) as err:
                 raise SuiteError(f"{run_where} ({label}): {err.args[0] if err.args else err}") from err

@@ -4,16 +4,21 @@ Positions are revealed in a fixed 2-D low-discrepancy order instead of by confid
 Halton sequence with base 2 for rows and base 3 for columns (starting at 1/2, 1/3), scaled to
 the h x w grid, floored, duplicates dropped. After step k (0-based) of T the first
 r_k = max(k + 1, int(N (1 - arccos((k+1)/T) / (pi/2)))) positions of that order are revealed.
-Revealed tokens are kept, as unmasking means in the paper; upstream's code instead writes fresh
-samples at *all* revealed positions every step (``resample_revealed = true``; its issues #27/#36
-discuss this), which only suits backbones trained with a loss on visible tokens too (valeoai's),
-not ours (masked-token loss, as Google's MaskGIT): on the embedded stack it more than doubles FID.
+Revealed tokens are kept (the default, ``resample_revealed = false``): each step writes samples
+only at the newly revealed positions, as the paper describes and as upstream's current code does
+(Halton-MaskGIT fcdc837, Jul 2025, still at f61b0a1: ``halton_mask[:, prev_r:r]``).
+``resample_revealed = true`` is the ICLR-era code (c1cd3f1 to 08cfdae, ``halton_mask[:, :r]``),
+which wrote fresh samples at *all* revealed positions every step and probably produced the
+paper's FID table (issues #27/#36 discuss it). Resampling suits backbones trained with a loss
+on visible tokens too (valeoai's v1.0 and v2.0 trainers), not ours (masked-token loss, as
+Google's MaskGIT): on the embedded stack it more than doubles FID.
 As upstream, the logits are multiplied by a factor rising linearly from ``sm_temp_min`` to
 ``sm_temp_max`` over the steps, and there is no Gumbel noise. ``randomize`` rolls the order by a
 random offset per sample. Defaults follow the upstream README demo (1 -> 1.2, randomize); the
 sampler class itself defaults to 1 -> 1 without randomisation. Upstream uses constant CFG.
 
-This method takes the ``schedule``, ``scorer`` and ``selector`` slots. Neutral setting:
+This method takes the ``schedule``, ``scorer`` and ``selector`` slots (and ``token_sampler``
+with ``resample_revealed``). Neutral setting:
 ``enabled = false`` installs nothing, leaving the MaskGIT baseline.
 """
 
@@ -38,7 +43,9 @@ class HaltonConfig:
     sm_temp_min: float = knob(1.0, "logit multiplier at the first step")
     sm_temp_max: float = knob(1.2, "logit multiplier at the last step")
     randomize: bool = knob(True, "roll the Halton order by a random offset per sample")
-    resample_revealed: bool = knob(False, "upstream code: resample every revealed token each step")
+    resample_revealed: bool = knob(False, "true: resample every revealed token each step (ICLR-era upstream "
+                                          "c1cd3f1-08cfdae); false: write only new positions (upstream since "
+                                          "fcdc837, the paper)")
     enabled: bool = knob(True, "false installs nothing (the neutral setting)")
 
     def __post_init__(self) -> None:
@@ -104,7 +111,8 @@ class HaltonSchedule:
 
 
 class Halton:
-    """Halton-MaskGIT: reveal in a fixed 2-D Halton order, resample revealed tokens, no Gumbel."""
+    """Halton-MaskGIT: reveal in a fixed 2-D Halton order, no Gumbel; revealed tokens kept (or
+    resampled every step, as the ICLR-era code did, with ``resample_revealed``)."""
 
     name = "halton"
     config_cls = HaltonConfig

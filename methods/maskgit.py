@@ -5,15 +5,24 @@ Every sampler starts from this method; it holds the four slots weakly, so a meth
 
 - reveal schedule: after step k, floor(N gamma(1 - (k+1)/T)) tokens stay masked, at least one
   revealed per step, all by the last (:func:`migbench.schedules.masked_after_steps`); gamma is
-  cosine by default, or arccos (valeoai), linear, exp, or explicit per-step ratios (AutoNAT);
+  cosine by default, or arccos (this floor rule with arccos is TiTok's sampler), linear, exp,
+  or explicit per-step ratios (AutoNAT). ``arccos-valeoai`` is valeoai v1.0's own rule instead:
+  per-step counts proportional to arccos(linspace(1, 0, T)), one token at step 0
+  (:func:`migbench.schedules.valeoai_reveal_counts`);
 - tokens ~ softmax(l / T_soft) at masked positions ("divisor", Google/TiTok). valeoai's
   ``sm_temp`` multiplies the logits instead ("multiplier": softmax(l * T_soft));
-- confidence = log p(chosen) + tau_k * Gumbel, tau_k = tau0 (1 - (k+1)/T) ("linear", Google);
-  open-muse compounds the decay ("compound"); decoded tokens keep +inf confidence and are never
-  re-masked; the lowest-confidence masked positions stay masked;
+- confidence = log p(chosen) + tau_k * Gumbel, with p the tempered softmax the token was drawn
+  from; tau_k = tau0 (1 - (k+1)/T) ("linear", Google); open-muse compounds the decay
+  ("compound"); valeoai anneals tau0 (1 - k/(T-1)) ("linear-valeoai"). Decoded tokens keep
+  +inf confidence and are never re-masked; the lowest-confidence masked positions stay masked;
 - CFG: l = (1 + w_k) l_c - w_k l_u (eq. 1 of :mod:`migbench.guidance`) with w_k constant, a
-  linear ramp w k/T (MUSE/TiTok) or power-cosine (MDT). ``cfg_convention="muse"`` reads
-  ``cfg_scale`` as MUSE/MAR's w' in u + w'(c - u), i.e. w = w' - 1.
+  linear ramp w k/T (MUSE/TiTok), w k/(T-1) (valeoai, KA-MIG) or power-cosine (MDT).
+  ``cfg_convention="muse"`` reads ``cfg_scale`` as MUSE/MAR's w' in u + w'(c - u), i.e.
+  w = w' - 1.
+
+``presets["valeoai"]`` (:data:`VALEOAI`) bundles valeoai v1.0's conventions; ``migbench sample
+--preset valeoai`` and a suite's ``preset = "valeoai"`` expand it into ordinary overrides
+(:func:`migbench.recipe.expand_preset`).
 
 Neutral setting: this method *is* the baseline.
 """
@@ -21,6 +30,7 @@ Neutral setting: this method *is* the baseline.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -30,7 +40,9 @@ from migbench.guidance import GuidanceTerm, StepInfo
 from migbench.rng import gumbel
 from migbench.sampler import SamplerBuilder, SampleState
 from migbench.schedules import (
-    MASK_SCHEDULES,
+    CHOICE_ANNEALS,
+    GUIDANCE_SCHEDULES,
+    SAMPLING_SCHEDULES,
     choice_temperature,
     guidance_scale,
     masked_after_steps,
@@ -44,16 +56,21 @@ class MaskGITConfig:
     """Knobs of the base sampler; defaults follow Google's MaskGIT (T=8, cosine, tau0=4.5)."""
 
     steps: int = knob(8, "number of sampling steps T")
-    schedule: str = knob("cosine", "reveal schedule gamma", tuple(MASK_SCHEDULES))
+    schedule: str = knob("cosine", "reveal schedule: gamma under Google's floor rule (arccos = TiTok's), "
+                                   "or arccos-valeoai (valeoai v1.0: normalised arccos increments)",
+                         SAMPLING_SCHEDULES)
     ratios: tuple[float, ...] = knob((), "explicit mask ratio after each step (AutoNAT); overrides schedule")
     temperature: float = knob(1.0, "softmax temperature of token sampling")
-    temperature_mode: str = knob("divisor", "softmax(l / T) or valeoai's softmax(l * T)",
+    temperature_mode: str = knob("divisor", "divisor: softmax(l / T) (Google, TiTok, open-muse); "
+                                            "multiplier: softmax(l * T) (valeoai's sm_temp)",
                                  ("divisor", "multiplier"))
     choice_temperature: float = knob(4.5, "tau0, Gumbel scale of the confidence")
-    choice_anneal: str = knob("linear", "tau decay: Google linear or open-muse compound",
-                              ("linear", "compound", "constant"))
+    choice_anneal: str = knob("linear", "tau decay: Google linear tau0(1-(k+1)/T), open-muse compound, "
+                                        "or linear-valeoai tau0(1-k/(T-1))", CHOICE_ANNEALS)
     cfg_scale: float = knob(0.0, "classifier-free guidance scale w (0 = off, no extra pass)")
-    cfg_schedule: str = knob("constant", "CFG scale over steps", ("constant", "linear", "power-cosine"))
+    cfg_schedule: str = knob("constant", "CFG scale over steps: constant, linear w k/T (MUSE/TiTok), "
+                                         "power-cosine (MDT), linear-valeoai w k/(T-1) (valeoai, KA-MIG)",
+                             GUIDANCE_SCHEDULES)
     cfg_convention: str = knob("maskgit", "maskgit: (1+w)c - wu; muse: u + w(c-u)", ("maskgit", "muse"))
 
     def __post_init__(self) -> None:
@@ -67,6 +84,24 @@ class MaskGITConfig:
         check_guidance_scale("maskgit.cfg_scale", self.cfg_scale)
         if self.ratios and len(self.ratios) != self.steps:
             raise ValueError(f"maskgit.ratios has {len(self.ratios)} values for {self.steps} steps")
+
+
+VALEOAI: dict[str, Any] = {
+    "maskgit.schedule": "arccos-valeoai",
+    "maskgit.choice_anneal": "linear-valeoai",
+    "maskgit.cfg_schedule": "linear-valeoai",
+    "maskgit.temperature_mode": "multiplier",
+    "maskgit.cfg_convention": "maskgit",
+}
+"""valeoai v1.0's sampler conventions (Maskgit-pytorch 674ef1d, Trainer/vit.py ``sample`` and
+``adap_sche``): the arccos schedule of normalised per-step increments (one token at step 0),
+Gumbel noise r_temp (1 - k/(T-1)) added to log p, CFG (1 + w_k) l_c - w_k l_u with
+w_k = w k/(T-1), and ``sm_temp`` multiplying the logits. The conventions only: the paper values
+are set by suites (README of v1.0): 256 px, ``choice_temperature`` (r_temp) 4.5, ``cfg_scale``
+(w) 3, ``steps`` 8 (FID 6.80, IS 214); 512 px, 7, 2.8, 15 (FID 7.26, IS 223); ``temperature``
+(sm_temp) 1 at both (its demo: 1.3, w 9, 32 steps). Upstream feeds the unconditional branch the
+same labels with ``drop_label`` set, i.e. its drop-class token 2025; here CFG passes NULL_LABEL,
+which the valeoai backbone maps to that token."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +129,8 @@ class MaskGIT:
     trained = False
     # knobs that act only while this method holds the slot (a warning says when they do not)
     slot_knobs = {"schedule": ("steps", "schedule", "ratios"), "scorer": ("choice_temperature", "choice_anneal")}
+    # named bundles of overrides, expanded before a recipe is resolved (migbench.recipe.expand_preset)
+    presets: dict[str, dict[str, Any]] = {"valeoai": VALEOAI}
 
     @staticmethod
     def neutral_config() -> MaskGITConfig:

@@ -112,9 +112,9 @@ def _cmd_sample(args: argparse.Namespace) -> int:
     from migbench.generate import check_count, generate
     from migbench.images import save_grid, save_samples
     from migbench.outputs import check_folder, files_into
-    from migbench.recipe import parse_overrides, resolve
+    from migbench.recipe import expand_preset, parse_overrides, resolve
 
-    recipe = resolve(args.methods, parse_overrides(args.set))
+    recipe = resolve(args.methods, expand_preset(args.preset, parse_overrides(args.set)))
     out = Path(args.out)
     check_folder(out, "--out")
     check_device(args.device)
@@ -177,6 +177,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     from migbench import registry, weights
     from migbench.config import describe_knobs
+    from migbench.recipe import presets
 
     for name in registry.METHODS:
         cls = registry.method(name)
@@ -190,6 +191,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
                     for r in describe_knobs(config_cls)]
             print(tabulate(rows, headers=[title, "type", "default", "choices", "meaning"]))
             print()
+    for name, overrides in presets().items():
+        print(f"preset {name}: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
     print("backbones:", ", ".join(registry.BACKBONES))
     manifest = weights.read_manifest()
     rows = [[n, e["file"], e["sha256"][:12], json_compact(e["metrics"])] for n, e in sorted(manifest.items())]
@@ -280,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="maskgit", help="comma-separated list, e.g. halton or ka_mig,self_guidance")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.KNOB=VALUE",
                    help="override a knob (repeatable), e.g. --set maskgit.cfg_scale=2")
+    p.add_argument("--preset", default=None,
+                   help="a named bundle of knob overrides, e.g. valeoai (`migbench info` lists them); "
+                        "--set wins over it")
     p.add_argument("--n", type=positive_int, default=100)
     p.add_argument("--classes", default=None, help="comma-separated class ids to cycle through (default all)")
     p.add_argument("--seed", type=seed_int, default=0)

@@ -2,7 +2,9 @@
 
 Methods are given as a list (``["ka_mig", "self_guidance"]``); the base ``maskgit`` is always
 installed first. Overrides are dotted keys ``method.knob`` (``maskgit.steps=12``); an unknown
-method or knob is an error that names the closest valid key.
+method or knob is an error that names the closest valid key. A preset (the base method's
+``presets``, e.g. ``valeoai``) is a named bundle of such overrides, expanded by
+:func:`expand_preset` before the recipe is resolved, so a run's hash is that of its knob values.
 """
 
 from __future__ import annotations
@@ -68,6 +70,22 @@ def parse_methods(spec: str | Sequence[str]) -> list[str]:
     """'a,b' or ['a', 'b'] -> ['a', 'b'] (empty entries dropped)."""
     items = spec.split(",") if isinstance(spec, str) else list(spec)
     return [m.strip() for m in items if m.strip()]
+
+
+def presets() -> dict[str, dict[str, Any]]:
+    """The named presets: the base method's ``presets`` table (name -> dotted overrides)."""
+    return dict(getattr(registry.method(BASE), "presets", {}))
+
+
+def expand_preset(preset: str | None, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``overrides`` on top of preset ``preset``'s overrides (explicit overrides win); None
+    expands to ``overrides`` alone. An unknown preset is a KeyError naming the known ones."""
+    if preset is None:
+        return dict(overrides or {})
+    known = presets()
+    if preset not in known:
+        raise KeyError(f"unknown preset {preset!r}{closest(preset, list(known))}; known: {', '.join(known)}")
+    return {**known[preset], **(overrides or {})}
 
 
 def resolve(methods: str | Sequence[str], overrides: Mapping[str, Any] | None = None,

@@ -3,6 +3,11 @@
 Time convention (eMIGM's): t in [0, 1], t = 1 is the fully masked canvas, gamma(t) is the
 fraction of tokens masked at time t. MaskGIT writes gamma(r) with r = 1 - t the progress;
 ``cosine`` here, cos(pi/2 (1 - t)), is MaskGIT's cos(pi r / 2).
+
+Step progress comes in three conventions over steps k = 0..T-1: Google's MaskGIT (k+1)/T (the
+reveal counts, the Gumbel anneal ``linear``), MUSE/TiTok's k/T (the CFG ramp ``linear``), and
+valeoai's k/(T-1) (``torch.linspace(0, 1, T)``: Maskgit-pytorch v1.0 ``sample``, also KA-MIG's
+CFG ramp), which starts at 0 and reaches 1 at the last step (the ``*-valeoai`` values).
 """
 
 from __future__ import annotations
@@ -16,12 +21,22 @@ _E5 = math.exp(5.0)
 
 MASK_SCHEDULES: dict[str, Callable[[float], float]] = {
     "cosine": lambda t: math.cos(math.pi / 2 * (1.0 - t)),
+    # valeoai's training mask ratio; as a *sampling* schedule (floor rule below) it is TiTok's
+    # (1d-tokenizer maskgit.py), not valeoai's, which is ARCCOS_VALEOAI
     "arccos": lambda t: math.acos(1.0 - t) / (math.pi / 2),
     "linear": lambda t: t,
     "exp": lambda t: 1.0 - math.exp(-5.0 * t),
     "poly-0.5": lambda t: math.sqrt(t),
     "log": lambda t: math.log1p((_E5 - 1.0) * t) / 5.0,
 }
+
+
+ARCCOS_VALEOAI = "arccos-valeoai"
+"""valeoai v1.0's own reveal rule (:func:`valeoai_reveal_counts`): a sampling schedule only, no gamma."""
+
+SAMPLING_SCHEDULES: tuple[str, ...] = (*MASK_SCHEDULES, ARCCOS_VALEOAI)
+"""Names :func:`masked_after_steps` takes: every gamma of :data:`MASK_SCHEDULES` under MaskGIT's
+floor rule, and valeoai's normalised-increment rule."""
 
 
 def mask_ratio(schedule: str, t: float) -> float:
@@ -55,12 +70,16 @@ def masked_after_steps(schedule: str | Sequence[float], num_steps: int, num_toke
 
     After step k (0-based) the count is floor(N * gamma(1 - (k+1)/T)), clamped so that every
     step reveals at least one token and at most all but one before the last step; the last step
-    reveals everything. ``schedule`` is a name of :data:`MASK_SCHEDULES` or an explicit list of
-    T mask ratios after each step (AutoNAT's per-step ratios; the last is taken as 0).
-    Requires T <= N. Returns T counts, strictly decreasing, ending at 0.
+    reveals everything (Google's parallel_decode; with ``arccos`` it is TiTok's rule).
+    ``schedule`` is a name of :data:`MASK_SCHEDULES` or an explicit list of T mask ratios after
+    each step (AutoNAT's per-step ratios; the last is taken as 0). Requires T <= N. Returns T
+    counts, strictly decreasing, ending at 0. ``arccos-valeoai`` follows valeoai's own rule
+    instead (:func:`valeoai_reveal_counts`), which may end before step T.
     """
     if num_steps < 1 or num_steps > num_tokens:
         raise ValueError(f"num_steps must lie in [1, {num_tokens}] for {num_tokens} tokens, got {num_steps}")
+    if schedule == ARCCOS_VALEOAI:
+        return masked_after_reveals(valeoai_reveal_counts(num_steps, num_tokens), num_tokens)
     if isinstance(schedule, str):
         ratios = [mask_ratio(schedule, 1.0 - (k + 1) / num_steps) for k in range(num_steps)]
     else:
@@ -76,6 +95,42 @@ def masked_after_steps(schedule: str | Sequence[float], num_steps: int, num_toke
             remaining = min(remaining - 1, max(steps_left, math.floor(num_tokens * ratio)))
         counts.append(remaining)
     return counts
+
+
+def valeoai_reveal_counts(num_steps: int, num_tokens: int) -> list[int]:
+    """New tokens per step under valeoai v1.0's arccos schedule (Maskgit-pytorch 674ef1d,
+    Trainer/vit.py ``adap_sche``, mode "arccos").
+
+    With v_k = arccos(1 - k/(T-1)) / (pi/2) for k = 0..T-1 (``arccos(linspace(1, 0, T))``), step
+    k reveals c_k = round(N v_k / sum_j v_j) tokens (round half to even, as ``torch.round``),
+    raised to 1 where 0, and the last step takes the rest: c_{T-1} += N - sum_j c_j. Step 0
+    reveals one token (v_0 = 0). The rounding can overshoot, leaving c_{T-1} <= 0; upstream's
+    ``sample`` then stops once nothing is masked (:func:`masked_after_reveals`). T = 1 (a 0/0
+    upstream) reveals all N. T=8, N=256: [1, 18, 26, 32, 38, 43, 48, 50]. Upstream computes in
+    float32, here in float64: the counts agree for every T in [2, min(N, 256)] and N in
+    {2, 3, 4, 5, 8, 12, 16, 24, 32}^2.
+    """
+    if num_steps == 1:
+        return [num_tokens]
+    weights = [math.acos(1.0 - k / (num_steps - 1)) / (math.pi / 2) for k in range(num_steps)]
+    total = sum(weights)
+    counts = [max(1, round(num_tokens * w / total)) for w in weights]
+    counts[-1] += num_tokens - sum(counts)
+    return counts
+
+
+def masked_after_reveals(reveals: Sequence[int], num_tokens: int) -> list[int]:
+    """Masked counts after each step that reveals ``reveals[k]`` tokens, at most what is still
+    masked; the list ends at the first 0 (valeoai's ``sample``: ``t = min(t, mask.sum())``, and
+    ``break`` once ``mask.sum() == 0``). valeoai's T=8, N=256 counts give
+    [255, 237, 211, 179, 141, 98, 50, 0]."""
+    out, masked = [], num_tokens
+    for count in reveals:
+        if masked == 0:
+            break
+        masked -= min(count, masked)
+        out.append(masked)
+    return out
 
 
 TIME_EPS = 1e-5
@@ -97,12 +152,24 @@ def plan_from_counts(masked_after: Sequence[int], num_steps: int, num_tokens: in
                      masked_after=after, num_tokens=num_tokens) for k, after in enumerate(masked_after)]
 
 
+def progress_to_last(step: int, num_steps: int) -> float:
+    """valeoai's step progress k/(T-1): 0 at the first step, 1 at the last (1 when T = 1, whose
+    one step is the last; upstream divides by zero there)."""
+    return step / (num_steps - 1) if num_steps > 1 else 1.0
+
+
+CHOICE_ANNEALS = ("linear", "compound", "constant", "linear-valeoai")
+
+
 def choice_temperature(tau0: float, step: int, num_steps: int, anneal: str = "linear") -> float:
     """Gumbel scale of the confidence at step k (0-based).
 
     ``linear`` (Google MaskGIT): tau0 * (1 - (k+1)/T). ``compound`` (open-muse, used by the
     self-guidance code): tau is multiplied by (1 - (j+1)/T) at every step j <= k, so it decays
     much faster (tau0=25, T=18: 23.6, 21.0, 17.5, ...). ``constant``: tau0.
+    ``linear-valeoai`` (Maskgit-pytorch v1.0 ``sample``, ``randomize="linear"``):
+    tau0 * (1 - k/(T-1)), full tau0 at step 0 and 0 at the last step (tau0=4.5, T=8:
+    4.5, 3.857, 3.214, 2.571, 1.929, 1.286, 0.643, 0).
     """
     if anneal == "linear":
         return tau0 * (1.0 - (step + 1) / num_steps)
@@ -110,15 +177,23 @@ def choice_temperature(tau0: float, step: int, num_steps: int, anneal: str = "li
         return tau0 * math.prod(1.0 - (j + 1) / num_steps for j in range(step + 1))
     if anneal == "constant":
         return tau0
-    raise ValueError(f"unknown choice-temperature anneal {anneal!r}; choose linear, compound or constant")
+    if anneal == "linear-valeoai":
+        return tau0 * (1.0 - progress_to_last(step, num_steps))
+    raise ValueError(f"unknown choice-temperature anneal {anneal!r}; choose from {', '.join(CHOICE_ANNEALS)}")
+
+
+GUIDANCE_SCHEDULES = ("constant", "linear", "power-cosine", "linear-valeoai")
 
 
 def guidance_scale(schedule: str, scale: float, step: int, num_steps: int) -> float:
     """CFG scale s_k in the convention l = l_c + s (l_c - l_u), i.e. (1+s) l_c - s l_u.
 
-    ``constant``: s. ``linear`` (MUSE/TiTok ramp): s * k / T, so step 0 is unguided.
-    ``power-cosine`` (MDT, TiTok S-128): s * (1 - cos(pi (k/T)^3)) / 2.
-    A scale written in the MUSE/MAR convention u + w (c - u) is s = w - 1.
+    ``constant``: s. ``linear`` (MUSE/TiTok ramp): s * k / T, so step 0 is unguided and the
+    last step gets s (T-1)/T. ``linear-valeoai`` (Maskgit-pytorch v1.0 ``sample`` and KA-MIG's
+    ``generate``, ``linspace(0, s, T)``): s * k/(T-1), unguided at step 0 and s at the last step
+    (s=3, T=8: 0, 3/7, 6/7, ..., 3). ``power-cosine`` (MDT, TiTok S-128):
+    s * (1 - cos(pi (k/T)^3)) / 2. A scale written in the MUSE/MAR convention u + w (c - u) is
+    s = w - 1.
     """
     progress = step / num_steps
     if schedule == "constant":
@@ -127,4 +202,6 @@ def guidance_scale(schedule: str, scale: float, step: int, num_steps: int) -> fl
         return scale * progress
     if schedule == "power-cosine":
         return scale * (1.0 - math.cos(math.pi * progress**3)) / 2.0
-    raise ValueError(f"unknown guidance schedule {schedule!r}; choose constant, linear or power-cosine")
+    if schedule == "linear-valeoai":
+        return scale * progress_to_last(step, num_steps)
+    raise ValueError(f"unknown guidance schedule {schedule!r}; choose from {', '.join(GUIDANCE_SCHEDULES)}")

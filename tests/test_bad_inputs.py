@@ -77,6 +77,9 @@ SUITE_CASES = [
     ({"n": 5}, "need n >= 10"),
     ({"set": {"maskgit.cfg_scale": float("nan")}}, "maskgit.cfg_scale = nan"),
     ({"set": {"maskgit.temperature": 1e-45}}, "maskgit.temperature = 1e-45"),
+    ({"preset": "valeo"}, r"unknown preset 'valeo' \(did you mean 'valeoai'\?\); known: valeoai"),
+    ({"preset": "nosuch"}, "unknown preset 'nosuch'; known: valeoai"),
+    ({"preset": 3}, "suite: preset must be str, got 3"),
 ]
 
 
@@ -383,6 +386,10 @@ INPUT_CASES = [
     ("sample", ["sample", "--backbone", "toy", "--methods", "nosuch"], "unknown method 'nosuch'"),
     ("sample", ["sample", "--backbone", "toy", "--methods"], "argument --methods: expected one argument"),
     ("sample", ["sample", "--backbone", "toy", "--set", "garbage"], "--set expects key=value, got 'garbage'"),
+    ("sample", ["sample", "--backbone", "toy", "--preset", "valeo"],
+     "unknown preset 'valeo' (did you mean 'valeoai'?); known: valeoai"),
+    ("sample", ["sample", "--backbone", "toy", "--preset", "nosuch"], "unknown preset 'nosuch'; known: valeoai"),
+    ("sample", ["sample", "--backbone", "toy", "--preset"], "argument --preset: expected one argument"),
     ("sample", ["sample", "--backbone", "toy", "--set", "maskgit.nosuch=1"], "unknown knob maskgit.nosuch"),
     ("sample", ["sample", "--backbone", "toy", "--set", "maskgit.steps=abc"], "maskgit.steps: cannot read 'abc'"),
     ("sample", ["sample", "--backbone", "toy", "--set", "maskgit.steps=1.5"], "maskgit.steps: cannot read '1.5'"),
@@ -459,6 +466,8 @@ SWEEP_SUITES = [
     ('unknown = 1\n', "unknown key 'unknown'"),
     ('set = { "maskgit.steps" = "abc" }\n', "maskgit.steps: cannot read 'abc' as int"),
     ('set = { "maskgit.cfg_scale" = inf }\n', "maskgit.cfg_scale = inf"),
+    ('preset = "valeo"\n', "unknown preset 'valeo' (did you mean 'valeoai'?); known: valeoai"),
+    ('preset = ["valeoai"]\n', "preset must be str, got ['valeoai']"),
 ]
 
 
@@ -488,6 +497,8 @@ BAD_RUNS = [
     ('[[runs]]\nlabel = "a"\n[[runs]]\nlabel = "a"\n', "label 'a' used twice"),
     ('[[runs]]\nlabel = "a"\ngrid = { "maskgit.steps" = 8 }\n', "grid.maskgit.steps must be list, got 8"),
     ("", "no [[runs]]"),
+    ('[[runs]]\nlabel = "a"\npreset = "nosuch"\n', "runs[0] (a): unknown preset 'nosuch'; known: valeoai"),
+    ('[[runs]]\nlabel = "a"\npreset = 1\n', "runs[0].preset must be str, got 1"),
 ]
 
 

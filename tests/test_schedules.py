@@ -23,6 +23,9 @@ def test_linear_and_arccos_counts() -> None:
     assert masked_after_steps("linear", 4, 64) == [48, 32, 16, 0]
     # arccos(1 - t)/(pi/2) at t = 0.75, 0.5, 0.25: 0.8391, 0.6667, 0.4601
     assert masked_after_steps("arccos", 4, 64) == [53, 42, 29, 0]
+    # "arccos" is TiTok's floor rule, not valeoai's (fidelity finding F2: T=8, N=256)
+    assert masked_after_steps("arccos", 8, 256) == [235, 214, 193, 170, 145, 117, 82, 0]
+    assert masked_after_steps("arccos-valeoai", 8, 256) == [255, 237, 211, 179, 141, 98, 50, 0]
 
 
 def test_exp_counts() -> None:
@@ -33,8 +36,8 @@ def test_exp_counts() -> None:
 def test_every_step_reveals_at_least_one_and_last_reveals_all() -> None:
     assert masked_after_steps((1.0, 1.0, 0.0), 3, 10) == [9, 8, 0]
     assert masked_after_steps((0.0, 0.0, 0.0), 3, 10) == [2, 1, 0]
-    for name in ("cosine", "arccos", "linear", "exp", "poly-0.5", "log"):
-        for steps in (1, 2, 7, 16, 64):
+    for name in ("cosine", "arccos", "linear", "exp", "poly-0.5", "log", "arccos-valeoai"):
+        for steps in (1, 2, 7, 16, 44, 64):
             counts = masked_after_steps(name, steps, 64)
             before = [64, *counts[:-1]]
             assert counts[-1] == 0
@@ -77,6 +80,9 @@ def test_choice_temperature_anneals() -> None:
     values = [choice_temperature(25.0, k, 18, "compound") for k in range(4)]
     assert [round(v, 1) for v in values] == [23.6, 21.0, 17.5, 13.6]
     assert choice_temperature(2.0, 5, 8, "constant") == 2.0
+    # valeoai: tau0 (1 - k/(T-1)), full at step 0, 0 at the last
+    assert choice_temperature(4.5, 0, 8, "linear-valeoai") == 4.5
+    assert choice_temperature(4.5, 7, 8, "linear-valeoai") == 0.0
     with pytest.raises(ValueError):
         choice_temperature(1.0, 0, 8, "cosine")
 
@@ -85,6 +91,8 @@ def test_guidance_scale_schedules() -> None:
     assert guidance_scale("constant", 2.0, 3, 8) == 2.0
     assert guidance_scale("linear", 2.0, 0, 8) == 0.0
     assert guidance_scale("linear", 2.0, 4, 8) == pytest.approx(1.0)
+    assert guidance_scale("linear-valeoai", 2.0, 0, 8) == 0.0
+    assert guidance_scale("linear-valeoai", 2.0, 7, 8) == 2.0  # reaches w at the last step (k/(T-1))
     assert guidance_scale("power-cosine", 2.0, 0, 8) == 0.0
     # (1 - cos(pi * 0.5^3)) / 2 = 0.03806
     assert guidance_scale("power-cosine", 2.0, 4, 8) == pytest.approx(2.0 * 0.0380602, rel=1e-5)
