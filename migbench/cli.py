@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", default="fmnist-train",
                    help="fmnist-train, fmnist-test, an images .npz (ADM layout; its mu/sigma used for FID), or a "
                         "folder of real images with its crop size: imagenet-val-256 ($MIGBENCH_IMAGENET/val), "
-                        "imagenet-train-256-50pc (50 per class), DIR@256")
+                        "imagenet-train-256-50pc (50 per class), DIR@256; -torchvision: valeoai's crop, not ADM's")
     p.add_argument("--out", default=None, help="JSON output (default: eval.json beside the samples)")
     p.add_argument("--no-prc", action="store_true", help="skip precision/recall")
     p.add_argument("--extractor", default="fmnist-classifier", choices=["fmnist-classifier", "inception-v3-compat"],

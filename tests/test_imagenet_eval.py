@@ -16,7 +16,12 @@ import numpy as np
 import pytest
 import torch
 from migbench.backbones.common import imagenet
-from migbench.backbones.common.imagenet import adm_center_crop, list_folder, read_crops
+from migbench.backbones.common.imagenet import (
+    adm_center_crop,
+    list_folder,
+    read_crops,
+    torchvision_center_crop,
+)
 from migbench.benchmarks.metrics import evaluate as ev
 from migbench.benchmarks.metrics import folder_reference as fr
 from migbench.benchmarks.suite import SuiteError, parse_suite
@@ -142,6 +147,24 @@ def test_center_crop_makes_rgb() -> None:
     assert out.shape == (9, 9, 3) and out.dtype == np.uint8 and (out == 7).all()
 
 
+@pytest.mark.parametrize("size_wh", [(37, 23), (23, 41), (64, 50), (30, 30), (33, 16)])
+def test_torchvision_crop_is_valeoais_resize_and_center_crop(size_wh: tuple[int, int]) -> None:
+    """valeoai's val transform, Resize(16) + CenterCrop(16) on the PIL image, run by torchvision."""
+    from torchvision import transforms
+
+    pixels = np.random.default_rng(3).integers(0, 256, (size_wh[1], size_wh[0], 3), np.uint8)
+    expected = transforms.Compose([transforms.Resize(16), transforms.CenterCrop((16, 16))])(Image.fromarray(pixels))
+    np.testing.assert_array_equal(torchvision_center_crop(Image.fromarray(pixels), 16), np.asarray(expected))
+
+
+def test_reference_names() -> None:
+    ref = fr.parse("/data/imagenet/val@256-50pc-torchvision")
+    assert (ref.root, ref.size, ref.per_class, ref.crop) == (Path("/data/imagenet/val"), 256, 50, "torchvision")
+    assert ref.describe("c")["crop"] == "torchvision-resize-center-crop"
+    assert fr.parse("x@512").describe("c") == {"content_sha256": "c", "crop": "adm-center-crop", "size": 512}
+    assert not fr.is_folder_reference("imagenet-val") and not fr.is_folder_reference("x@256-bicubic")
+
+
 # -- per-image min-max normalisation ------------------------------------------------------------
 
 
@@ -246,6 +269,8 @@ def test_folder_features_are_cached_by_content(fake_imagenet: Path, inception_we
     assert calls == [10, 10] and changed.sha256 != ref.sha256
     other_size, _ = fr.folder_features(fr.parse("imagenet-val-17"), extractor)
     assert calls == [10, 10, 10] and other_size.sha256 != changed.sha256  # the crop size is part of the identity
+    other_crop, _ = fr.folder_features(fr.parse("imagenet-val-16-torchvision"), extractor)
+    assert calls == [10, 10, 10, 10] and other_crop.sha256 != changed.sha256  # and so is the crop
     subset, _ = fr.folder_features(fr.parse("imagenet-train-16-2pc"), extractor)
     assert subset.count == 6 and subset.preprocessing["per_class"] == 2
 
@@ -302,6 +327,11 @@ def test_cli_eval_against_a_folder_with_minmax(fake_imagenet: Path, inception_we
 
 
 # -- bad inputs: one line each ------------------------------------------------------------------
+
+
+def test_a_folder_reference_is_never_loaded_whole() -> None:
+    with pytest.raises(ev.EvaluationError, match="reference imagenet-val-256 is a folder: its images are streamed"):
+        ev.reference("imagenet-val-256")
 
 
 BAD_FOLDERS = [

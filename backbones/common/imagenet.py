@@ -13,7 +13,9 @@ folder has the 1000 wnids ``n01440764 ... n15075141``, so the index is the stand
   such a val into wnid subfolders first.
 
 Images are the ``.jpeg``/``.jpg``/``.png`` files (any case), taken in the order of their path
-relative to ROOT. Each is decoded to RGB and cut by :func:`adm_center_crop`.
+relative to ROOT. Each is decoded to RGB and cut to a square by one of :data:`CROPS`: ``adm``
+(:func:`adm_center_crop`, ADM's and the default) or ``torchvision`` (:func:`torchvision_center_crop`,
+the ``Resize`` + ``CenterCrop`` of valeoai's ImageNet val loader).
 
 Content hash (:func:`read_crops`): sha256 over every file in that order of
 ``"<relative path>\\0<label>\\0<byte count>\\0"`` then the file's bytes, computed while the files
@@ -42,7 +44,6 @@ ENV = "MIGBENCH_IMAGENET"  # a folder holding train/ and val/ in one of the layo
 SPLITS = ("train", "val")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 LABELS_FILE = "LOC_val_solution.csv"
-CROP = "adm-center-crop"  # the preprocessing of :func:`adm_center_crop`, as recorded in provenance
 
 
 class ImageNetError(ValueError):
@@ -84,6 +85,28 @@ def adm_center_crop(image: Image.Image, size: int) -> np.ndarray:
     pixels = np.asarray(image)
     top, left = (pixels.shape[0] - size) // 2, (pixels.shape[1] - size) // 2
     return np.ascontiguousarray(pixels[top:top + size, left:left + size])
+
+
+def torchvision_center_crop(image: Image.Image, size: int) -> np.ndarray:
+    """torchvision's ``Resize(size)`` then ``CenterCrop(size)`` on a PIL image, as valeoai's
+    MaskGIT evaluates ImageNet val (Trainer/trainer.py ``t_test``): uint8 (size, size, 3).
+
+    The image is made RGB; resized with PIL's BILINEAR so that the short side is ``size`` and
+    the long side ``int(size * long / short)``; then cut from ``round((H - size) / 2)``,
+    ``round((W - size) / 2)`` (Python's rounding, as torchvision's ``center_crop``).
+    """
+    image = image.convert("RGB")
+    short, long = sorted(image.size)
+    resized = (size, int(size * long / short))
+    image = image.resize(resized if image.width <= image.height else resized[::-1], resample=Image.BILINEAR)
+    pixels = np.asarray(image)
+    top, left = round((pixels.shape[0] - size) / 2.0), round((pixels.shape[1] - size) / 2.0)
+    return np.ascontiguousarray(pixels[top:top + size, left:left + size])
+
+
+# crop name (in reference names) -> (the name recorded in provenance, the function)
+CROPS = {"adm": ("adm-center-crop", adm_center_crop),
+         "torchvision": ("torchvision-resize-center-crop", torchvision_center_crop)}
 
 
 @dataclass(frozen=True)
@@ -172,20 +195,21 @@ def list_folder(root: Path, per_class: int | None = None) -> ImageFolder:
     return ImageFolder(root, files, np.array(labels, np.int64), wnids, layout)
 
 
-def _load(path: Path, size: int) -> tuple[bytes, np.ndarray]:
+def _load(path: Path, size: int, crop: str) -> tuple[bytes, np.ndarray]:
     data = path.read_bytes()
     try:
         with Image.open(io.BytesIO(data)) as image:
-            return data, adm_center_crop(image, size)
+            return data, CROPS[crop][1](image, size)
     except UnidentifiedImageError:
         raise ImageNetError(f"file {path} is not a readable image (not a format PIL knows)") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise ImageNetError(f"file {path} is not a readable image ({type(err).__name__}: {err})") from None
 
 
-def read_crops(folder: ImageFolder, size: int, batch_size: int, digest: hashlib._Hash,
+def read_crops(folder: ImageFolder, size: int, batch_size: int, digest: hashlib._Hash, crop: str = "adm",
                workers: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The folder's images in order as batches: uint8 (B, size, size, 3) crops and labels (B,).
+    """The folder's images in order as batches: uint8 (B, size, size, 3) crops (``crop``, one of
+    :data:`CROPS`) and labels (B,).
 
     Files are read and decoded by ``workers`` threads (default: up to 8); ``digest`` is updated
     in file order with each file's record (module docstring) as its batch is yielded."""
@@ -193,8 +217,8 @@ def read_crops(folder: ImageFolder, size: int, batch_size: int, digest: hashlib.
         for start in range(0, len(folder), batch_size):
             rels = folder.files[start:start + batch_size]
             labels = folder.labels[start:start + batch_size]
-            loaded = list(pool.map(lambda rel: _load(folder.root / rel, size), rels))
+            loaded = list(pool.map(lambda rel: _load(folder.root / rel, size, crop), rels))
             for rel, label, (data, _) in zip(rels, labels.tolist(), loaded, strict=True):
                 digest.update(f"{rel}\0{label}\0{len(data)}\0".encode())
                 digest.update(data)
-            yield np.stack([crop for _, crop in loaded]), labels
+            yield np.stack([pixels for _, pixels in loaded]), labels

@@ -354,6 +354,11 @@ def check_reference(name: str, data_dir: str | None = None, option: str = "--ref
 def reference(name: str, data_dir: str | None = None) -> Reference:
     """``fmnist-train`` (60k), ``fmnist-test`` (10k), or an ADM-layout ``.npz`` of images, in
     memory (a folder reference is streamed: :func:`reference_with_features`)."""
+    from migbench.benchmarks.metrics import folder_reference  # imports this module
+
+    if folder_reference.is_folder_reference(name):
+        raise EvaluationError(f"reference {name} is a folder: its images are streamed for their features "
+                              "(reference_with_features), never loaded whole")
     if name in ("fmnist-train", "fmnist-test"):
         images, labels = fmnist_images(name.split("-")[1], data_dir)
     elif name.endswith(".npz") and Path(name).is_file():
@@ -368,8 +373,7 @@ def reference(name: str, data_dir: str | None = None) -> Reference:
             digest = content_hash(images) + hashlib.sha256(stats["mu"].tobytes() + stats["sigma"].tobytes()).hexdigest()
             return Reference(name, images, labels, hashlib.sha256(digest.encode()).hexdigest(), stats)
     else:
-        raise EvaluationError(f"unknown reference {name!r}: {KNOWN_REFERENCES} (folder references are "
-                              "streamed by reference_with_features)")
+        raise EvaluationError(f"unknown reference {name!r}: {KNOWN_REFERENCES}")
     check_samples(images, f"reference {name}", MIN_SAMPLES)
     return Reference(name, images, labels, content_hash(images))
 

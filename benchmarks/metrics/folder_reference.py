@@ -5,9 +5,11 @@ Names (the crop size is part of the name, so of every run hash, and of the refer
 - ``imagenet-<train|val>-<size>``: the folder ``$MIGBENCH_IMAGENET/<split>``;
 - ``<folder>@<size>``: any folder, e.g. ``/data/imagenet/val@256``;
 
-each optionally ending in ``-<k>pc``: only the first k images of each class, in path order
-(``imagenet-train-256-50pc``: 50,000 train images). Layouts, labels and the crop (ADM's
-``center_crop_arr`` to size x size) are those of :mod:`migbench.backbones.common.imagenet`.
+each optionally followed by ``-<k>pc``: only the first k images of each class, in path order
+(``imagenet-train-256-50pc``: 50,000 train images), then by ``-torchvision``: torchvision's
+``Resize`` + ``CenterCrop`` (valeoai's evaluation) instead of ADM's ``center_crop_arr``
+(``imagenet-val-256-torchvision``). Layouts, labels and crops are those of
+:mod:`migbench.backbones.common.imagenet`.
 
 Features are extracted batch by batch as the files are read, with a progress bar on a terminal,
 so no more than one batch of images is ever held; the folder's content hash is computed on the
@@ -19,7 +21,8 @@ way. Under ``<cache>/refs``:
   (:func:`~migbench.benchmarks.metrics.evaluate.feature_cache_path`: extractor, its weights and
   the image normalisation).
 
-The reference's sha256 is the sha256 of ``{"content_sha256", "crop", "size"}``.
+The reference's sha256 is the sha256 of ``{"content_sha256", "crop", "size"}`` (the crop as
+recorded: ``adm-center-crop`` or ``torchvision-resize-center-crop``).
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from pathlib import Path
 
 import torch
 from migbench.backbones.common.imagenet import (
-    CROP,
+    CROPS,
     ENV,
     SPLITS,
     ImageFolder,
@@ -55,7 +58,7 @@ from tqdm.auto import tqdm
 from migbench.config import stable_hash
 from migbench.paths import cache_dir
 
-_TAIL = r"(?P<size>\d+)(?:-(?P<per_class>\d+)pc)?"
+_TAIL = r"(?P<size>\d+)(?:-(?P<per_class>\d+)pc)?(?:-(?P<crop>torchvision))?"  # no suffix: ADM's crop
 NAMED = re.compile(rf"imagenet-(?P<split>{'|'.join(SPLITS)})-{_TAIL}")
 DIRECT = re.compile(rf"(?P<folder>.+)@{_TAIL}")
 BATCH_SIZE = 500  # images decoded and extracted at a time (the default of evaluate.extract)
@@ -63,16 +66,18 @@ BATCH_SIZE = 500  # images decoded and extracted at a time (the default of evalu
 
 @dataclass(frozen=True)
 class FolderReference:
-    """A parsed folder reference: its ``name``, folder ``root``, crop ``size`` and ``per_class`` cap."""
+    """A parsed folder reference: its ``name``, folder ``root``, crop ``size``, ``per_class``
+    cap and ``crop`` (a key of :data:`~migbench.backbones.common.imagenet.CROPS`)."""
 
     name: str
     root: Path
     size: int
     per_class: int | None
+    crop: str = "adm"
 
     def describe(self, content_sha256: str) -> dict[str, object]:
         """What the reference's sha256 is made of, recorded in provenance as ``reference_preprocessing``."""
-        return {"content_sha256": content_sha256, "crop": CROP, "size": self.size}
+        return {"content_sha256": content_sha256, "crop": CROPS[self.crop][0], "size": self.size}
 
 
 def is_folder_reference(name: str) -> bool:
@@ -85,7 +90,8 @@ def parse(name: str, option: str = "--ref") -> FolderReference:
     cap of 0, and an ``imagenet-*`` name while ``$MIGBENCH_IMAGENET`` is unset."""
     match = NAMED.fullmatch(name) or DIRECT.fullmatch(name)
     if match is None:
-        raise EvaluationError(f"{option} {name!r}: not a folder reference (imagenet-val-256, DIR@256, ...-50pc)")
+        raise EvaluationError(f"{option} {name!r}: not a folder reference (imagenet-val-256, DIR@256, "
+                              "...-50pc, ...-torchvision)")
     size, per_class = int(match["size"]), match["per_class"]
     if size < 1 or per_class is not None and int(per_class) < 1:
         raise EvaluationError(f"{option} {name}: the crop size and the images per class must be >= 1")
@@ -97,7 +103,7 @@ def parse(name: str, option: str = "--ref") -> FolderReference:
         root = Path(base) / match["split"]
     else:
         root = Path(match["folder"]).expanduser()
-    return FolderReference(name, root, size, None if per_class is None else int(per_class))
+    return FolderReference(name, root, size, None if per_class is None else int(per_class), match["crop"] or "adm")
 
 
 def listing(ref: FolderReference, option: str = "--ref") -> ImageFolder:
@@ -138,7 +144,7 @@ def folder_features(ref: FolderReference, extractor: Extractor,
     parts: list[dict[str, torch.Tensor]] = []
     with tqdm(total=len(folder), unit="img", desc=f"reference {ref.name}", leave=False, disable=None) as bar:
         try:
-            for images, _ in read_crops(folder, ref.size, BATCH_SIZE, digest):
+            for images, _ in read_crops(folder, ref.size, BATCH_SIZE, digest, ref.crop):
                 parts.append(extract_batch(images, extractor, device))
                 bar.update(len(images))
         except ImageNetError as err:
