@@ -33,7 +33,7 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -269,7 +269,7 @@ def extract_batch(images: np.ndarray, extractor: Extractor,
             raise EvaluationError(f"{extractor.name} scores grey images (it reads channel 0 only); these "
                                   "RGB images differ between channels: convert them to grey first")
     device = torch.device(device) if device is not None else default_device()
-    module = _module(extractor, str(device))
+    module = _module(replace(extractor, image_normalisation="none"), str(device))  # one network for both
     x = torch.from_numpy(normalise_images(images, extractor.image_normalisation)).permute(0, 3, 1, 2)
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
@@ -318,7 +318,7 @@ def fmnist_images(split: str, data_dir: str | None = None) -> tuple[np.ndarray, 
 
 
 KNOWN_REFERENCES = ("use fmnist-train, fmnist-test, the path of an ADM-layout .npz of images (arr_0), "
-                    "or a folder with its crop size: imagenet-val-256, imagenet-train-256[-50pc], DIR@256")
+                    "or a folder with its crop size: imagenet-val-256, imagenet-train-256[-50pc][-torchvision], DIR@256")
 
 
 def check_reference(name: str, data_dir: str | None = None, option: str = "--ref") -> None:
