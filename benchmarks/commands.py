@@ -85,7 +85,7 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.inception_weights and args.extractor != "inception-v3-compat":
         raise ValueError(f"--inception-weights applies to --extractor inception-v3-compat only, not {args.extractor}")
     check_reference(args.ref, args.data_dir)
-    extractor = Extractor.named(args.extractor, args.inception_weights)
+    extractor = Extractor.named(args.extractor, args.inception_weights, args.normalise)
     images, labels = load_png_folder(path) if path.is_dir() else load_samples(path)
     check_samples(images, minimum=MIN_SAMPLES)
     result = evaluate(images, labels, ref=args.ref, extractor=extractor, data_dir=args.data_dir,

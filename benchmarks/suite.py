@@ -7,6 +7,7 @@
     seeds = [0]                      # one point per seed; several seeds give 95% intervals
     reference = "fmnist-train"       # default: the backbone's data's reference
     extractor = "fmnist-classifier"  # default: the backbone's data's feature extractor
+    image_normalisation = "none"     # none | minmax (valeoai's per-image min-max, samples and reference)
     batch_size = 250
     precision = "auto"               # auto | bf16 | fp16 | fp32 (a run may override it)
     head_dtype = "auto"              # auto | fp32: the output head in fp32 under bf16/fp16 autocast
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from migbench.benchmarks.metrics.evaluate import MIN_SAMPLES
+from migbench.benchmarks.metrics.evaluate import MIN_SAMPLES, NORMALISATIONS
 
 from migbench import registry
 from migbench.api import Stack
@@ -48,8 +49,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
-TOP_KEYS = ("name", "description", "backbone", "n", "seeds", "reference", "extractor", "batch_size",
-            "precision", "head_dtype", "preset", "set", "runs")
+TOP_KEYS = ("name", "description", "backbone", "n", "seeds", "reference", "extractor", "image_normalisation",
+            "batch_size", "precision", "head_dtype", "preset", "set", "runs")
 RUN_KEYS = ("label", "methods", "preset", "set", "grid", "backbone", "precision", "head_dtype")
 
 
@@ -83,6 +84,7 @@ class Suite:
     points: tuple[Point, ...] = field(repr=False)
     path: Path | None = None
     extractor: str | None = None  # as ``reference``
+    image_normalisation: str = "none"  # NORMALISATIONS of the evaluator; enters run hashes when not "none"
     bound: bool = False  # True once :func:`bind` resolved recipes and evaluation on the stacks
 
 
@@ -171,6 +173,7 @@ def parse_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
     preset = _optional_str(raw, "preset", where)
     precision = _choice(raw.get("precision", "auto"), PRECISIONS, f"{where}: precision")
     head_dtype = _choice(raw.get("head_dtype", "auto"), HEAD_DTYPES, f"{where}: head_dtype")
+    normalisation = _choice(raw.get("image_normalisation", "none"), NORMALISATIONS, f"{where}: image_normalisation")
     runs = _require(raw.get("runs", []), list, f"{where}: runs")
     if not runs:
         raise SuiteError(f"{where}: no [[runs]]")
@@ -207,7 +210,7 @@ def parse_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:
                                     seed, run_precision, run_head_dtype))
     return Suite(name=name, description=str(raw.get("description", "")), backbone=backbone, n=n,
                  seeds=seeds, reference=_optional_str(raw, "reference", where),
-                 extractor=_optional_str(raw, "extractor", where),
+                 extractor=_optional_str(raw, "extractor", where), image_normalisation=normalisation,
                  batch_size=batch_size, points=tuple(points), path=path)
 
 

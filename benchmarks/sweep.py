@@ -138,10 +138,14 @@ def row_precision(row: dict[str, Any]) -> str:
 
 
 def provenance_key(provenance: dict[str, Any]) -> str:
-    """Hash of what makes two rows comparable (evaluator, extractor, reference, N)."""
+    """Hash of what makes two rows comparable (evaluator, extractor, reference, N, and the image
+    normalisation where it is not ``none``: rows from before it was recorded keep their key)."""
     keys = ("evaluator", "evaluator_version", "extractor", "feature_layer", "extractor_weights",
             "reference_sha256", "n")
-    return stable_hash({k: provenance[k] for k in keys}, length=10)
+    identity = {k: provenance[k] for k in keys}
+    if provenance.get("image_normalisation", "none") != "none":
+        identity["image_normalisation"] = provenance["image_normalisation"]
+    return stable_hash(identity, length=10)
 
 
 def _distributed() -> tuple[Any, int, int]:
@@ -348,7 +352,7 @@ def prepare(suite_name: str | Suite, stacks: dict[str, Stack], device: torch.dev
     results folder or samples anything."""
     suite = bind(suite_name if isinstance(suite_name, Suite) else load_suite(suite_name), stacks)
     folder = results_dir(suite.name, results_root)
-    extractor = Extractor.named(suite.extractor)
+    extractor = Extractor.named(suite.extractor, image_normalisation=suite.image_normalisation)
     check_reference(suite.reference, option=f"suite {suite.name}: reference")
     check_count(suite.n, f"suite {suite.name}: n")
     todo = pending(suite, stacks, extractor, folder, device, limit)
@@ -486,9 +490,9 @@ def current_hashes(suite_name: str) -> list[str] | None:
     stacks: dict[str, Stack] = {}
     suite = bind(suite, stacks)
     hashes: list[str] = []
+    extractor = Extractor.named(suite.extractor, image_normalisation=suite.image_normalisation)
     for used in ("bf16", "fp32", "fp16"):
-        hashes += [h for point, h in suite_hashes(suite, stacks, Extractor.named(suite.extractor),
-                                                  lambda _, used=used: used)
+        hashes += [h for point, h in suite_hashes(suite, stacks, extractor, lambda _, used=used: used)
                    if used in possible_precisions(point.precision)]
     return list(dict.fromkeys(hashes))
 

@@ -305,13 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="FID, IS, KID, precision/recall and class accuracy of samples")
     p.add_argument("samples", help="a samples.npz (ADM layout) or a folder of PNGs")
-    p.add_argument("--ref", default="fmnist-train", help="fmnist-train, fmnist-test, or an images .npz")
+    p.add_argument("--ref", default="fmnist-train",
+                   help="fmnist-train, fmnist-test, an images .npz (ADM layout; its mu/sigma used for FID), or a "
+                        "folder of real images with its crop size: imagenet-val-256 ($MIGBENCH_IMAGENET/val), "
+                        "imagenet-train-256-50pc (50 per class), DIR@256; -torchvision: valeoai's crop, not ADM's")
     p.add_argument("--out", default=None, help="JSON output (default: eval.json beside the samples)")
     p.add_argument("--no-prc", action="store_true", help="skip precision/recall")
     p.add_argument("--extractor", default="fmnist-classifier", choices=["fmnist-classifier", "inception-v3-compat"],
                    help="feature extractor (inception-v3-compat for ImageNet-scale runs)")
     p.add_argument("--inception-weights", default=None,
-                   help="local copy of torch-fidelity's Inception weights (offline use)")
+                   help="local copy of torch-fidelity's Inception weights (offline use; default "
+                        "$MIGBENCH_INCEPTION_WEIGHTS)")
+    p.add_argument("--normalise", default="none", choices=["none", "minmax"],
+                   help="per-image normalisation of samples and reference before the extractor "
+                        "(minmax: valeoai's per-image min-max stretch)")
     p.add_argument("--data-dir", default=None)
     p.set_defaults(func=_registered("eval"))
 

@@ -11,8 +11,18 @@ elsewhere (a sweep's processes extract their own batches and gather only feature
 give the same numbers for the same features. Features depend on the extraction batch in the last
 bits (the CNN's kernels differ by batch size), so `migbench eval` of a sweep's samples equals its
 row exactly only with the sweep's batch size (``evaluate(..., batch_size=)``). Reference features are cached under
-``<cache>/refs`` by the *content* hash of the reference images and the extractor's weight hash,
-never by name alone. Every result carries its provenance.
+``<cache>/refs`` by the *content* hash of the reference images, the extractor's weight hash and
+the image normalisation, never by name alone. Every result carries its provenance.
+
+References: ``fmnist-train``/``fmnist-test``; an ADM-layout ``.npz`` (``arr_0`` images, optional
+``arr_1`` labels, optional ``mu``/``sigma``: ADM's reference batches hold 10,000 images beside
+the statistics of the whole set, so FID uses the statistics and precision/recall the 10k
+images); or a folder of real images, streamed (:mod:`.folder_reference`: ``imagenet-val-256``
+through ``$MIGBENCH_IMAGENET``, or ``DIR@256``).
+
+Image normalisation (``Extractor.image_normalisation``, applied to samples and references alike
+before the extractor): ``none``, or ``minmax``, valeoai's per-image min-max stretch
+(:func:`normalise_images`).
 
 Samples: uint8 (N, H, W, C), C in {1, 3}, the layout of ``samples.npz``'s ``arr_0``.
 """
@@ -23,7 +33,7 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -67,6 +77,8 @@ from migbench import weights
 from migbench.config import content_hash, stable_hash
 from migbench.paths import cache_dir
 
+INCEPTION_WEIGHTS_ENV = "MIGBENCH_INCEPTION_WEIGHTS"  # a local copy of torch-fidelity's Inception weights
+NORMALISATIONS = ("none", "minmax")
 PRC_REFERENCE_SIZE = 10_000  # precision/recall use at most this many reference images (ADM: 10k)
 RNG_SEED = 2020  # torch-fidelity's default seed for IS splits and KID subsets
 IS_SPLITS = 10
@@ -128,38 +140,75 @@ class Extractor:
     logits_layer: str
     weights_id: str
     weights_path: str | None = None
+    image_normalisation: str = "none"  # one of NORMALISATIONS, applied to every image before the network
+
+    def __post_init__(self) -> None:
+        if self.image_normalisation not in NORMALISATIONS:
+            raise EvaluationError(f"image normalisation {self.image_normalisation!r}: use one of "
+                                  f"{', '.join(NORMALISATIONS)}")
 
     @staticmethod
-    def fmnist() -> Extractor:
+    def fmnist(image_normalisation: str = "none") -> Extractor:
         return Extractor(EXTRACTOR_NAME, FEATURE_LAYER, LOGITS_LAYER,
-                         weights.manifest_entry(CLASSIFIER)["sha256"])
+                         weights.manifest_entry(CLASSIFIER)["sha256"], image_normalisation=image_normalisation)
 
     @staticmethod
-    def inception(weights_path: str | None = None) -> Extractor:
+    def inception(weights_path: str | None = None, image_normalisation: str = "none") -> Extractor:
         """ImageNet-scale: ``inception-v3-compat`` (pool3 2048 for FID, unbiased logits for IS).
 
-        ``weights_path`` is a local copy of torch-fidelity's Inception weights for offline use;
-        without it torch-fidelity downloads them to $TORCH_HOME.
+        ``weights_path`` (else ``$MIGBENCH_INCEPTION_WEIGHTS``) is a local copy of torch-fidelity's
+        Inception weights (``weights-inception-2015-12-05-6726825d.pth``) for offline use, identified
+        by its sha256; without either, torch-fidelity loads them from $TORCH_HOME/hub/checkpoints,
+        downloading them there first if they are missing.
         """
+        option = "--inception-weights"
+        if not weights_path and os.environ.get(INCEPTION_WEIGHTS_ENV):
+            weights_path, option = os.environ[INCEPTION_WEIGHTS_ENV], f"${INCEPTION_WEIGHTS_ENV}"
         if weights_path and not Path(weights_path).is_file():
-            raise EvaluationError(f"--inception-weights {weights_path}: no such file (give a local copy of "
+            raise EvaluationError(f"{option} {weights_path}: no such file (give a local copy of "
                                   "torch-fidelity's Inception weights, or leave it out to download them)")
         ident = (weights.sha256_file(Path(weights_path)) if weights_path
                  else f"torch-fidelity-{torch_fidelity.__version__}-default-inception")
-        return Extractor("inception-v3-compat", "2048", "logits_unbiased", ident, weights_path)
+        return Extractor("inception-v3-compat", "2048", "logits_unbiased", ident, weights_path, image_normalisation)
 
     @staticmethod
-    def named(name: str, weights_path: str | None = None) -> Extractor:
+    def named(name: str, weights_path: str | None = None, image_normalisation: str = "none") -> Extractor:
         """The extractor a suite or a stack's data names: ``fmnist-classifier`` or ``inception-v3-compat``."""
         if name == EXTRACTOR_NAME:
-            return Extractor.fmnist()
+            return Extractor.fmnist(image_normalisation)
         if name == "inception-v3-compat":
-            return Extractor.inception(weights_path)
+            return Extractor.inception(weights_path, image_normalisation)
         raise EvaluationError(f"unknown feature extractor {name!r}: use {EXTRACTOR_NAME} or inception-v3-compat")
 
     def describe(self) -> dict[str, str]:
-        return {"extractor": self.name, "feature_layer": self.feature_layer,
-                "logits_layer": self.logits_layer, "extractor_weights": self.weights_id}
+        """The extractor's identity (run hashes, reference caches); the normalisation only when it
+        is not ``none``, so rows and caches from before it was a choice keep their hashes."""
+        out = {"extractor": self.name, "feature_layer": self.feature_layer,
+               "logits_layer": self.logits_layer, "extractor_weights": self.weights_id}
+        if self.image_normalisation != "none":
+            out["image_normalisation"] = self.image_normalisation
+        return out
+
+
+def normalise_images(images: np.ndarray, how: str) -> np.ndarray:
+    """uint8 (B, H, W, C) as the extractor sees them under normalisation ``how``.
+
+    ``none``: unchanged. ``minmax``: valeoai's ``remap_image_torch`` (Metrics/sample_and_eval.py,
+    applied there to the real images as ToTensor floats in [0, 1] and to the decoder's float
+    output, both before any quantisation): per image, over all channels and pixels, with
+    x = image / 255 in float32, ``trunc(clip((x - min) / (max - min) * 255, 0, 255))`` (the
+    uint8 cast truncates). Here it acts on the uint8 images, which for real images is exactly
+    upstream's arithmetic; samples are stretched after our quantiser, not before it as upstream
+    does with its decoder's unclamped output. A constant image (max = min; upstream divides by
+    zero) becomes 0.
+    """
+    if how == "none":
+        return images
+    x = torch.from_numpy(images).float() / 255.0
+    low = x.amin(dim=(1, 2, 3), keepdim=True)
+    high = x.amax(dim=(1, 2, 3), keepdim=True)
+    stretched = torch.nan_to_num(((x - low) / (high - low)) * 255, nan=0.0)
+    return torch.clip(stretched, 0, 255).to(torch.uint8).numpy()
 
 
 def default_device() -> torch.device:
@@ -208,7 +257,8 @@ def extract_batch(images: np.ndarray, extractor: Extractor,
     ``fmnist-classifier`` scores grey 32x32 images; other sizes are refused rather than converted
     (28x28 images must be padded as the reference is), and so is RGB whose channels differ (the
     network reads channel 0 only), while grey stored as three equal channels is taken as grey.
-    Grey images are replicated to the three channels torch-fidelity expects."""
+    Grey images are replicated to the three channels torch-fidelity expects. The extractor's
+    ``image_normalisation`` (:func:`normalise_images`) is applied first."""
     check_samples(images, minimum=1)
     if extractor.name == EXTRACTOR_NAME:
         if images.shape[1:3] != FMNIST_IMAGE_SIZE:
@@ -219,8 +269,8 @@ def extract_batch(images: np.ndarray, extractor: Extractor,
             raise EvaluationError(f"{extractor.name} scores grey images (it reads channel 0 only); these "
                                   "RGB images differ between channels: convert them to grey first")
     device = torch.device(device) if device is not None else default_device()
-    module = _module(extractor, str(device))
-    x = torch.from_numpy(images).permute(0, 3, 1, 2)
+    module = _module(replace(extractor, image_normalisation="none"), str(device))  # one network for both
+    x = torch.from_numpy(normalise_images(images, extractor.image_normalisation)).permute(0, 3, 1, 2)
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     with exact_fp32():
@@ -244,14 +294,21 @@ class Reference:
 
     ``statistics`` holds ADM-style ``mu``/``sigma`` of the whole reference when its ``.npz``
     carries them: FID then uses them (as published numbers do), while KID and precision/recall
-    use the images.
+    use the images. A folder reference holds no images (``images`` None: they are streamed,
+    :mod:`.folder_reference`), always its labels, and the ``preprocessing`` its sha256 covers.
     """
 
     name: str
-    images: np.ndarray
+    images: np.ndarray | None
     labels: np.ndarray | None
     sha256: str
     statistics: dict[str, np.ndarray] | None = None
+    preprocessing: dict[str, Any] | None = None
+
+    @property
+    def count(self) -> int:
+        """The number of reference images."""
+        return len(self.images) if self.images is not None else len(self.labels)
 
 
 def fmnist_images(split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -260,19 +317,28 @@ def fmnist_images(split: str, data_dir: str | None = None) -> tuple[np.ndarray, 
     return np.pad(ds.images, ((0, 0), (2, 2), (2, 2)))[..., None], ds.labels
 
 
+KNOWN_REFERENCES = ("use fmnist-train, fmnist-test, the path of an ADM-layout .npz of images (arr_0), "
+                    "or a folder with its crop size: imagenet-val-256, imagenet-train-256[-50pc][-torchvision], DIR@256")
+
+
 def check_reference(name: str, data_dir: str | None = None, option: str = "--ref") -> None:
-    """Refuse (one line naming ``option``) a reference :func:`reference` could not load, before any
+    """Refuse (one line naming ``option``) a reference that could not be loaded, before any
     work: an unknown name, a path that is no file, a file that is no ``.npz`` archive with images
-    ``arr_0``, or Fashion-MNIST that cannot be found. Only the archive's index is read."""
+    ``arr_0``, Fashion-MNIST that cannot be found, or a folder reference that cannot be listed.
+    Only the archive's index, or the folder's listing, is read."""
     import zipfile
+
+    from migbench.benchmarks.metrics import folder_reference  # imports this module
 
     if name in ("fmnist-train", "fmnist-test"):
         load_split(name.split("-")[1], data_dir)
         return
+    if folder_reference.is_folder_reference(name):
+        folder_reference.check(name, option)
+        return
     path = Path(name)
     if not name.endswith(".npz"):
-        raise EvaluationError(f"{option} {name!r}: unknown reference; use fmnist-train, fmnist-test, or the path "
-                              "of an ADM-layout .npz of images (arr_0)")
+        raise EvaluationError(f"{option} {name!r}: unknown reference; {KNOWN_REFERENCES}")
     if not path.is_file():
         raise EvaluationError(f"{option} {name}: no such file (give the path of an ADM-layout .npz of images)")
     try:
@@ -286,7 +352,13 @@ def check_reference(name: str, data_dir: str | None = None, option: str = "--ref
 
 
 def reference(name: str, data_dir: str | None = None) -> Reference:
-    """``fmnist-train`` (60k), ``fmnist-test`` (10k), or an ADM-layout ``.npz`` of images."""
+    """``fmnist-train`` (60k), ``fmnist-test`` (10k), or an ADM-layout ``.npz`` of images, in
+    memory (a folder reference is streamed: :func:`reference_with_features`)."""
+    from migbench.benchmarks.metrics import folder_reference  # imports this module
+
+    if folder_reference.is_folder_reference(name):
+        raise EvaluationError(f"reference {name} is a folder: its images are streamed for their features "
+                              "(reference_with_features), never loaded whole")
     if name in ("fmnist-train", "fmnist-test"):
         images, labels = fmnist_images(name.split("-")[1], data_dir)
     elif name.endswith(".npz") and Path(name).is_file():
@@ -301,25 +373,60 @@ def reference(name: str, data_dir: str | None = None) -> Reference:
             digest = content_hash(images) + hashlib.sha256(stats["mu"].tobytes() + stats["sigma"].tobytes()).hexdigest()
             return Reference(name, images, labels, hashlib.sha256(digest.encode()).hexdigest(), stats)
     else:
-        raise EvaluationError(f"unknown reference {name!r}: use fmnist-train, fmnist-test, or the path "
-                              "of an ADM-layout .npz of images (arr_0)")
+        raise EvaluationError(f"unknown reference {name!r}: {KNOWN_REFERENCES}")
     check_samples(images, f"reference {name}", MIN_SAMPLES)
     return Reference(name, images, labels, content_hash(images))
 
 
-def reference_features(ref: Reference, extractor: Extractor) -> dict[str, torch.Tensor]:
-    """Features of ``ref``, cached by (content hash, extractor, extractor weights)."""
+def feature_cache_path(sha256: str, extractor: Extractor) -> Path:
+    """Where the features of the reference with content hash ``sha256`` are cached for
+    ``extractor`` (its name, layers, weights and image normalisation)."""
     ident = stable_hash({"extractor": extractor.describe(), "torch_fidelity": torch_fidelity.__version__})
-    key = f"{ref.sha256[:16]}-{extractor.name}-{ident}"
-    path = cache_dir() / "refs" / f"{key}.pt"
-    if path.exists():
-        return torch.load(path, map_location="cpu")
-    feats = extract(ref.images, extractor)
+    return cache_dir() / "refs" / f"{sha256[:16]}-{extractor.name}-{ident}.pt"
+
+
+def load_features(path: Path) -> dict[str, torch.Tensor] | None:
+    """Cached features {layer: (N, D)}, or None when there are none at ``path``."""
+    return torch.load(path, map_location="cpu") if path.exists() else None
+
+
+def save_features(path: Path, features: dict[str, torch.Tensor]) -> None:
+    """Write ``features`` to ``path`` atomically (a temporary file renamed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save(feats, tmp)
+    torch.save(features, tmp)
     os.replace(tmp, path)
+
+
+def reference_features(ref: Reference, extractor: Extractor) -> dict[str, torch.Tensor]:
+    """Features of an in-memory ``ref``, cached by (content hash, extractor, extractor weights,
+    image normalisation)."""
+    if ref.images is None:
+        raise EvaluationError(f"reference {ref.name} is a folder: its features come from reference_with_features")
+    path = feature_cache_path(ref.sha256, extractor)
+    feats = load_features(path)
+    if feats is None:
+        feats = extract(ref.images, extractor)
+        save_features(path, feats)
     return feats
+
+
+def reference_with_features(name: str, extractor: Extractor, data_dir: str | None = None,
+                            device: torch.device | str | None = None) -> tuple[Reference, dict[str, torch.Tensor]]:
+    """The reference ``name`` and its features {layer: (N, D) float64}, cached: a folder
+    reference streamed (:func:`.folder_reference.folder_features`, on ``device``), any other
+    loaded by :func:`reference`. Refused: a normalisation other than ``none`` against ADM
+    statistics, which were computed from images that were not normalised."""
+    from migbench.benchmarks.metrics import folder_reference  # imports this module
+
+    if folder_reference.is_folder_reference(name):
+        return folder_reference.folder_features(folder_reference.parse(name), extractor, device)
+    ref = reference(name, data_dir)
+    if ref.statistics is not None and extractor.image_normalisation != "none":
+        raise EvaluationError(f"reference {name} carries ADM statistics of images that were not normalised: "
+                              f"image normalisation {extractor.image_normalisation} cannot be compared with "
+                              "them (use a folder reference)")
+    return ref, reference_features(ref, extractor)
 
 
 def adm_statistics(path: Path) -> dict[str, np.ndarray]:
@@ -426,7 +533,8 @@ def evaluate_features(features: dict[str, torch.Tensor], labels: np.ndarray | No
     dtype; used as float64), in the samples' order, with ``labels`` (N,) in the same order: what
     :func:`extract` gives for the images, so the metrics equal :func:`evaluate`'s for them when
     both extracted with the same batch size.
-    ``device`` is where precision/recall run (default: :func:`default_device`).
+    ``device`` is where precision/recall run, and a folder reference's features are extracted
+    when they are not cached (default: :func:`default_device`).
     """
     extractor = extractor or Extractor.fmnist()
     layers = (extractor.feature_layer, extractor.logits_layer)
@@ -436,19 +544,24 @@ def evaluate_features(features: dict[str, torch.Tensor], labels: np.ndarray | No
     if n < MIN_SAMPLES or len(features[extractor.logits_layer]) != n:
         raise EvaluationError(f"need features of at least {MIN_SAMPLES} samples, the same number in both "
                               f"layers, got {tuple(len(features[layer]) for layer in layers)}")
-    reference_set = reference(ref, data_dir)
+    reference_set, reference_feats = reference_with_features(ref, extractor, data_dir, device)
     sample = {layer: features[layer].double() for layer in layers}
-    metrics = metrics_from_features(sample, reference_features(reference_set, extractor), extractor, labels,
+    metrics = metrics_from_features(sample, reference_feats, extractor, labels,
                                     prc=prc, ref_statistics=reference_set.statistics,
                                     ref_labels=reference_set.labels, device=device)
     return {"metrics": metrics, "provenance": provenance(extractor, reference_set, n)}
 
 
 def provenance(extractor: Extractor, ref: Reference, n: int) -> dict[str, Any]:
-    """Everything that must match for two rows to be comparable."""
-    return {"evaluator": "torch-fidelity", "evaluator_version": torch_fidelity.__version__,
-            **extractor.describe(), "reference": ref.name, "reference_sha256": ref.sha256,
-            "reference_n": int(len(ref.images)), "n": int(n), "kid_subsets": 100,
-            "fid_reference": "npz mu/sigma" if ref.statistics is not None else "reference features",
-            "prc_reference_n": int(min(len(ref.images), PRC_REFERENCE_SIZE)), "prc_neighborhood": PRC_NEIGHBORHOOD,
-            "isc_splits": IS_SPLITS, "torch": torch.__version__}
+    """Everything that must match for two rows to be comparable; a folder reference adds
+    ``reference_preprocessing`` (content sha256, crop, size, layout, per-class cap, classes)."""
+    out = {"evaluator": "torch-fidelity", "evaluator_version": torch_fidelity.__version__,
+           **extractor.describe(), "image_normalisation": extractor.image_normalisation,
+           "reference": ref.name, "reference_sha256": ref.sha256,
+           "reference_n": ref.count, "n": int(n), "kid_subsets": 100,
+           "fid_reference": "npz mu/sigma" if ref.statistics is not None else "reference features",
+           "prc_reference_n": int(min(ref.count, PRC_REFERENCE_SIZE)), "prc_neighborhood": PRC_NEIGHBORHOOD,
+           "isc_splits": IS_SPLITS, "torch": torch.__version__}
+    if ref.preprocessing is not None:
+        out["reference_preprocessing"] = ref.preprocessing
+    return out
