@@ -122,18 +122,22 @@ def sweep_command(args: argparse.Namespace) -> int:
         die_with_launcher(int(os.environ[LAUNCHER_PID]))
 
     from migbench.benchmarks.results import results_root
+    from migbench.benchmarks.suite import for_sweep
     from migbench.benchmarks.sweep import relaunch, sweep
 
     from migbench.outputs import check_folder
 
     root = Path(args.results) if args.results else None
     check_folder(results_root(root), "--results")
+    suite = for_sweep(args.suite, args.random_weights, args.n)
     if args.processes > 1 and not launched:
         forwarded = [args.suite, *(["--no-floors"] if args.no_floors else []),
                      *(["--keep-samples"] if args.keep_samples else []),
+                     *(["--random-weights"] if args.random_weights else []),
+                     *(["--n", str(args.n)] if args.n is not None else []),
                      *(["--results", args.results] if args.results else [])]
-        return relaunch(forwarded, args.processes, root)
-    folder = sweep(args.suite, results_root=root, floors=not args.no_floors, keep_samples=args.keep_samples)
+        return relaunch(forwarded, args.processes, root, suite)
+    folder = sweep(suite, results_root=root, floors=not args.no_floors, keep_samples=args.keep_samples)
     print(f"results in {folder}")
     return 0
 

@@ -86,6 +86,7 @@ class Suite:
     extractor: str | None = None  # as ``reference``
     image_normalisation: str = "none"  # NORMALISATIONS of the evaluator; enters run hashes when not "none"
     bound: bool = False  # True once :func:`bind` resolved recipes and evaluation on the stacks
+    random_weights: bool = False  # public-checkpoint stacks with seeded random weights (`sweep --random-weights`)
 
 
 def bind(suite: Suite, stacks: dict[str, Stack] | None = None) -> Suite:
@@ -99,7 +100,10 @@ def bind(suite: Suite, stacks: dict[str, Stack] | None = None) -> Suite:
     stacks = {} if stacks is None else stacks
     for name in dict.fromkeys([suite.backbone, *(p.backbone for p in suite.points)]):
         if name not in stacks:
-            stacks[name] = registry.backbone(name)()
+            try:
+                stacks[name] = registry.stack(name, suite.random_weights)
+            except ValueError as err:
+                raise SuiteError(f"suite {suite.name}: {err.args[0] if err.args else err}") from err
     data = stacks[suite.backbone].dataset
     points = []
     for point in suite.points:
@@ -154,6 +158,22 @@ def load_suite(name_or_path: str) -> Suite:
     except tomllib.TOMLDecodeError as err:
         raise SuiteError(f"{path}: {err}") from err
     return parse_suite(raw, path)
+
+
+def for_sweep(name_or_path: str, random_weights: bool = False, n: int | None = None) -> Suite:
+    """The suite as `migbench sweep` runs it: ``n`` replaces the suite's sample count and
+    ``random_weights`` builds its public-checkpoint stacks with seeded random weights (to try the
+    pipeline without the files). Either one renames the suite (``<name>_n<N>``,
+    ``<name>_random_weights``), so its rows land in a results folder of their own and never sit
+    beside the suite's real numbers; the run hashes differ anyway (N and the weight hashes)."""
+    suite = load_suite(name_or_path)
+    if n is not None:
+        if n < MIN_SAMPLES:
+            raise SuiteError(f"--n {n}: need at least {MIN_SAMPLES} (the fewest every metric is computed from)")
+        suite = replace(suite, n=n, name=f"{suite.name}_n{n}")
+    if random_weights:
+        suite = replace(suite, random_weights=True, name=f"{suite.name}_random_weights")
+    return suite
 
 
 def parse_suite(raw: dict[str, Any], path: Path | None = None) -> Suite:

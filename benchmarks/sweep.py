@@ -271,8 +271,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def relaunch(args: list[str], processes: int, results_root: Path | None = None) -> int:
-    """Run ``migbench sweep ARGS`` (``args[0]``: the suite) under ``accelerate launch`` with
+def relaunch(args: list[str], processes: int, results_root: Path | None = None, suite: Suite | None = None) -> int:
+    """Run ``migbench sweep ARGS`` (``args[0]``: the suite; ``suite``: it as ARGS make it) under ``accelerate launch`` with
     ``processes`` processes: one GPU each, or CPU processes where no GPU is visible (more
     processes than GPUs is an error).
 
@@ -293,7 +293,7 @@ def relaunch(args: list[str], processes: int, results_root: Path | None = None) 
                            f"--processes {os.cpu_count()}")
     if importlib.util.find_spec("accelerate") is None:
         raise RuntimeError("`accelerate` is not installed; install it (pip install accelerate)")
-    plan = prepare(args[0], {}, torch.device("cuda" if gpus else "cpu"), results_root)
+    plan = prepare(suite or args[0], {}, torch.device("cuda" if gpus else "cpu"), results_root)
     # accelerate's --cpu launcher starts a single process; its multi-process launcher
     # (torch.distributed.run) works on CPU too: PartialState(cpu=True) then picks gloo. It runs
     # as this interpreter's module: a venv may lack the `accelerate` script on PATH.
@@ -442,7 +442,8 @@ def _run(state: Any, suite: Suite, todo: list[tuple[Point, str]], stacks: dict[s
         sink = ShardEvaluator(extractor, device, folder / "samples" / f"{h}.shard{rank}" if keep_samples else None)
         part = generate(stack, point.recipe, suite.n, point.seed, batch_size=suite.batch_size,
                         device=device, process_index=rank, num_processes=world, precision=point.precision,
-                        head_dtype=point.head_dtype, progress=progress and state.is_main_process, sink=sink)
+                        head_dtype=point.head_dtype, progress=progress and state.is_main_process, sink=sink,
+                        image_normalisation=suite.image_normalisation)
         shards = _gather(state, sink.shard(part))
         if state.is_main_process:
             result = merge_shards(shards)

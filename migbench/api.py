@@ -162,7 +162,10 @@ class Tokenizer(Protocol):
     """A frozen image tokenizer: images in [0, 1] (B, C, H, W) <-> ids (B, N), N = prod(token_shape).
 
     ``token_shape`` is the layout of the N tokens: ``(16, 16)`` for a 2-D grid (row-major ids),
-    ``(64,)`` for 1-D tokens (TiTok); ``image_shape`` is (C, H, W) of decoded images."""
+    ``(64,)`` for 1-D tokens (TiTok); ``image_shape`` is (C, H, W) of decoded images.
+
+    Optional: ``decode_raw(ids)``, the decoder's output before ``decode`` clamps it, in any affine
+    scale (per-image min-max normalisation, :func:`migbench.images.decode_images`, reads it)."""
 
     @property
     def codebook_size(self) -> int: ...

@@ -335,6 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default=None, help="results root (default results/)")
     p.add_argument("--no-floors", action="store_true", help="skip the quality floors")
     p.add_argument("--keep-samples", action="store_true", help="also save each point's samples.npz")
+    p.add_argument("--n", type=positive_int, default=None,
+                   help="samples per point instead of the suite's (results go to SUITE_nN)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="public-checkpoint stacks with seeded random weights instead of their files, to try the "
+                        "pipeline (results go to SUITE_random_weights; the numbers mean nothing)")
     p.set_defaults(func=_registered("sweep"))
 
     p = sub.add_parser("report", help="render reports/SUITE from results/SUITE")

@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from migbench.api import NULL_LABEL, Stack
-from migbench.images import quantize
+from migbench.images import NORMALISATIONS, decode_images
 from migbench.labels import balanced_labels
 from migbench.precision import autocast
 from migbench.precision import resolve as resolve_precision
@@ -77,7 +77,7 @@ def generate(stack: Stack, recipe: Recipe, n: int, seed: int, *, batch_size: int
              device: str | torch.device = "cpu", process_index: int = 0, num_processes: int = 1,
              precision: str = "auto", head_dtype: str = "auto", progress: bool = True,
              labels: torch.Tensor | None = None, sink: Callable[[Batch], None] | None = None,
-             compile_backbone: bool = False) -> Generation:
+             compile_backbone: bool = False, image_normalisation: str = "none") -> Generation:
     """Sample this process's share of ``n`` images (all of them when ``num_processes == 1``).
 
     ``precision`` (auto, bf16, fp16, fp32) is resolved for ``device`` by
@@ -85,11 +85,15 @@ def generate(stack: Stack, recipe: Recipe, n: int, seed: int, *, batch_size: int
     With ``sink``, every batch goes to ``sink`` in batch order and is not kept (the Generation
     holds labels and indices but no images); time spent in ``sink`` is not sampling time.
     ``compile_backbone`` runs the backbone passes through ``torch.compile(dynamic=False)``
-    (:meth:`Sampler.compile_backbone`; off by default)."""
+    (:meth:`Sampler.compile_backbone`; off by default). ``image_normalisation`` is how ids become
+    uint8 images (:func:`migbench.images.decode_images`: ``none``, or valeoai's per-image
+    ``minmax`` of the decoder's unclamped output)."""
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if image_normalisation not in NORMALISATIONS:
+        raise ValueError(f"image normalisation must be one of {', '.join(NORMALISATIONS)}, got {image_normalisation!r}")
     device = torch.device(device)
     used = resolve_precision(precision, device)
     all_labels = balanced_labels(n, stack.backbone.layout.num_classes) if labels is None else labels
@@ -112,7 +116,7 @@ def generate(stack: Stack, recipe: Recipe, n: int, seed: int, *, batch_size: int
         batch_labels = all_labels[idx].to(device)
         with autocast(used, device, head_dtype):
             ids = sampler(batch_labels, batch_generator(seed, j, device))
-        batch_images = quantize(tokenizer.decode(ids)).cpu().numpy()
+        batch_images = decode_images(tokenizer, ids, image_normalisation).cpu().numpy()
         labels_out.append(batch_labels.cpu().numpy())
         indices.append(idx.numpy())
         if sink is None:

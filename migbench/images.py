@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from migbench.api import Tokenizer
+
 
 def quantize(images: torch.Tensor) -> torch.Tensor:
     """Float images in [0, 1], (B, C, H, W) -> uint8 (B, H, W, C) by round(255 x).
@@ -27,6 +29,37 @@ def quantize(images: torch.Tensor) -> torch.Tensor:
     if x.numel() and (not torch.isfinite(x).all() or x.min() < 0.0 or x.max() > 1.0):
         raise ValueError(f"images must lie in [0, 1], got [{float(x.min())}, {float(x.max())}]")
     return (x * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+NORMALISATIONS = ("none", "minmax")
+
+
+def minmax_quantize(images: torch.Tensor) -> torch.Tensor:
+    """Float images (B, C, H, W) in any range -> uint8 (B, H, W, C), each stretched by its own
+    minimum and maximum over all channels and pixels, as valeoai's ``remap_image_torch``
+    (Maskgit-pytorch v1.0, Metrics/sample_and_eval.py):
+    ``trunc(clip((x - min) / (max - min) * 255, 0, 255))`` in float32 (its uint8 cast truncates).
+    The stretch ignores the range's scale and shift, so a decoder's unclamped output in [-1, 1]
+    or in [0, 1] gives the same images. A constant image (upstream divides by zero) becomes 0.
+    On images already stretched (minimum 0, maximum 255) it is the identity."""
+    if images.dim() != 4 or not images.is_floating_point():
+        raise ValueError(f"images must be floating point (B, C, H, W), got {images.dtype} {tuple(images.shape)}")
+    x = images.detach().float()
+    low = x.amin(dim=(1, 2, 3), keepdim=True)
+    high = x.amax(dim=(1, 2, 3), keepdim=True)
+    stretched = torch.nan_to_num(((x - low) / (high - low)) * 255, nan=0.0)
+    return torch.clip(stretched, 0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def decode_images(tokenizer: Tokenizer, ids: torch.Tensor, normalisation: str = "none") -> torch.Tensor:
+    """uint8 images (B, H, W, C) of token ids (B, N): :func:`quantize` of ``tokenizer.decode``, or
+    with ``normalisation="minmax"`` :func:`minmax_quantize` of the decoder's unclamped output
+    (the tokenizer's optional ``decode_raw``, else ``decode``), which is what valeoai scores."""
+    if normalisation == "none":
+        return quantize(tokenizer.decode(ids))
+    if normalisation == "minmax":
+        return minmax_quantize(getattr(tokenizer, "decode_raw", tokenizer.decode)(ids))
+    raise ValueError(f"image normalisation must be one of {', '.join(NORMALISATIONS)}, got {normalisation!r}")
 
 
 def save_samples(path: Path, images: np.ndarray, labels: np.ndarray) -> None:

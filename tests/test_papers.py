@@ -30,7 +30,7 @@ def test_papers_are_consistent() -> None:
 def test_paper_rows_beside_ours() -> None:
     best = pd.DataFrame([{"label": "valeoai 256", "fid": 7.1234, "is_mean": 201.56}])
     text = paper_rows_beside_ours("imagenet256_valeoai", best, load_papers())
-    assert "| 6.8 " in text and "| 214 " in text and "7.12" in text and "201.6" in text
+    assert " 6.8 " in text and " 214 " in text and " 7.12 " in text and " 201.6 " in text
     assert "not run yet" in paper_rows_beside_ours("imagenet256_valeoai", best.iloc[:0], load_papers())
 
 

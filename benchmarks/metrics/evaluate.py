@@ -75,10 +75,10 @@ from torch_fidelity.utils import create_feature_extractor
 
 from migbench import weights
 from migbench.config import content_hash, stable_hash
+from migbench.images import NORMALISATIONS, minmax_quantize
 from migbench.paths import cache_dir
 
 INCEPTION_WEIGHTS_ENV = "MIGBENCH_INCEPTION_WEIGHTS"  # a local copy of torch-fidelity's Inception weights
-NORMALISATIONS = ("none", "minmax")
 PRC_REFERENCE_SIZE = 10_000  # precision/recall use at most this many reference images (ADM: 10k)
 RNG_SEED = 2020  # torch-fidelity's default seed for IS splits and KID subsets
 IS_SPLITS = 10
@@ -191,24 +191,15 @@ class Extractor:
 
 
 def normalise_images(images: np.ndarray, how: str) -> np.ndarray:
-    """uint8 (B, H, W, C) as the extractor sees them under normalisation ``how``.
-
-    ``none``: unchanged. ``minmax``: valeoai's ``remap_image_torch`` (Metrics/sample_and_eval.py,
-    applied there to the real images as ToTensor floats in [0, 1] and to the decoder's float
-    output, both before any quantisation): per image, over all channels and pixels, with
-    x = image / 255 in float32, ``trunc(clip((x - min) / (max - min) * 255, 0, 255))`` (the
-    uint8 cast truncates). Here it acts on the uint8 images, which for real images is exactly
-    upstream's arithmetic; samples are stretched after our quantiser, not before it as upstream
-    does with its decoder's unclamped output. A constant image (max = min; upstream divides by
-    zero) becomes 0.
-    """
+    """uint8 (B, H, W, C) as the extractor sees them under normalisation ``how``: ``none``
+    unchanged; ``minmax`` valeoai's per-image stretch (:func:`migbench.images.minmax_quantize`),
+    applied upstream to the real images as ToTensor floats in [0, 1] and to the decoder's
+    unclamped output. On uint8 real images this is exactly upstream's arithmetic; samples a sweep
+    made under ``minmax`` were already stretched from the unclamped output
+    (:func:`migbench.images.decode_images`), where it is the identity."""
     if how == "none":
         return images
-    x = torch.from_numpy(images).float() / 255.0
-    low = x.amin(dim=(1, 2, 3), keepdim=True)
-    high = x.amax(dim=(1, 2, 3), keepdim=True)
-    stretched = torch.nan_to_num(((x - low) / (high - low)) * 255, nan=0.0)
-    return torch.clip(stretched, 0, 255).to(torch.uint8).numpy()
+    return minmax_quantize(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0).numpy()
 
 
 def default_device() -> torch.device:
