@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -24,6 +23,7 @@ from migbench.backbones.common.imagenet import (
 )
 from migbench.benchmarks.metrics import evaluate as ev
 from migbench.benchmarks.metrics import folder_reference as fr
+from migbench.benchmarks.metrics.random_inception import write_random_inception
 from migbench.benchmarks.suite import SuiteError, parse_suite
 from migbench.benchmarks.sweep import provenance_key
 from PIL import Image
@@ -65,24 +65,8 @@ def fake_imagenet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="session")
 def inception_weights(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """torch-fidelity's ``inception-v3-compat`` network built without loading any weights, its
-    convolutions He-initialised (seed 0, so features are O(1)), saved as the state dict that
-    ``feature_extractor_weights_path`` loads."""
-    import torch_fidelity.feature_extractor_inceptionv3 as fe
-
-    class Unloaded(fe.FeatureExtractorInceptionV3):
-        def load_state_dict(self, state_dict: object, strict: bool = True, assign: bool = False) -> None:
-            return None  # the constructor loads weights; here there are none to load
-
-    with torch.random.fork_rng(), mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}):
-        torch.manual_seed(0)
-        module = Unloaded("inception-v3-compat", ["2048", "logits_unbiased"])
-        for layer in module.modules():
-            if isinstance(layer, torch.nn.Conv2d):
-                torch.nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
-    path = tmp_path_factory.mktemp("inception") / "weights-inception-random.pth"
-    torch.save(module.state_dict(), path)
-    return str(path)
+    """torch-fidelity's ``inception-v3-compat`` with seeded random weights (features O(1))."""
+    return str(write_random_inception(tmp_path_factory.mktemp("inception") / "weights-inception-random.pth"))
 
 
 def crops_of(folder: Path, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
@@ -373,3 +357,30 @@ def test_bad_folder_references_are_one_line(options: list[str], fragment: str, t
     assert len(err) == 1 and err[0].startswith("migbench eval: "), err
     assert fragment.format(root=root) in err[0], err
     assert not (tmp_path / "eval.json").exists()
+
+
+def test_a_suite_sweeps_the_imagenet_path_end_to_end(fake_imagenet: Path, inception_weights: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``imagenet256_smoke``'s three runs on the tiny valeoai stack (same modules, 32 px), against
+    the fake validation folder with valeoai's min-max normalisation: samples from the decoder's
+    unclamped output, features, metrics, rows with their provenance, and a report."""
+    from migbench.benchmarks.report import report
+    from migbench.benchmarks.results import read_rows
+    from migbench.benchmarks.suite import load_suite
+    from migbench.benchmarks.sweep import sweep
+
+    monkeypatch.setenv("MIGBENCH_INCEPTION_WEIGHTS", inception_weights)
+    smoke = load_suite("imagenet256_smoke")
+    suite = parse_suite({"name": "imagenet_tiny", "backbone": "valeoai_tiny", "n": 10, "batch_size": 5,
+                         "reference": "imagenet-val-32", "image_normalisation": "minmax",
+                         "runs": [{"label": p.label, "methods": list(p.recipe.methods), "set": dict(p.overrides)}
+                                  for p in smoke.points]})
+    folder = sweep(suite, results_root=tmp_path / "results", progress=False)
+    rows = read_rows(folder)
+    assert [r["label"] for r in rows] == ["maskgit valeoai", "maskgit google", "halton"]
+    for row in rows:
+        p = row["provenance"]
+        assert p["reference"] == "imagenet-val-32" and p["image_normalisation"] == "minmax"
+        assert p["weights"] == {"valeoai_tiny": "random-seed0"} and p["n"] == 10
+        assert np.isfinite(row["metrics"]["fid"])
+    assert report("imagenet_tiny", tmp_path / "results", tmp_path / "reports").is_file()
