@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check of issue #15 in one run, for a session that is lent a CUDA machine.
+# Every GPU check of issues #15 and #17 in one run, for a session that is lent a CUDA machine.
 #
 # Prepare on the CPU machine, in the repo root. The tracked tree is about 65 MB of the 64 MiB a
 # device call may carry, so leave reports/ and results/ behind and carry only the test split:
@@ -29,3 +29,6 @@ python3 -m pytest -q tests/ 2>&1 | tee "$OUT/make_test.log"
 python3 -m migbench.cli fit token_critic --set steps=2 --run-dir /tmp/fit_critic 2>&1 | tail -3 | tee "$OUT/fit.log"
 python3 -m pytest -q -m benchmark --benchmark-enable -s -p no:randomly tests/benchmarks/test_gpu_speed.py \
   --benchmark-json "$OUT/gpu_speed.json" 2>&1 | tee "$OUT/gpu_speed.log"
+# issue #17: the ImageNet path's speed per stage at full size on random weights (2,000 images)
+python3 -m migbench.benchmarks.stage_speed --n 2000 --batch-size 250 --out "$OUT/stage_speed.json" 2>&1 \
+  | tee "$OUT/stage_speed.log"

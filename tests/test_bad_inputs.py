@@ -161,6 +161,8 @@ def samples_file(tmp_path: Path, kind: str) -> Path:
 
 CLI_CASES = [
     ("sample", ["sample", "--backbone", "toy", "--classes", "abc"], "--classes expects comma-separated class ids"),
+    ("sample", ["sample", "--backbone", "toy", "--random-weights"], "stack toy has no random-weights mode"),
+    ("sample", ["sample", "--backbone", "valeoai_maskgit_256"], "checkpoint valeoai_maskgit_256 is not imported"),
     ("sample", ["sample", "--backbone", "toy", "--set", "maskgit.temperature=nan"], "maskgit.temperature = 'nan'"),
     ("sample", ["sample", "--backbone", "toy", "--set", "halton.steps=0", "--methods", "halton"],
      "halton.steps must be >= 1"),
@@ -238,6 +240,9 @@ def test_bad_option_is_refused_at_parse(argv: list[str], fragment: str, capsys: 
 
 
 OUTPUT_CASES = [
+    ("fetch", ["fetch", "valeoai_vqgan", "nonsense"], "unknown checkpoint 'nonsense'"),
+    ("import", ["import", "valeoai_vqgan", "{folder}/missing.ckpt"], "valeoai_vqgan: no file"),
+    ("import", ["import", "valeoai_vqgan", "{file}"], "is not a readable checkpoint"),
     ("sample", ["sample", "--backbone", "toy", "--out", "{file}"], "--out {file} is a file, not a folder"),
     ("sample", ["sample", "--backbone", "toy", "--out", "{file}/sub"], "--out {file}/sub: {file} is a file"),
     ("sample", ["sample", "--backbone", "toy", "--out", UNWRITABLE], f"--out {UNWRITABLE}: cannot write in /proc"),
@@ -251,6 +256,9 @@ OUTPUT_CASES = [
      "run 'a' at {{'maskgit.steps': 65}} on toy: maskgit.steps = 65 must lie in"),
     ("sweep", ["sweep", "{bad_suite}", "--results", "{folder}/results"], "maskgit.steps = 65 must lie in"),
     ("sweep", ["sweep", "{folder}/missing.toml", "--results", "{folder}/results"], "no suite"),
+    ("sweep", ["sweep", "{suite}", "--results", "{folder}/results", "--n", "5"], "--n 5: need at least 10"),
+    ("sweep", ["sweep", "{suite}", "--results", "{folder}/results", "--random-weights"],
+     "has no random-weights mode"),
     ("diagnose", ["diagnose", "ka_mig", "--out", "{folder}"], "--out {folder} is a folder, not a file"),
     ("report", ["report", "{suite}", "--reports", "{file}"], "--reports {file} is a file, not a folder"),
     ("report", ["report", "{suite}", "--reports", UNWRITABLE], "cannot write in /proc"),
