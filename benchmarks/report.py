@@ -175,7 +175,7 @@ def paper_rows_beside_ours(suite: str, best: pd.DataFrame, papers: list[dict[str
     """Each paper row that a run of ``suite`` reproduces (a paper file's ``[[reproductions]]``:
     ``row``, ``suite``, ``run``) beside that run's best-FID point: the same model and settings,
     so the values themselves compare (within the protocol differences the paper file notes)."""
-    measured = {r["label"]: r for _, r in best.iterrows()}
+    measured = {re.sub(r" \[(bf16|fp16|fp32)\]$", "", r["label"]): r for _, r in best.iterrows()}
     body = []
     for paper in papers:
         rows = {r["label"]: r for r in paper.get("rows", [])}

@@ -26,6 +26,7 @@ from migbench.benchmarks.metrics.random_inception import write_random_inception
 from tabulate import tabulate
 
 from migbench import registry
+from migbench.cli import positive_int
 from migbench.images import decode_images
 from migbench.labels import balanced_labels
 from migbench.precision import autocast, resolve
@@ -54,13 +55,13 @@ def measure(backbone: str, methods: list[str], overrides: dict[str, Any], n: int
     sampler = build_sampler(resolve_recipe(methods, overrides).bind(stack), stack)
     extractor = Extractor.inception(str(inception))
     labels = balanced_labels(n + batch_size, stack.backbone.layout.num_classes)
-    used = resolve(precision, device)
+    precision_used = resolve(precision, device)
     seconds = {"tokens": 0.0, "decode": 0.0, "features": 0.0}
     for j in range(-(-n // batch_size) + 1):  # batch 0 warms up
         batch = labels[j * batch_size:(j + 1) * batch_size].to(device)
 
         def sample(batch: torch.Tensor = batch, j: int = j) -> torch.Tensor:
-            with autocast(used, device):
+            with autocast(precision_used, device):
                 return sampler(batch, batch_generator(0, j, device))
 
         ids, t_tokens = timed(device, sample)
@@ -73,7 +74,7 @@ def measure(backbone: str, methods: list[str], overrides: dict[str, Any], n: int
     return {"backbone": backbone, "methods": methods, "overrides": overrides, "n": measured,
             "batch_size": batch_size, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "precision": used, "nfe_per_image": sampler.nfe_per_image(), "torch": torch.__version__,
+            "precision": precision_used, "nfe_per_image": sampler.nfe_per_image(), "torch": torch.__version__,
             "seconds": seconds, "images_per_second": {k: measured / v for k, v in seconds.items()},
             "end_to_end_images_per_second": measured / sum(seconds.values())}
 
@@ -85,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="valeoai")
     parser.add_argument("--set", action="append", default=["maskgit.steps=8", "maskgit.choice_temperature=4.5",
                                                            "maskgit.cfg_scale=3"])
-    parser.add_argument("--n", type=int, default=2000)
-    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--n", type=positive_int, default=2000)
+    parser.add_argument("--batch-size", type=positive_int, default=250)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--inception-weights", default=None, help="default: a random-weights file in a temp folder")

@@ -11,10 +11,10 @@ modification time, hashing it again only when those changed (a 1 GB file is not 
 every load). :func:`load_strict` loads a state dict into a module and fails with the lists of
 missing and unexpected keys.
 
-A file is recognised by its size and sha256 where those are pinned, and always by its content:
-the family's committed key listing (``listing``: every key with its shape, and the parameter
-count) must match the converted state dict, so another checkpoint or a file of the wrong model
-is refused at import with the keys that differ, not at sampling time.
+A file is recognised by its size and sha256 where those are pinned (or stated by the hub), and
+always by its content: the family's committed key listing (``listing``: every key with its
+shape) must match the converted state dict, so another checkpoint or a file of the wrong model
+is refused at import with the keys that differ, not at sampling time. A cut file fails to read.
 
 Only :func:`fetch` downloads (``migbench fetch NAME``, through ``huggingface_hub`` at the spec's
 revision); ``migbench import NAME PATH`` takes a file downloaded by hand. A sweep never fetches.
@@ -26,6 +26,8 @@ import fnmatch
 import importlib.resources
 import json
 import os
+import pickle
+import re
 import shutil
 import socket
 from collections.abc import Mapping
@@ -36,6 +38,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from migbench.outputs import write_text_atomic
 from migbench.paths import cache_dir
 from migbench.weights import sha256_file
 
@@ -96,38 +99,76 @@ def expected_keys(spec: CheckpointSpec) -> tuple[dict[str, tuple[int, ...]], int
     return {k: tuple(v) for k, v in data["keys"].items()}, int(data["parameters"])
 
 
+def key_differences(expected: Mapping[str, tuple[int, ...]], state: Mapping[str, torch.Tensor]) -> str:
+    """The keys missing from ``state``, the unexpected ones and the shape mismatches against
+    ``expected`` {key: shape}, each listed (at most 10), as one line ("" when they agree)."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k])}" for k in set(expected) & set(state)
+                    if tuple(state[k].shape) != tuple(expected[k]))
+    return "; ".join(f"{label} ({len(found)}): {', '.join(found[:10])}{' ...' if len(found) > 10 else ''}"
+                     for label, found in (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
+                     if found)
+
+
 def check_listing(spec: CheckpointSpec, state: Mapping[str, torch.Tensor], source: Path) -> None:
     """Refuse ``state`` unless it holds exactly the listed keys with the listed shapes (one line
     naming what differs: another checkpoint, or a file of another model)."""
     keys, _ = expected_keys(spec)
-    if not keys:
-        return
-    missing = sorted(set(keys) - set(state))
-    unexpected = sorted(set(state) - set(keys))
-    shapes = sorted(f"{k} {tuple(state[k].shape)} vs {keys[k]}" for k in set(keys) & set(state)
-                    if tuple(state[k].shape) != keys[k])
-    if missing or unexpected or shapes:
-        parts = [f"{label} ({len(found)}): {', '.join(found[:5])}{' ...' if len(found) > 5 else ''}"
-                 for label, found in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)) if found]
-        raise CheckpointError(f"{spec.name}: {source} is not this checkpoint (another file or model?): "
-                              + "; ".join(parts))
+    differences = key_differences(keys, state) if keys else ""
+    if differences:
+        raise CheckpointError(f"{spec.name}: {source} is not this checkpoint (another file or model?): {differences}")
 
 
-def checkpoints_dir() -> Path:
-    """``<cache>/checkpoints`` (``MIGBENCH_CHECKPOINTS`` overrides it)."""
+def checkpoints_dir(create: bool = True) -> Path:
+    """``<cache>/checkpoints`` (``MIGBENCH_CHECKPOINTS`` overrides it), made unless ``create`` is
+    False (what only reads it, like ``migbench info``)."""
     override = os.environ.get("MIGBENCH_CHECKPOINTS")
     folder = Path(override) if override else cache_dir() / "checkpoints"
-    folder.mkdir(parents=True, exist_ok=True)
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+# Modules whose classes training checkpoints hold as metadata beside the weights (Lightning's
+# callbacks keyed by class, hyper-parameters as Namespace or OmegaConf objects, numpy scalars).
+METADATA_MODULES = ("pytorch_lightning.", "lightning.", "lightning_fabric.", "omegaconf.", "argparse.", "numpy.")
+
+
+class _StandIn:
+    """What a metadata class of :data:`METADATA_MODULES` becomes when a checkpoint is read: it
+    takes any arguments and state and runs nothing, so no code from the file runs."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __setstate__(self, state: object) -> None:
+        pass
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)``; a file that names metadata classes of training
+    frameworks (a Lightning checkpoint's ``callbacks`` are keyed by ``ModelCheckpoint``) is read
+    again with inert stand-ins for those classes, and only those: any other class is refused."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        if not names or not all(name.startswith(METADATA_MODULES) for name in names):
+            raise
+        stand_ins = [(type(name.rsplit(".", 1)[-1], (_StandIn,), {}), name) for name in names]
+        with torch.serialization.safe_globals(stand_ins):
+            return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _read(path: Path) -> Mapping[str, Any]:
     """The object in ``path``: a ``.safetensors`` file, or a pickle read with ``weights_only=True``
-    (tensors and plain containers only: no code from the file runs)."""
+    (tensors and plain containers only; training frameworks' metadata classes as inert
+    stand-ins: no code from the file runs)."""
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return _torch_load(path)
     except Exception as err:  # torch and safetensors raise many kinds for a foreign or cut file
         raise CheckpointError(f"file {path} is not a readable checkpoint ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''})") from None
@@ -155,34 +196,41 @@ def extract_state(spec: CheckpointSpec, raw: Mapping[str, Any]) -> dict[str, tor
     return state
 
 
-def import_file(spec: CheckpointSpec, source: Path, origin: Mapping[str, str] | None = None) -> Path:
-    """Check ``source`` against ``spec`` (size, sha256 where pinned, the key listing), convert it
-    once to safetensors in :func:`checkpoints_dir` and record both hashes (and ``origin``: where
-    it came from, e.g. the hub commit); returns the converted path."""
+def import_file(spec: CheckpointSpec, source: Path, origin: Mapping[str, str] | None = None,
+                expected_sha256: str = "") -> Path:
+    """Check ``source`` against ``spec`` (size, sha256 where pinned or ``expected_sha256`` where
+    the hub states it, the key listing), convert it once to safetensors in
+    :func:`checkpoints_dir` and record both hashes (and ``origin``: where it came from, e.g. the
+    hub commit); returns the converted path. Nothing is left behind when it fails."""
     if not source.is_file():
         raise CheckpointError(f"{spec.name}: no file {source}")
-    size = source.stat().st_size
-    if spec.size and size != spec.size:
-        raise CheckpointError(f"{spec.name}: {source} has {size:,} bytes, the known file {spec.size:,} "
+    before = source.stat()
+    if spec.size and before.st_size != spec.size:
+        raise CheckpointError(f"{spec.name}: {source} has {before.st_size:,} bytes, the known file {spec.size:,} "
                               "(a truncated download or another file)")
     digest = sha256_file(source)
-    if spec.sha256 and digest != spec.sha256:
-        raise CheckpointError(f"{spec.name}: {source} has sha256 {digest[:16]}..., the known file "
-                              f"{spec.sha256[:16]}... (another checkpoint or a corrupted download)")
+    for known, whose in ((spec.sha256, "the known file"), (expected_sha256, "the hub's")):
+        if known and digest != known:
+            raise CheckpointError(f"{spec.name}: {source} has sha256 {digest[:16]}..., {whose} {known[:16]}... "
+                                  "(another checkpoint or a corrupted download)")
     state = extract_state(spec, _read(source))
+    after = source.stat()
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise CheckpointError(f"{spec.name}: {source} changed while it was read (still being written?); try again")
     check_listing(spec, state, source)
     folder = checkpoints_dir()
-    target, record = folder / f"{spec.name}.safetensors", folder / f"{spec.name}.json"
-    tmp = target.with_name(target.name + ".tmp")
-    save_file(state, str(tmp), metadata={"source_sha256": digest})
-    os.replace(tmp, target)
+    target, record_path = folder / f"{spec.name}.safetensors", folder / f"{spec.name}.json"
+    staged = target.with_name(target.name + ".tmp")
+    try:
+        save_file(state, str(staged), metadata={"source_sha256": digest})
+        os.replace(staged, target)
+    finally:
+        staged.unlink(missing_ok=True)
     stat = target.stat()
     entry = {"name": spec.name, "source": spec.source, "licence": spec.licence, "source_sha256": digest,
-             "source_bytes": size, "sha256": sha256_file(target), "bytes": stat.st_size,
+             "source_bytes": before.st_size, "sha256": sha256_file(target), "bytes": stat.st_size,
              "mtime_ns": stat.st_mtime_ns, "pinned": bool(spec.sha256), **(origin or {})}
-    tmp_record = record.with_name(record.name + ".tmp")
-    tmp_record.write_text(json.dumps(entry, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp_record, record)
+    write_text_atomic(record_path, json.dumps(entry, indent=2, sort_keys=True) + "\n")
     return target
 
 
@@ -193,11 +241,15 @@ def hub_endpoint() -> str:
 
 def check_network(spec: CheckpointSpec, timeout: float = 5.0) -> None:
     """Fail at once, naming the manual route, when the hub cannot be reached (``huggingface_hub``
-    itself retries for half a minute before it gives up)."""
+    itself retries for half a minute before it gives up): ``HF_HUB_OFFLINE`` set (as
+    ``huggingface_hub`` reads it), or no connection to the endpoint. Behind an HTTPS proxy the
+    probe is left to ``huggingface_hub``, which goes through the proxy."""
     host = hub_endpoint().split("://", 1)[-1].split("/", 1)[0]
     name, _, port = host.partition(":")
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    if os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
         reason = "HF_HUB_OFFLINE is set"
+    elif os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return
     else:
         try:
             socket.create_connection((name, int(port or 443)), timeout=timeout).close()
@@ -208,42 +260,51 @@ def check_network(spec: CheckpointSpec, timeout: float = 5.0) -> None:
                           f"`migbench import {spec.name} PATH`")
 
 
-def fetch(spec: CheckpointSpec) -> Path:
-    """Download ``spec``'s file from the Hugging Face hub at its pinned revision, import it
-    (:func:`import_file`) and delete the download; returns the converted path. Files that are
-    not on the hub (Google Drive) are refused with their download page."""
-    location = spec.hub_location()
-    if location is None:
-        raise CheckpointError(f"{spec.name} is downloaded by hand: {spec.download_page()}, then "
-                              f"`migbench import {spec.name} PATH`")
-    check_network(spec)
+def _download(spec: CheckpointSpec, staging: Path) -> tuple[Path, dict[str, str], str]:
+    """Download ``spec``'s hub file into ``staging`` at the commit its revision resolves to: the
+    file, where it came from, and the sha256 the hub states for it (Git LFS files; "" otherwise)."""
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
-    repo, file, revision = location
-    staging = checkpoints_dir() / f".{spec.name}.download"
+    repo, file, revision = spec.hub_location() or ("", "", "")
     try:
-        commit = get_hf_file_metadata(hf_hub_url(repo, file, revision=revision)).commit_hash or revision
-        path = hf_hub_download(repo, file, revision=commit, local_dir=staging)
-        return import_file(spec, Path(path), {"hub_repo": repo, "hub_file": file, "hub_commit": commit})
-    except CheckpointError:
-        raise
+        metadata = get_hf_file_metadata(hf_hub_url(repo, file, revision=revision))
+        commit = metadata.commit_hash or revision
+        path = Path(hf_hub_download(repo, file, revision=commit, local_dir=staging))
     except Exception as err:  # the hub raises its own kinds (missing repo, revision, file; HTTP errors)
         raise CheckpointError(f"{spec.name}: download from {repo} failed ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''}); download "
                               f"{spec.download_page()} by hand and run `migbench import {spec.name} PATH`") from None
+    etag = (metadata.etag or "").strip('"')
+    hub_sha256 = etag if re.fullmatch(r"[0-9a-f]{64}", etag) else ""
+    return path, {"hub_repo": repo, "hub_file": file, "hub_commit": commit}, hub_sha256
+
+
+def fetch(spec: CheckpointSpec) -> Path:
+    """Download ``spec``'s file from the Hugging Face hub at the commit its revision resolves
+    to, check it against the sha256 the hub states for it, import it (:func:`import_file`) and
+    delete the download; returns the converted path. Files that are not on the hub (Google
+    Drive) are refused with their download page."""
+    if spec.hub_location() is None:
+        raise CheckpointError(f"{spec.name} is downloaded by hand: {spec.download_page()}, then "
+                              f"`migbench import {spec.name} PATH`")
+    check_network(spec)
+    staging = checkpoints_dir() / f".{spec.name}.download"
+    try:
+        path, origin, hub_sha256 = _download(spec, staging)
+        return import_file(spec, path, {**origin, "hub_sha256": hub_sha256}, expected_sha256=hub_sha256)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
 def is_imported(name: str) -> bool:
     """Whether ``name`` has an import record and its converted file."""
-    folder = checkpoints_dir()
+    folder = checkpoints_dir(create=False)
     return (folder / f"{name}.json").is_file() and (folder / f"{name}.safetensors").is_file()
 
 
 def record(name: str) -> dict[str, Any]:
     """The import record of ``name`` (its sha256s enter run hashes and result rows)."""
-    path = checkpoints_dir() / f"{name}.json"
+    path = checkpoints_dir(create=False) / f"{name}.json"
     if not path.exists():
         raise CheckpointError(f"checkpoint {name} is not imported: `migbench fetch {name}`, or download it "
                               f"by hand and `migbench import {name} PATH`")
@@ -266,13 +327,7 @@ def load_state(name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], name: str) -> None:
     """``module.load_state_dict(state)``, failing with the missing and unexpected keys and the
     shape mismatches, each listed (at most 10 of each)."""
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in set(own) & set(state)
-                    if state[k].shape != own[k].shape)
-    if missing or unexpected or shapes:
-        parts = [f"{label} ({len(keys)}): {', '.join(keys[:10])}{' ...' if len(keys) > 10 else ''}"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)) if keys]
-        raise CheckpointError(f"{name} does not fit {type(module).__name__}: " + "; ".join(parts))
+    differences = key_differences({k: tuple(v.shape) for k, v in module.state_dict().items()}, state)
+    if differences:
+        raise CheckpointError(f"{name} does not fit {type(module).__name__}: {differences}")
     module.load_state_dict(state)

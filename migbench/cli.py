@@ -127,14 +127,14 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         labels = classes[torch.arange(args.n) % len(classes)]
     result = generate(stack, recipe, args.n, args.seed, batch_size=args.batch_size,
                       device=args.device, precision=args.precision, head_dtype=args.head_dtype, labels=labels,
-                      compile_backbone=args.compile)
+                      compile_backbone=args.compile, image_normalisation=args.normalise)
     meta = {"backbone": stack.name, "recipe": recipe.describe(), "n": args.n, "seed": args.seed,
             "batch_size": args.batch_size, "nfe_per_image": result.nfe_per_image,
             "extra_parameters": result.extra_parameters,
             "sampling_seconds": round(result.sampling_seconds, 3),
             "images_per_second": round(result.images_per_second, 2),
             "wall_seconds": round(time.perf_counter() - started, 3), "weights": stack.weight_hashes,
-            "random_weights": args.random_weights,
+            "random_weights": args.random_weights, "image_normalisation": args.normalise,
             "device": str(args.device), "precision": result.precision, "head_dtype": result.head_dtype,
             "compile_backbone": args.compile,
             "versions": {"torch": torch.__version__, "python": platform.python_version()}}
@@ -203,7 +203,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     rows = [[name, spec.source, spec.licence,
              checkpoints.record(name)["source_sha256"][:12] if checkpoints.is_imported(name) else "not imported"]
             for name, spec in registry.checkpoints().items()]
-    print(tabulate(rows, headers=["public checkpoint", "source", "licence", f"in {checkpoints.checkpoints_dir()}"]))
+    print(tabulate(rows, headers=["public checkpoint", "source", "licence", f"in {checkpoints.checkpoints_dir(create=False)}"]))
     return 0
 
 
@@ -300,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-weights", action="store_true",
                    help="a public-checkpoint stack with seeded random weights instead of its files (to try the "
                         "pipeline; the samples are noise)")
+    p.add_argument("--normalise", default="none", choices=["none", "minmax"],
+                   help="minmax: each image stretched by its own min and max from the decoder's unclamped output "
+                        "(valeoai's protocol; evaluate with `eval --normalise minmax`)")
     p.add_argument("--out", default="out/sample")
     p.set_defaults(func=_cmd_sample)
 

@@ -177,12 +177,13 @@ def save_grid(path: Path, images: np.ndarray, labels: np.ndarray, class_names: S
               per_row: int = 10, max_classes: int = 10, scale: int | None = None) -> None:
     """A PNG of uint8 ``images`` (N, H, W, C), C = 1 (grey) or 3 (RGB): one row for each of the
     first ``max_classes`` classes present (in class order), up to ``per_row`` samples each, the
-    class name on the left. ``scale`` defaults to 2 for images up to 32 px and 1 above, so even
+    class name on the left (as many columns as the fullest row needs). ``scale`` defaults to 2 for images up to 32 px and 1 above, so even
     1,000 ImageNet classes give a 10 x 10 grid of at most a few megapixels. Written beside the
     target and renamed over it, so a kill never leaves a truncated PNG."""
     if images.ndim != 4 or images.shape[3] not in (1, 3):
         raise ValueError(f"grid images must be (N, H, W, 1 or 3), got shape {images.shape}")
     classes = sorted(set(int(c) for c in labels))[:max_classes]
+    per_row = min(per_row, max((int((labels == c).sum()) for c in classes), default=1))  # no empty columns
     h, w, channels = images.shape[1:4]
     scale = scale or (2 if max(h, w) <= 32 else 1)
     mode = "L" if channels == 1 else "RGB"

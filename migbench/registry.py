@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from migbench.config import closest
+
+if TYPE_CHECKING:
+    from migbench.checkpoints import CheckpointSpec
 
 METHODS: dict[str, str] = {
     "maskgit": "migbench.methods.maskgit:MaskGIT",
@@ -63,7 +66,7 @@ def backbone(name: str) -> Any:
     return _load(BACKBONES, "backbone", name)
 
 
-def checkpoints() -> dict[str, Any]:
+def checkpoints() -> dict[str, CheckpointSpec]:
     """Every known public checkpoint file by name (``CheckpointSpec``), over all families."""
     found: dict[str, Any] = {}
     for family in CHECKPOINT_TABLES:
@@ -72,7 +75,7 @@ def checkpoints() -> dict[str, Any]:
     return found
 
 
-def checkpoint(name: str) -> Any:
+def checkpoint(name: str) -> CheckpointSpec:
     """The ``CheckpointSpec`` of the known file ``name``."""
     known = checkpoints()
     if name not in known:

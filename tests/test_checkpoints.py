@@ -194,13 +194,63 @@ def test_fetch_downloads_at_the_pinned_revision_and_imports(tmp_path: Path, cach
 
     monkeypatch.setattr(checkpoints, "check_network", lambda spec: None)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    etag = {"value": "0" * 64}  # a Git LFS file's etag is its sha256
     monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata",
-                        lambda url: type("Meta", (), {"commit_hash": "f" * 40})())
+                        lambda url: type("Meta", (), {"commit_hash": "f" * 40, "etag": f'"{etag["value"]}"'})())
+    with pytest.raises(CheckpointError, match="the hub's 0000000000000000... .another checkpoint or a corrupted"):
+        fetch(LISTED)
+    assert sorted(p.name for p in cache.iterdir()) == []
+    etag["value"] = sha256_file(source)
     fetch(LISTED)
     assert asked == {"repo": "someone/repo", "file": "weights/tiny.pth", "revision": "f" * 40}
     entry = record("tiny")
-    assert entry["hub_commit"] == "f" * 40 and entry["source_sha256"] == sha256_file(source)
+    assert entry["hub_commit"] == "f" * 40 and entry["source_sha256"] == entry["hub_sha256"] == sha256_file(source)
     assert sorted(p.name for p in cache.iterdir()) == ["tiny.json", "tiny.safetensors"]
+
+
+def test_a_lightning_checkpoint_reads_with_inert_stand_ins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning keys ``callbacks`` by its ModelCheckpoint class and may keep hyper-parameters as a
+    Namespace: those become stand-ins that run nothing; the weights come through unchanged."""
+    import argparse
+    import sys
+    import types
+
+    module = types.ModuleType("pytorch_lightning.callbacks.model_checkpoint")
+
+    class ModelCheckpoint:
+        def __init__(self) -> None:
+            self.best = 1.0
+
+    ModelCheckpoint.__module__, ModelCheckpoint.__qualname__ = module.__name__, "ModelCheckpoint"
+    module.ModelCheckpoint = ModelCheckpoint
+    for parent in ("pytorch_lightning", "pytorch_lightning.callbacks"):
+        monkeypatch.setitem(sys.modules, parent, types.ModuleType(parent))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    model = tiny()
+    source = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {**model.state_dict(), "loss.w": torch.ones(1)}, "epoch": 3,
+                "callbacks": {ModelCheckpoint: {"best_model_score": torch.tensor(0.5)}},
+                "hparams": argparse.Namespace(lr=1e-4), "pytorch-lightning_version": "1.0.8"}, source)
+    for name in ("pytorch_lightning", "pytorch_lightning.callbacks", module.__name__):
+        monkeypatch.delitem(sys.modules, name)  # reading needs no Lightning
+    import_file(CheckpointSpec("tiny", "x", "MIT", container="state_dict", ignore=("loss.*",)), source)
+    state, _ = load_state("tiny")
+    for key, value in model.state_dict().items():
+        assert torch.equal(state[key], value)
+
+
+def test_hub_offline_flag_and_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from migbench.checkpoints import check_network
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "no")  # not offline: the probe runs (and fails)
+    with pytest.raises(CheckpointError, match="cannot reach 127.0.0.1:9"):
+        check_network(LISTED)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")  # the hub goes through the proxy
+    check_network(LISTED)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "ON")
+    with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE is set"):
+        check_network(LISTED)
 
 
 def test_every_known_checkpoint_names_a_listing_that_exists() -> None:

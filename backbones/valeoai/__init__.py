@@ -22,7 +22,7 @@ from migbench.backbones.valeoai.mask_transformer import MaskTransformer, MaskTra
 from migbench.backbones.valeoai.taming_vqgan import TamingVQGAN, TamingVQGANConfig
 
 from migbench.api import Stack
-from migbench.checkpoints import CheckpointSpec, load_state, load_strict
+from migbench.checkpoints import CheckpointSpec, load_state, load_strict, record
 
 HUB = "hf:llvictorll/Maskgit-pytorch/pretrained_maskgit"
 LICENCE = "MIT (valeoai/Maskgit-pytorch LICENSE.txt)"
@@ -45,7 +45,7 @@ CHECKPOINTS: tuple[CheckpointSpec, ...] = (
 )
 
 
-def _load(module: torch.nn.Module, name: str, hashes: dict[str, str]) -> None:
+def _load_checkpoint(module: torch.nn.Module, name: str, hashes: dict[str, str]) -> None:
     """Load checkpoint ``name`` strictly into ``module``; record its source and converted sha256."""
     state, entry = load_state(name)
     load_strict(module, state, name)
@@ -54,6 +54,11 @@ def _load(module: torch.nn.Module, name: str, hashes: dict[str, str]) -> None:
 
 
 def _stack(name: str, image_size: int, checkpoint: str, random_weights: bool, seed: int = 0) -> Stack:
+    """The transformer ``checkpoint`` at ``image_size`` over the VQGAN: the imported files, checked
+    for before anything is built, or seeded random weights."""
+    if not random_weights:
+        for needed in (checkpoint, "valeoai_vqgan"):
+            record(needed)  # not imported: fail now, naming both routes, not after building 250M parameters
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         tokenizer = TamingVQGAN(TamingVQGANConfig(), image_size=image_size)
@@ -62,8 +67,8 @@ def _stack(name: str, image_size: int, checkpoint: str, random_weights: bool, se
     if random_weights:
         hashes = {checkpoint: f"random-seed{seed}", "valeoai_vqgan": f"random-seed{seed}"}
     else:
-        _load(backbone, checkpoint, hashes)
-        _load(tokenizer, "valeoai_vqgan", hashes)
+        _load_checkpoint(backbone, checkpoint, hashes)
+        _load_checkpoint(tokenizer, "valeoai_vqgan", hashes)
     return Stack(name=name, tokenizer=tokenizer.eval().requires_grad_(False),
                  backbone=backbone.eval().requires_grad_(False), dataset=imagenet_data(image_size),
                  weight_hashes=hashes)
