@@ -40,7 +40,7 @@ from torchvision.models._meta import _IMAGENET_CATEGORIES
 from migbench.api import DatasetSpec
 
 CLASS_NAMES: tuple[str, ...] = tuple(_IMAGENET_CATEGORIES)  # torchvision's 1000 names, in class-id order
-ENV = "MIGBENCH_IMAGENET"  # a folder holding train/ and val/ in one of the layouts above
+IMAGENET_ENV = "MIGBENCH_IMAGENET"  # a folder holding train/ and val/ in one of the layouts above
 SPLITS = ("train", "val")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 LABELS_FILE = "LOC_val_solution.csv"

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from migbench.backbones.common.imagenet import (
     CROPS,
-    ENV,
+    IMAGENET_ENV,
     SPLITS,
     ImageFolder,
     ImageNetError,
@@ -59,8 +59,8 @@ from migbench.config import stable_hash
 from migbench.paths import cache_dir
 
 _TAIL = r"(?P<size>\d+)(?:-(?P<per_class>\d+)pc)?(?:-(?P<crop>torchvision))?"  # no suffix: ADM's crop
-NAMED = re.compile(rf"imagenet-(?P<split>{'|'.join(SPLITS)})-{_TAIL}")
-DIRECT = re.compile(rf"(?P<folder>.+)@{_TAIL}")
+NAMED_REF_RE = re.compile(rf"imagenet-(?P<split>{'|'.join(SPLITS)})-{_TAIL}")
+FOLDER_REF_RE = re.compile(rf"(?P<folder>.+)@{_TAIL}")
 BATCH_SIZE = 500  # images decoded and extracted at a time (the default of evaluate.extract)
 
 
@@ -82,23 +82,23 @@ class FolderReference:
 
 def is_folder_reference(name: str) -> bool:
     """Whether ``name`` has the form of a folder reference (it may still fail :func:`parse`)."""
-    return bool(NAMED.fullmatch(name) or DIRECT.fullmatch(name))
+    return bool(NAMED_REF_RE.fullmatch(name) or FOLDER_REF_RE.fullmatch(name))
 
 
 def parse(name: str, option: str = "--ref") -> FolderReference:
     """The folder reference ``name`` names; refuses (EvaluationError naming ``option``) a size or
     cap of 0, and an ``imagenet-*`` name while ``$MIGBENCH_IMAGENET`` is unset."""
-    match = NAMED.fullmatch(name) or DIRECT.fullmatch(name)
+    match = NAMED_REF_RE.fullmatch(name) or FOLDER_REF_RE.fullmatch(name)
     if match is None:
         raise EvaluationError(f"{option} {name!r}: not a folder reference (imagenet-val-256, DIR@256, "
                               "...-50pc, ...-torchvision)")
     size, per_class = int(match["size"]), match["per_class"]
     if size < 1 or per_class is not None and int(per_class) < 1:
         raise EvaluationError(f"{option} {name}: the crop size and the images per class must be >= 1")
-    if match.re is NAMED:
-        base = os.environ.get(ENV)
+    if match.re is NAMED_REF_RE:
+        base = os.environ.get(IMAGENET_ENV)
         if not base:
-            raise EvaluationError(f"{option} {name}: set ${ENV} to a folder holding train/ and val/ "
+            raise EvaluationError(f"{option} {name}: set ${IMAGENET_ENV} to a folder holding train/ and val/ "
                                   f"(ImageNet's layout), or name the folder itself: DIR@{size}")
         root = Path(base) / match["split"]
     else:
