@@ -58,7 +58,9 @@ class CheckpointSpec:
     (``module.``, ``_orig_mod.``); ``ignore`` lists glob patterns of keys to drop (``loss.*``);
     ``listing`` names the committed key listing the state dict must match
     (``"package:relative/path.json"``, a JSON object with ``keys`` {name: shape} and ``parameters``);
-    ``manual`` is the page to download the file from by hand where ``source`` is no ``hf:`` path."""
+    ``manual`` is the page to download the file from by hand where ``source`` is no ``hf:`` path;
+    ``container_optional``: the file may also be the bare state dict (taming's ``init_from_ckpt``
+    takes ``state_dict`` when it is there)."""
 
     name: str
     source: str
@@ -70,6 +72,7 @@ class CheckpointSpec:
     ignore: tuple[str, ...] = ()
     listing: str = ""
     manual: str = ""
+    container_optional: bool = False
 
     def hub_location(self) -> tuple[str, str, str] | None:
         """(repo id, file, revision) of an ``hf:OWNER/REPO/PATH@REVISION`` source, else None."""
@@ -177,7 +180,7 @@ def _read(path: Path) -> Mapping[str, Any]:
 def extract_state(spec: CheckpointSpec, raw: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """The state dict of ``raw``: out of ``spec.container``, prefixes stripped, ignored keys
     dropped; every value must be a tensor."""
-    if spec.container:
+    if spec.container and not (spec.container_optional and spec.container not in raw):
         if spec.container not in raw:
             raise CheckpointError(f"{spec.name}: no {spec.container!r} in the file (keys: "
                                   f"{', '.join(sorted(map(str, raw))[:8])})")

@@ -99,6 +99,9 @@ def test_extract_state_container_prefixes_ignores() -> None:
         extract_state(CheckpointSpec("x", "x", "MIT", container="model"), raw)
     with pytest.raises(CheckpointError, match="two keys become 'a'"):
         extract_state(CheckpointSpec("x", "x", "MIT", strip=("m.",)), {"a": torch.ones(1), "m.a": torch.ones(1)})
+    optional = CheckpointSpec("x", "x", "MIT", container="state_dict", container_optional=True)
+    assert sorted(extract_state(optional, {"a": torch.ones(1)})) == ["a"]
+    assert sorted(extract_state(optional, {"state_dict": {"b": torch.ones(1)}, "epoch": 1})) == ["b"]
     with pytest.raises(CheckpointError, match="'n' is a int, not a tensor"):
         extract_state(CheckpointSpec("x", "x", "MIT"), {"n": 3})
 
