@@ -29,11 +29,14 @@ BACKBONES: dict[str, str] = {
     "valeoai_maskgit_256": "migbench.backbones.valeoai:valeoai_maskgit_256",
     "valeoai_maskgit_512": "migbench.backbones.valeoai:valeoai_maskgit_512",
     "valeoai_tiny": "migbench.backbones.valeoai:valeoai_tiny",
+    "autonat_l": "migbench.backbones.autonat:autonat_l",
+    "autonat_tiny": "migbench.backbones.autonat:autonat_tiny",
 }
 
 # Known public checkpoint files: family -> "module:attr" of its tuple of CheckpointSpec.
 CHECKPOINT_TABLES: dict[str, str] = {
     "valeoai": "migbench.backbones.valeoai:CHECKPOINTS",
+    "autonat": "migbench.backbones.autonat:CHECKPOINTS",
 }
 
 # `migbench` sub-commands that live above the core (the harness and the families' trainers).

@@ -1,1 +1,82 @@
-"""``autonat``: AutoNAT-L (ImprovedNAT) with the MAGE VQGAN (placeholder; the lead writes this module)."""
+"""``autonat``: AutoNAT-L (LeapLabTHU/ImprovedNAT, Ni et al. 2024), the backbone of KA-MIG's
+headline rows, over the MAGE VQGAN.
+
+Stacks: ``autonat_l`` (256 px, 16x16 tokens): the released U-ViT (:class:`~.uvit.UViT`: 12
+in-blocks, a mid block and 12 out-blocks with long skips, the class from its own context table
+with null class 1000, head tied to the token embeddings) over the released MAGE VQGAN
+(:class:`~migbench.backbones.common.maskgit_vqgan.MaskGitVQGAN`, Google MaskGIT's network under
+MAGE's names; images in [0, 1]); and ``autonat_tiny``, the same modules tiny and random, for
+contract tests.
+
+The released files are Google Drive downloads (:data:`CHECKPOINTS`): download by hand, then
+``migbench import NAME PATH``; they load strictly under upstream's key names.
+``random_weights=True`` builds ``autonat_l`` with seeded random weights instead (recorded as such
+in ``weight_hashes``): for trying the pipeline, never for numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from migbench.backbones.autonat.uvit import UViT, UViTConfig
+from migbench.backbones.common.imagenet import imagenet_data
+from migbench.backbones.common.maskgit_vqgan import MaskGitVQGAN, MaskGitVQGANConfig
+
+from migbench.api import Stack
+from migbench.checkpoints import CheckpointSpec, load_state, load_strict, record
+
+# No revision or hash can be pinned for a Drive file from here (no network): both sha256s are
+# recorded at import and enter every run hash; the committed key listings identify the files.
+CHECKPOINTS: tuple[CheckpointSpec, ...] = (
+    CheckpointSpec(name="autonat_l", source="https://drive.google.com/file/d/12NN62Vg1DiOd-3sWkEnBQRIBBbuiVkNl/view",
+                   licence="MIT (LeapLabTHU/ImprovedNAT LICENSE)",
+                   listing="migbench.backbones.autonat:keys/uvit.json"),
+    CheckpointSpec(name="mage_vqgan", source="https://drive.google.com/file/d/13S_unB87n6KKuuMdyMnyExW0G1kplTbP/view",
+                   licence="MAGE's VQGAN weights (LTH14/mage), as linked by ImprovedNAT and KA-MIG; see MAGE's licence",
+                   container="state_dict", container_optional=True,
+                   listing="migbench.backbones.common:keys/maskgit_vqgan.json"),
+)
+
+
+def _load_checkpoint(module: torch.nn.Module, name: str, hashes: dict[str, str]) -> None:
+    """Load checkpoint ``name`` strictly into ``module``; record its source and converted sha256."""
+    state, entry = load_state(name)
+    load_strict(module, state, name)
+    hashes[name] = entry["source_sha256"]
+    hashes[f"{name}.safetensors"] = entry["sha256"]
+
+
+def autonat_l(random_weights: bool = False, seed: int = 0) -> Stack:
+    """The released AutoNAT-L over the released MAGE VQGAN: 256 tokens of 1,024 codes. The
+    imports are checked for before anything is built."""
+    if not random_weights:
+        for needed in ("autonat_l", "mage_vqgan"):
+            record(needed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        tokenizer = MaskGitVQGAN(MaskGitVQGANConfig(), image_size=256)
+        backbone = UViT(UViTConfig())
+    hashes: dict[str, str] = {}
+    if random_weights:
+        hashes = {"autonat_l": f"random-seed{seed}", "mage_vqgan": f"random-seed{seed}"}
+    else:
+        _load_checkpoint(backbone, "autonat_l", hashes)
+        _load_checkpoint(tokenizer, "mage_vqgan", hashes)
+    return Stack(name="autonat_l", tokenizer=tokenizer.eval().requires_grad_(False),
+                 backbone=backbone.eval().requires_grad_(False), dataset=imagenet_data(256), weight_hashes=hashes)
+
+
+def autonat_tiny(seed: int = 0) -> Stack:
+    """Both modules at their tiny configurations, random (same seed, same weights): 32 px ->
+    16x16 tokens of 64 codes; the family's contract-test stack, on ImageNet's first classes."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        vq_config = MaskGitVQGANConfig.tiny()
+        tokenizer = MaskGitVQGAN(vq_config, image_size=32)
+        backbone = UViT(dataclasses.replace(UViTConfig.tiny(), side=16, codebook_size=vq_config.n_embed))
+    data = imagenet_data(32)
+    data = dataclasses.replace(data, class_names=data.class_names[:backbone.layout.num_classes])
+    return Stack(name="autonat_tiny", tokenizer=tokenizer.eval().requires_grad_(False),
+                 backbone=backbone.eval().requires_grad_(False), dataset=data,
+                 weight_hashes={"autonat_tiny": f"random-seed{seed}"})
