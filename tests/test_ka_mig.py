@@ -119,7 +119,7 @@ def trained_like(stack):
     """A module whose projections (weights and biases) are no longer zero."""
     module = make_module(stack)
     with torch.no_grad():
-        for layer in [*module.positive, *module.negative]:
+        for layer in [*module.graph_layer.zero_convs, *module.graph_layer.zero_convs_pos]:
             torch.nn.init.normal_(layer.weight, std=0.1)
             torch.nn.init.normal_(layer.bias, std=0.1)
     return module
@@ -170,7 +170,7 @@ def test_placement_of_each_term() -> None:
     negative_only = both - only_positive
     assert negative_only[0][~masked[0]].abs().max() == 0 and negative_only[0][masked[0]].abs().max() > 0
     # the null class has P^c = 0, so only g_0's bias is subtracted (as upstream's biased zero conv)
-    bias = module.negative[0].bias
+    bias = module.graph_layer.negative(0).bias
     torch.testing.assert_close(negative_only[1][masked[1]], (-bias).expand(int(masked[1].sum()), -1))
     assert negative_only[1][~masked[1]].abs().max() == 0
     assert all_positions[0][~masked[0]].abs().max() > 0
@@ -207,9 +207,9 @@ def test_constants_are_those_of_the_fp32_weights() -> None:
     embeddings = stack.backbone.token_embeddings().detach()
     with torch.no_grad():
         got = module.constants(embeddings)
-        expected = (module.co_encoder(embeddings, GCNConv.normalised_edges(co, 16)),
-                    module.s_encoder(embeddings, GCNConv.normalised_edges(sem, 16)),
-                    module.prior(NegativePrior.weights(incompatible), embeddings))
+        expected = (module.graph_layer.co_graph_layer(embeddings, GCNConv.normalised_edges(co, 16)),
+                    module.graph_layer.re_graph_layer(embeddings, GCNConv.normalised_edges(sem, 16)),
+                    module.graph_layer.pos_neg_codebook_graph_layer(NegativePrior.weights(incompatible), embeddings))
         on_cpu = module.constants(embeddings, aggregate_on=torch.device("cpu"))
     for a, b, c in zip(got, expected, on_cpu, strict=True):
         assert torch.equal(a, b) and torch.equal(a, c)
@@ -429,10 +429,11 @@ def test_random_parts_fit_the_stack_and_change_the_logits() -> None:
     parts, again = KAMIG.random_parts(stack), KAMIG.random_parts(stack)
     assert torch.equal(torch.random.get_rng_state(), state)  # the global stream is left alone
     assert not parts.training and not any(p.requires_grad for p in parts.parameters())
-    assert parts.incompatible.shape == (10, 64, 16) and len(parts.positive) == stack.backbone.depth
+    assert parts.incompatible.shape == (10, 64, 16) and parts.graph_layer.depth == stack.backbone.depth
     assert all(torch.equal(a, b) for a, b in zip(parts.state_dict().values(), again.state_dict().values(),
                                                   strict=True))
-    assert not torch.equal(parts.positive[0].weight, KAMIG.random_parts(stack, seed=1).positive[0].weight)
+    assert not torch.equal(parts.graph_layer.zero_convs[0].weight,
+                           KAMIG.random_parts(stack, seed=1).graph_layer.zero_convs[0].weight)
     ids = torch.randint(0, 16, (2, 64))
     ids[:, :20] = stack.backbone.layout.mask_id
     labels = torch.tensor([3, NULL_LABEL])
@@ -496,15 +497,15 @@ def test_online_parameters_count_what_the_graphs_switched_on_use() -> None:
     assert module.online_parameters(Switches()) == count(module)
     assert module.online_parameters(Switches(False, False, False)) == count(module.head)
     assert module.online_parameters(Switches(cooccurrence=False, incompatibility=False)) == count(
-        module.head, module.s_encoder, module.positive)
+        module.head, module.graph_layer.re_graph_layer, module.graph_layer.zero_convs)
     assert module.online_parameters(Switches(cooccurrence=False, semantic=False)) == count(
-        module.head, module.prior, module.negative)
+        module.head, module.graph_layer.pos_neg_codebook_graph_layer, module.graph_layer.zero_convs_pos)
 
 
 def test_folded_sizes_count_the_tables_of_the_graphs_switched_on() -> None:
     stack = toy()
     module = make_module(stack)
-    k, width, depth = module.head.out_features, module.head.in_features, len(module.positive)
+    k, width, depth = module.head.out_features, module.head.in_features, module.graph_layer.depth
     online = width * k + k  # the head copy
     assert module.precomputed_sizes(Switches(), 10, 64) == (online, depth * (k + 11 * 64) * width)
     assert module.precomputed_sizes(Switches(cooccurrence=False, incompatibility=False), 10, 64) == (
@@ -518,7 +519,7 @@ def test_a_prior_too_large_to_fold_stays_one_constant_projected_per_pass(monkeyp
 
     stack = toy()
     module = make_module(stack)
-    k, width, depth = module.head.out_features, module.head.in_features, len(module.positive)
+    k, width, depth = module.head.out_features, module.head.in_features, module.graph_layer.depth
     assert fusion.PRIOR_FOLD_LIMIT == 2**26 and module.folds_prior(10, 64)
     monkeypatch.setattr(fusion, "PRIOR_FOLD_LIMIT", depth * 11 * 64 * width - 1)
     assert not module.folds_prior(10, 64)
