@@ -549,3 +549,85 @@ def test_diagnose_refuses_an_empty_map_count_and_a_stack_without_models() -> Non
     with pytest.raises(WeightsError, match="no KA-MIG model fitted to stack toy in the manifest; "
                                            "run `migbench fit ka_mig --backbone toy`"):
         diagnose(toy(), maps=1)
+
+
+def test_paper_semantic_definition_is_counts_over_their_sum() -> None:
+    from migbench.methods.ka_mig.graphs import position_distributions
+
+    hist = torch.tensor([[1.0, 3.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [2.0, 2.0, 2.0, 2.0]], dtype=torch.float64)
+    paper = position_distributions(hist, "paper")
+    assert paper.tolist() == [[0.25, 0.75, 0.0, 0.0], [0.25] * 4, [0.25] * 4]  # unseen token: uniform
+    notebook = position_distributions(hist)
+    assert torch.allclose(notebook[0], torch.tensor([1 / 3, 1.0, 0.0, 0.0], dtype=torch.float64).softmax(0))
+    ids = torch.randint(0, 8, (40, 6), generator=torch.Generator().manual_seed(0))
+    assert semantic_graph(ids, 8, definition="notebook").edge_index.shape == semantic_graph(ids, 8).edge_index.shape
+    with pytest.raises(ValueError, match="definition must be one of notebook, paper, got 'other'"):
+        position_distributions(hist, "other")
+
+
+def test_beta_masks_follow_upstreams_rule() -> None:
+    from migbench.methods.ka_mig.train import beta_mask
+
+    masks = beta_mask(4000, 16, 12, 3, torch.Generator().manual_seed(0))
+    counts = masks.sum(1).float()
+    assert counts.min() >= 1 and counts.max() <= 16
+    assert abs(counts.mean() / 16 - 12 / 15) < 0.01  # Beta(12, 3) has mean 0.8
+    again = beta_mask(4000, 16, 12, 3, torch.Generator().manual_seed(0))
+    assert torch.equal(masks, again)
+
+
+def test_ema_is_upstreams_average_and_the_defaults_keep_todays_fit() -> None:
+    from migbench.methods.ka_mig.train import KAMIGTraining, _WithEMA
+
+    defaults = KAMIGTraining()
+    assert (defaults.mask_ratios, defaults.ema, defaults.semantic) == ("cosine", 0.0, "notebook")
+    with pytest.raises(ValueError, match=r"ema must lie in \[0, 1\), got 1.0"):
+        KAMIGTraining(ema=1.0)
+    module = make_module(toy())
+    start = module.graph_layer.zero_convs[0].weight.detach().clone()
+    wrapped = _WithEMA(module, 0.9)
+    with torch.no_grad():
+        module.graph_layer.zero_convs[0].weight.fill_(1.0)
+    wrapped.update()  # 0.9 start + 0.1 one
+    averaged = wrapped.averaged()  # once more: 0.81 start + 0.19 one
+    assert averaged is module
+    assert torch.allclose(module.graph_layer.zero_convs[0].weight, 0.81 * start + 0.19)
+
+
+def test_fit_with_upstreams_recipe_runs_and_records_it(tmp_path, monkeypatch) -> None:
+    from dataclasses import replace
+
+    from migbench.methods.ka_mig import KAMIG
+    from migbench.methods.ka_mig.train import KAMIGTraining
+
+    from migbench import weights
+
+    monkeypatch.setenv("MIGBENCH_WEIGHTS", str(tmp_path / "weights"))
+    maps = {"train": (torch.randint(0, 16, (16, 16)), torch.arange(16) % 10),
+            "test": (torch.randint(0, 16, (8, 16)), torch.arange(8) % 10)}
+    stack = replace(toy1d(), dataset=replace(toy1d().dataset, token_maps=lambda split, device="cpu": maps[split]))
+    training = KAMIGTraining(steps=2, batch_size=8, warmup=1, only="semantic", mask_ratios="beta", ema=0.5,
+                             semantic="paper")
+    KAMIG.fit(tmp_path / "run", "test", stack, training, "fp32")
+    manifest = weights.read_manifest()
+    recorded = manifest["toy1d_ka_mig_semantic"]["config"]["training"]
+    assert (recorded["mask_ratios"], recorded["ema"], recorded["semantic"]) == ("beta", 0.5, "paper")
+    assert manifest["toy1d_ka_mig_graphs"]["config"]["model"]["semantic"] == "paper"
+    state, _ = weights.load_weights("toy1d_ka_mig_semantic")
+    assert "graph_layer.zero_convs.0.weight" in state and state["graph_layer.zero_convs.0.weight"].dim() == 3
+
+
+def test_legacy_upgrade_maps_names_and_leaves_todays_layout_alone() -> None:
+    from migbench.methods.ka_mig.fusion import upgrade_legacy_state
+
+    w = torch.randn(4, 4)
+    old = {"positive.0.weight": w, "negative.2.bias": torch.ones(4), "co_encoder.layers.1.bias": torch.zeros(4),
+           "s_encoder.layers.2.lin.weight": w, "prior.proj.weight": w, "head.weight": w}
+    new = upgrade_legacy_state(old, depth=3)
+    assert set(new) == {"graph_layer.zero_convs.2.weight", "graph_layer.zero_convs_pos.0.bias",
+                        "graph_layer.co_graph_layer.conv2.bias", "graph_layer.re_graph_layer.conv3.lin.weight",
+                        "graph_layer.pos_neg_codebook_graph_layer.conv1.weight", "head.weight"}
+    assert new["graph_layer.zero_convs.2.weight"].shape == (4, 4, 1)
+    assert new["graph_layer.pos_neg_codebook_graph_layer.conv1.weight"].shape == (4, 4, 1)
+    assert new["graph_layer.re_graph_layer.conv3.lin.weight"].shape == (4, 4)
+    assert upgrade_legacy_state(new, depth=3) is new

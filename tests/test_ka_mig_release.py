@@ -48,6 +48,7 @@ from migbench.methods.ka_mig.release import (
     BACKBONE,
     CHECKPOINTS,
     GRAPH_CO,
+    GRAPH_P,
     GRAPH_S,
     head_state,
     release_graph,
@@ -244,15 +245,17 @@ def test_legacy_files_load_unchanged() -> None:
     assert torch.equal(module.head.weight, old["head.weight"].float())
 
 
-def uvit():
-    """Our U-ViT (branch wt-uvit), or skip where it is not merged yet."""
-    return pytest.importorskip("migbench.backbones.autonat.uvit")
+def golden_uvit() -> nn.Module:
+    """Our U-ViT (branch wt-uvit; skipped where it is not merged yet) at the fixture's size (the
+    tiny U-ViT at width 32), holding the backbone part of the tiny ``graph_nnet_ema.pth``."""
+    mod = pytest.importorskip("migbench.backbones.autonat.uvit")
+    backbone = mod.UViT(dataclasses.replace(mod.UViTConfig.tiny(), embed_dim=WIDTH)).eval()
+    load_strict(backbone, extract_state(SPECS[BACKBONE], STATE), BACKBONE)
+    return backbone
 
 
 def test_released_adapter_on_our_uvit_matches_upstream_logits() -> None:
-    mod = uvit()
-    backbone = mod.UViT(mod.UViTConfig.tiny()).eval()
-    load_strict(backbone, extract_state(SPECS[BACKBONE], STATE), BACKBONE)
+    backbone = golden_uvit()
     module = release_module(backbone, extract_state(SPECS[ADAPTER], STATE), *golden_graphs())
     ids, labels = GOLDEN["ids"], golden_labels()
     switches = Switches(negative_positions="all")
@@ -266,9 +269,7 @@ def test_released_adapter_on_our_uvit_matches_upstream_logits() -> None:
 
 
 def test_zero_initialised_adapter_reproduces_our_uvit_exactly() -> None:
-    mod = uvit()
-    backbone = mod.UViT(mod.UViTConfig.tiny()).eval()
-    load_strict(backbone, extract_state(SPECS[BACKBONE], STATE), BACKBONE)
+    backbone = golden_uvit()
     co, sem, incompatible = golden_graphs()
     module = KAMIGModule(backbone.width, backbone.depth, backbone.head, co, sem, incompatible).eval()
     ids, labels = GOLDEN["ids"], golden_labels()
@@ -279,3 +280,27 @@ def test_zero_initialised_adapter_reproduces_our_uvit_exactly() -> None:
             for hooks in (module.folded_hooks(switches, module.constants(embeddings)),
                           module.hooks(switches, lambda ctx: module.constants(embeddings))):
                 assert torch.equal(backbone(ids, labels, module.hook_set(hooks)).logits, expected)
+
+
+def test_released_files_import_and_load_through_the_method(tmp_path, monkeypatch) -> None:
+    """The tiny graph_nnet_ema.pth (torch.save), the graph pickles and G_p, each imported under its
+    spec (pins and listings lifted: these are tiny stand-ins), then loaded by weights name as a
+    sampler would (``ka_mig.weights=ka_mig_autonat_l``, ``ka_mig.graphs=ka_mig_graph_p``)."""
+    from migbench.methods.ka_mig import load_module
+
+    monkeypatch.setenv("MIGBENCH_CHECKPOINTS", str(tmp_path / "cache"))
+    torch.save(STATE, tmp_path / "graph_nnet_ema.pth")
+    sources = {ADAPTER: tmp_path / "graph_nnet_ema.pth",
+               GRAPH_CO: write_pickle(tmp_path / "co.pkl", [GOLDEN["co_edge_index"], GOLDEN["co_edge_weight"]]),
+               GRAPH_S: write_pickle(tmp_path / "s.pkl", [GOLDEN["s_edge_index"], GOLDEN["s_edge_weight"]]),
+               GRAPH_P: write_pickle(tmp_path / "gp.pkl", GOLDEN["class_pos"])}
+    for name, source in sources.items():
+        checkpoints.import_file(dataclasses.replace(SPECS[name], sha256="", size=0, listing=""), source)
+    backbone = SimpleNamespace(width=WIDTH, depth=BLOCKS, head=StandInHead())
+    loaded = load_module(ADAPTER, GRAPH_P, backbone)
+    expected = golden_module(backbone.head)
+    assert torch.equal(loaded.incompatible, expected.incompatible)
+    for (name, a), b in zip(loaded.state_dict().items(), expected.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    for graph in ("co", "s"):
+        assert all(torch.equal(a, b) for a, b in zip(loaded.edges(graph), expected.edges(graph), strict=True))

@@ -168,8 +168,9 @@ class KAMIG:
             co, sem = normalise(torch.rand(k, k)), normalise(torch.rand(k, k))
             incompatible = torch.rand(layout.num_classes, backbone.seq_len, k) > 0.5
             module = KAMIGModule(backbone.width, backbone.depth, backbone.head, co, sem, incompatible)
-            with torch.no_grad():
-                for layer in [*module.graph_layer.zero_convs, *module.graph_layer.zero_convs_pos]:
+            graph, blocks = module.graph_layer, range(backbone.depth)
+            with torch.no_grad():  # drawn in block order (call order), as before upstream's reversed storage
+                for layer in [*map(graph.positive, blocks), *map(graph.negative, blocks)]:
                     torch.nn.init.normal_(layer.weight, std=0.05)
         return module.eval().requires_grad_(False)
 
