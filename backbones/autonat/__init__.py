@@ -1,0 +1,1 @@
+"""``autonat``: AutoNAT-L (ImprovedNAT) with the MAGE VQGAN (placeholder; the lead writes this module)."""
