@@ -107,6 +107,17 @@ def test_graph_adapter_names_are_the_released_keys_at_full_size() -> None:
     assert keys["parameters"] == 33_663_744 + sum(torch.Size(s).numel() for s in head.values()) == 34_256_897
 
 
+def test_the_two_parts_of_the_released_file_are_the_whole_file() -> None:
+    """ka_mig_autonat_l (adapter + head) and ka_mig_autonat_l_backbone (the U-ViT's listing)
+    cover graph_nnet_ema.pth's 428 keys, 227,319,041 parameters; they share only mlm_layer."""
+    adapter, uvit = listing("ka_mig_adapter")["keys"], listing("uvit")
+    assert len(uvit["keys"]) == 314 and uvit["parameters"] == 193_655_297
+    assert set(adapter) & set(uvit["keys"]) == {k for k in adapter if k.startswith("mlm_layer.")}
+    assert all(adapter[k] == uvit["keys"][k] for k in adapter if k.startswith("mlm_layer."))
+    assert len(set(adapter) | set(uvit["keys"])) == 428
+    assert uvit["parameters"] + 33_663_744 == 227_319_041
+
+
 def test_the_block_order_is_upstreams_reversed_index() -> None:
     adapter = GraphAdapter(8, 25)
     assert adapter.positive(0) is adapter.zero_convs[24] and adapter.negative(24) is adapter.zero_convs_pos[0]
