@@ -3,7 +3,8 @@
 A family lists its known files as :class:`CheckpointSpec` entries (source, expected size and
 sha256 where known, container key, prefixes to strip, keys to ignore, licence). A file enters
 the cache once (:func:`import_file`): read with ``torch.load(weights_only=True)`` when it is a
-pickle (or as safetensors), the state dict taken out of its container, prefixes stripped and
+pickle (or as safetensors; a plain ``pickle.dump`` of tensors, such as KA-MIG's graph files,
+through :func:`read_tensor_pickle`, which rebuilds tensors and nothing else), the state dict taken out of its container, prefixes stripped and
 ignored keys dropped, then written as ``<cache>/checkpoints/<name>.safetensors`` beside a
 ``<name>.json`` record of the source's and the converted file's sha256 and size. Later loads
 (:func:`load_state`) read the converted file and check it against that record by size and
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.resources
+import io
 import json
 import os
 import pickle
@@ -60,7 +62,9 @@ class CheckpointSpec:
     (``"package:relative/path.json"``, a JSON object with ``keys`` {name: shape} and ``parameters``);
     ``manual`` is the page to download the file from by hand where ``source`` is no ``hf:`` path;
     ``container_optional``: the file may also be the bare state dict (taming's ``init_from_ckpt``
-    takes ``state_dict`` when it is there)."""
+    takes ``state_dict`` when it is there); ``fields`` names the items of a file that is a plain pickle of a tensor or a list of tensors
+    (KA-MIG's graphs: ``("edge_index", "edge_weight")``), read by :func:`read_tensor_pickle`
+    into the state dict {field: tensor}."""
 
     name: str
     source: str
@@ -73,6 +77,7 @@ class CheckpointSpec:
     listing: str = ""
     manual: str = ""
     container_optional: bool = False
+    fields: tuple[str, ...] = ()
 
     def hub_location(self) -> tuple[str, str, str] | None:
         """(repo id, file, revision) of an ``hf:OWNER/REPO/PATH@REVISION`` source, else None."""
@@ -164,14 +169,48 @@ def _torch_load(path: Path) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _read(path: Path) -> Mapping[str, Any]:
-    """The object in ``path``: a ``.safetensors`` file, or a pickle read with ``weights_only=True``
+class _TensorUnpickler(pickle.Unpickler):
+    """Unpickles tensors, lists and ``OrderedDict`` only: the three globals a ``pickle.dump`` of
+    CPU tensors names (``torch._utils._rebuild_tensor_v2``, ``torch.storage._load_from_bytes``,
+    ``collections.OrderedDict``); each storage's bytes are read by ``torch.load(weights_only=True)``.
+    Any other global is refused, so no code from the file runs."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return torch._utils._rebuild_tensor_v2
+        if (module, name) == ("torch.storage", "_load_from_bytes"):
+            return lambda data: torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        if (module, name) == ("collections", "OrderedDict"):
+            return __import__("collections").OrderedDict
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a tensor pickle")
+
+
+def read_tensor_pickle(path: Path, fields: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """{field: tensor} of a plain pickle holding one tensor (one field) or a list of tensors (one
+    field per item), read by a restricted unpickler (:class:`_TensorUnpickler`)."""
+    with open(path, "rb") as f:
+        obj = _TensorUnpickler(f).load()
+    items = [obj] if isinstance(obj, torch.Tensor) else obj
+    if not isinstance(items, list | tuple) or len(items) != len(fields) \
+            or not all(isinstance(t, torch.Tensor) for t in items):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not {len(fields)} tensor(s) "
+                              f"({', '.join(fields)})")
+    return dict(zip(fields, items, strict=True))
+
+
+def _read(path: Path, fields: tuple[str, ...] = ()) -> Mapping[str, Any]:
+    """The object in ``path``: a ``.safetensors`` file, a pickle read with ``weights_only=True``
     (tensors and plain containers only; training frameworks' metadata classes as inert
-    stand-ins: no code from the file runs)."""
+    stand-ins: no code from the file runs), or with ``fields`` a plain tensor pickle
+    (:func:`read_tensor_pickle`)."""
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
+        if fields:
+            return read_tensor_pickle(path, fields)
         return _torch_load(path)
+    except CheckpointError:
+        raise
     except Exception as err:  # torch and safetensors raise many kinds for a foreign or cut file
         raise CheckpointError(f"file {path} is not a readable checkpoint ({type(err).__name__}: "
                               f"{str(err).splitlines()[0] if str(err) else ''})") from None
@@ -216,7 +255,7 @@ def import_file(spec: CheckpointSpec, source: Path, origin: Mapping[str, str] | 
         if known and digest != known:
             raise CheckpointError(f"{spec.name}: {source} has sha256 {digest[:16]}..., {whose} {known[:16]}... "
                                   "(another checkpoint or a corrupted download)")
-    state = extract_state(spec, _read(source))
+    state = extract_state(spec, _read(source, spec.fields))
     after = source.stat()
     if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
         raise CheckpointError(f"{spec.name}: {source} changed while it was read (still being written?); try again")

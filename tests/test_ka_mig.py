@@ -119,7 +119,7 @@ def trained_like(stack):
     """A module whose projections (weights and biases) are no longer zero."""
     module = make_module(stack)
     with torch.no_grad():
-        for layer in [*module.positive, *module.negative]:
+        for layer in [*module.graph_layer.zero_convs, *module.graph_layer.zero_convs_pos]:
             torch.nn.init.normal_(layer.weight, std=0.1)
             torch.nn.init.normal_(layer.bias, std=0.1)
     return module
@@ -170,7 +170,7 @@ def test_placement_of_each_term() -> None:
     negative_only = both - only_positive
     assert negative_only[0][~masked[0]].abs().max() == 0 and negative_only[0][masked[0]].abs().max() > 0
     # the null class has P^c = 0, so only g_0's bias is subtracted (as upstream's biased zero conv)
-    bias = module.negative[0].bias
+    bias = module.graph_layer.negative(0).bias
     torch.testing.assert_close(negative_only[1][masked[1]], (-bias).expand(int(masked[1].sum()), -1))
     assert negative_only[1][~masked[1]].abs().max() == 0
     assert all_positions[0][~masked[0]].abs().max() > 0
@@ -207,9 +207,9 @@ def test_constants_are_those_of_the_fp32_weights() -> None:
     embeddings = stack.backbone.token_embeddings().detach()
     with torch.no_grad():
         got = module.constants(embeddings)
-        expected = (module.co_encoder(embeddings, GCNConv.normalised_edges(co, 16)),
-                    module.s_encoder(embeddings, GCNConv.normalised_edges(sem, 16)),
-                    module.prior(NegativePrior.weights(incompatible), embeddings))
+        expected = (module.graph_layer.co_graph_layer(embeddings, GCNConv.normalised_edges(co, 16)),
+                    module.graph_layer.re_graph_layer(embeddings, GCNConv.normalised_edges(sem, 16)),
+                    module.graph_layer.pos_neg_codebook_graph_layer(NegativePrior.weights(incompatible), embeddings))
         on_cpu = module.constants(embeddings, aggregate_on=torch.device("cpu"))
     for a, b, c in zip(got, expected, on_cpu, strict=True):
         assert torch.equal(a, b) and torch.equal(a, c)
@@ -429,10 +429,11 @@ def test_random_parts_fit_the_stack_and_change_the_logits() -> None:
     parts, again = KAMIG.random_parts(stack), KAMIG.random_parts(stack)
     assert torch.equal(torch.random.get_rng_state(), state)  # the global stream is left alone
     assert not parts.training and not any(p.requires_grad for p in parts.parameters())
-    assert parts.incompatible.shape == (10, 64, 16) and len(parts.positive) == stack.backbone.depth
+    assert parts.incompatible.shape == (10, 64, 16) and parts.graph_layer.depth == stack.backbone.depth
     assert all(torch.equal(a, b) for a, b in zip(parts.state_dict().values(), again.state_dict().values(),
                                                   strict=True))
-    assert not torch.equal(parts.positive[0].weight, KAMIG.random_parts(stack, seed=1).positive[0].weight)
+    assert not torch.equal(parts.graph_layer.zero_convs[0].weight,
+                           KAMIG.random_parts(stack, seed=1).graph_layer.zero_convs[0].weight)
     ids = torch.randint(0, 16, (2, 64))
     ids[:, :20] = stack.backbone.layout.mask_id
     labels = torch.tensor([3, NULL_LABEL])
@@ -496,15 +497,15 @@ def test_online_parameters_count_what_the_graphs_switched_on_use() -> None:
     assert module.online_parameters(Switches()) == count(module)
     assert module.online_parameters(Switches(False, False, False)) == count(module.head)
     assert module.online_parameters(Switches(cooccurrence=False, incompatibility=False)) == count(
-        module.head, module.s_encoder, module.positive)
+        module.head, module.graph_layer.re_graph_layer, module.graph_layer.zero_convs)
     assert module.online_parameters(Switches(cooccurrence=False, semantic=False)) == count(
-        module.head, module.prior, module.negative)
+        module.head, module.graph_layer.pos_neg_codebook_graph_layer, module.graph_layer.zero_convs_pos)
 
 
 def test_folded_sizes_count_the_tables_of_the_graphs_switched_on() -> None:
     stack = toy()
     module = make_module(stack)
-    k, width, depth = module.head.out_features, module.head.in_features, len(module.positive)
+    k, width, depth = module.head.out_features, module.head.in_features, module.graph_layer.depth
     online = width * k + k  # the head copy
     assert module.precomputed_sizes(Switches(), 10, 64) == (online, depth * (k + 11 * 64) * width)
     assert module.precomputed_sizes(Switches(cooccurrence=False, incompatibility=False), 10, 64) == (
@@ -518,7 +519,7 @@ def test_a_prior_too_large_to_fold_stays_one_constant_projected_per_pass(monkeyp
 
     stack = toy()
     module = make_module(stack)
-    k, width, depth = module.head.out_features, module.head.in_features, len(module.positive)
+    k, width, depth = module.head.out_features, module.head.in_features, module.graph_layer.depth
     assert fusion.PRIOR_FOLD_LIMIT == 2**26 and module.folds_prior(10, 64)
     monkeypatch.setattr(fusion, "PRIOR_FOLD_LIMIT", depth * 11 * 64 * width - 1)
     assert not module.folds_prior(10, 64)
@@ -548,3 +549,85 @@ def test_diagnose_refuses_an_empty_map_count_and_a_stack_without_models() -> Non
     with pytest.raises(WeightsError, match="no KA-MIG model fitted to stack toy in the manifest; "
                                            "run `migbench fit ka_mig --backbone toy`"):
         diagnose(toy(), maps=1)
+
+
+def test_paper_semantic_definition_is_counts_over_their_sum() -> None:
+    from migbench.methods.ka_mig.graphs import position_distributions
+
+    hist = torch.tensor([[1.0, 3.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0], [2.0, 2.0, 2.0, 2.0]], dtype=torch.float64)
+    paper = position_distributions(hist, "paper")
+    assert paper.tolist() == [[0.25, 0.75, 0.0, 0.0], [0.25] * 4, [0.25] * 4]  # unseen token: uniform
+    notebook = position_distributions(hist)
+    assert torch.allclose(notebook[0], torch.tensor([1 / 3, 1.0, 0.0, 0.0], dtype=torch.float64).softmax(0))
+    ids = torch.randint(0, 8, (40, 6), generator=torch.Generator().manual_seed(0))
+    assert semantic_graph(ids, 8, definition="notebook").edge_index.shape == semantic_graph(ids, 8).edge_index.shape
+    with pytest.raises(ValueError, match="definition must be one of notebook, paper, got 'other'"):
+        position_distributions(hist, "other")
+
+
+def test_beta_masks_follow_upstreams_rule() -> None:
+    from migbench.methods.ka_mig.train import beta_mask
+
+    masks = beta_mask(4000, 16, 12, 3, torch.Generator().manual_seed(0))
+    counts = masks.sum(1).float()
+    assert counts.min() >= 1 and counts.max() <= 16
+    assert abs(counts.mean() / 16 - 12 / 15) < 0.01  # Beta(12, 3) has mean 0.8
+    again = beta_mask(4000, 16, 12, 3, torch.Generator().manual_seed(0))
+    assert torch.equal(masks, again)
+
+
+def test_ema_is_upstreams_average_and_the_defaults_keep_todays_fit() -> None:
+    from migbench.methods.ka_mig.train import KAMIGTraining, _WithEMA
+
+    defaults = KAMIGTraining()
+    assert (defaults.mask_ratios, defaults.ema, defaults.semantic) == ("cosine", 0.0, "notebook")
+    with pytest.raises(ValueError, match=r"ema must lie in \[0, 1\), got 1.0"):
+        KAMIGTraining(ema=1.0)
+    module = make_module(toy())
+    start = module.graph_layer.zero_convs[0].weight.detach().clone()
+    wrapped = _WithEMA(module, 0.9)
+    with torch.no_grad():
+        module.graph_layer.zero_convs[0].weight.fill_(1.0)
+    wrapped.update()  # 0.9 start + 0.1 one
+    averaged = wrapped.averaged()  # once more: 0.81 start + 0.19 one
+    assert averaged is module
+    assert torch.allclose(module.graph_layer.zero_convs[0].weight, 0.81 * start + 0.19)
+
+
+def test_fit_with_upstreams_recipe_runs_and_records_it(tmp_path, monkeypatch) -> None:
+    from dataclasses import replace
+
+    from migbench.methods.ka_mig import KAMIG
+    from migbench.methods.ka_mig.train import KAMIGTraining
+
+    from migbench import weights
+
+    monkeypatch.setenv("MIGBENCH_WEIGHTS", str(tmp_path / "weights"))
+    maps = {"train": (torch.randint(0, 16, (16, 16)), torch.arange(16) % 10),
+            "test": (torch.randint(0, 16, (8, 16)), torch.arange(8) % 10)}
+    stack = replace(toy1d(), dataset=replace(toy1d().dataset, token_maps=lambda split, device="cpu": maps[split]))
+    training = KAMIGTraining(steps=2, batch_size=8, warmup=1, only="semantic", mask_ratios="beta", ema=0.5,
+                             semantic="paper")
+    KAMIG.fit(tmp_path / "run", "test", stack, training, "fp32")
+    manifest = weights.read_manifest()
+    recorded = manifest["toy1d_ka_mig_semantic"]["config"]["training"]
+    assert (recorded["mask_ratios"], recorded["ema"], recorded["semantic"]) == ("beta", 0.5, "paper")
+    assert manifest["toy1d_ka_mig_graphs"]["config"]["model"]["semantic"] == "paper"
+    state, _ = weights.load_weights("toy1d_ka_mig_semantic")
+    assert "graph_layer.zero_convs.0.weight" in state and state["graph_layer.zero_convs.0.weight"].dim() == 3
+
+
+def test_legacy_upgrade_maps_names_and_leaves_todays_layout_alone() -> None:
+    from migbench.methods.ka_mig.fusion import upgrade_legacy_state
+
+    w = torch.randn(4, 4)
+    old = {"positive.0.weight": w, "negative.2.bias": torch.ones(4), "co_encoder.layers.1.bias": torch.zeros(4),
+           "s_encoder.layers.2.lin.weight": w, "prior.proj.weight": w, "head.weight": w}
+    new = upgrade_legacy_state(old, depth=3)
+    assert set(new) == {"graph_layer.zero_convs.2.weight", "graph_layer.zero_convs_pos.0.bias",
+                        "graph_layer.co_graph_layer.conv2.bias", "graph_layer.re_graph_layer.conv3.lin.weight",
+                        "graph_layer.pos_neg_codebook_graph_layer.conv1.weight", "head.weight"}
+    assert new["graph_layer.zero_convs.2.weight"].shape == (4, 4, 1)
+    assert new["graph_layer.pos_neg_codebook_graph_layer.conv1.weight"].shape == (4, 4, 1)
+    assert new["graph_layer.re_graph_layer.conv3.lin.weight"].shape == (4, 4)
+    assert upgrade_legacy_state(new, depth=3) is new

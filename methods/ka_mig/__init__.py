@@ -8,7 +8,10 @@ zero-initialised projections (:mod:`.fusion`): positive terms at visible tokens,
 prior subtracted at masked positions (the paper; ``negative_positions = "all"`` is the official
 code). The graph modules and a copy of the output head are fine-tuned per stack (``migbench fit
 ka_mig``, :mod:`.train`); the ``weights`` and ``graphs`` knobs default to ``"auto"``, the stack's
-own (``stack.method_weights``). G_co needs a 2-D token grid (:meth:`KAMIG.requires`). At
+own (``stack.method_weights``). KA-MIG's released AutoNAT-L adapter loads through the same
+knobs (:mod:`.release`): ``weights = ka_mig_autonat_l`` (imported with ``migbench import``) with
+``graphs`` naming the class-position graph (``ka_mig_graph_p``, the imported G_p, or a graphs
+file of ours); G_co and G_s are then the released ones. G_co needs a 2-D token grid (:meth:`KAMIG.requires`). At
 inference C_co, C_s and P^c are constants: ``precompute = true`` (the default) folds them with
 every block's projections into lookup tables once (one step past the paper, which caches the
 features and projects them per pass; a prior too large to fold per block stays the paper's way),
@@ -31,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from migbench.methods.ka_mig.fusion import GRAPH_SWITCHES, KAMIGModule, Switches
 from migbench.methods.ka_mig.graphs import graphs_from_state, normalise
+from migbench.methods.ka_mig.release import ADAPTER, load_release
 from migbench.methods.ka_mig.train import KAMIGTraining, recorded_training
 
 from migbench import weights
@@ -42,6 +46,9 @@ if TYPE_CHECKING:
     from migbench.methods.ka_mig.diagnostics import Diagnosis
 
 
+RELEASED = (ADAPTER,)  # weights names read from the checkpoint cache (KA-MIG's released adapter)
+
+
 @dataclass(frozen=True)
 class KAMIGConfig:
     cooccurrence: bool = knob(True, "use the co-occurrence graph G_co (needs a 2-D token grid)")
@@ -51,8 +58,10 @@ class KAMIGConfig:
                                    ("masked", "all"))
     precompute: bool = knob(True, "fold C_co, C_s, P^c and the projections into lookup tables once "
                                   "(same logits as online up to rounding)")
-    weights: str = knob(AUTO, "fine-tuned KA-MIG module (a manifest name); auto = the stack's")
-    graphs: str = knob(AUTO, "the three graphs (a manifest name); auto = the stack's")
+    weights: str = knob(AUTO, "fine-tuned KA-MIG module (a manifest name, or ka_mig_autonat_l: the released "
+                              "adapter, imported); auto = the stack's")
+    graphs: str = knob(AUTO, "the three graphs (a manifest name; with the released adapter the class-position "
+                             "graph alone: ka_mig_graph_p or a manifest name); auto = the stack's")
     enabled: bool = knob(True, "false installs nothing (the neutral setting)")
 
     def __post_init__(self) -> None:
@@ -64,7 +73,12 @@ class KAMIGConfig:
 
 def load_module(name: str, graphs: str, backbone: torch.nn.Module) -> KAMIGModule:
     """The committed KA-MIG module ``name`` with the graphs ``graphs`` for ``backbone`` (whose head
-    it copies), sha256-checked and cached per weights, graphs and backbone."""
+    it copies), sha256-checked and cached per weights, graphs and backbone; KA-MIG's released
+    adapter (``name`` one of :data:`RELEASED`) is read from the checkpoint cache, uncached
+    (:func:`.release.load_release`)."""
+    if name in RELEASED:
+        return load_release(backbone, graphs, name)
+
     def build(entry: dict[str, Any]) -> KAMIGModule:
         co, sem, incompatible = graphs_from_state(weights.load_weights(graphs)[0])
         return KAMIGModule(backbone.width, backbone.depth, backbone.head, co, sem, incompatible)
@@ -154,8 +168,9 @@ class KAMIG:
             co, sem = normalise(torch.rand(k, k)), normalise(torch.rand(k, k))
             incompatible = torch.rand(layout.num_classes, backbone.seq_len, k) > 0.5
             module = KAMIGModule(backbone.width, backbone.depth, backbone.head, co, sem, incompatible)
-            with torch.no_grad():
-                for layer in [*module.positive, *module.negative]:
+            graph, blocks = module.graph_layer, range(backbone.depth)
+            with torch.no_grad():  # drawn in block order (call order), as before upstream's reversed storage
+                for layer in [*map(graph.positive, blocks), *map(graph.negative, blocks)]:
                     torch.nn.init.normal_(layer.weight, std=0.05)
         return module.eval().requires_grad_(False)
 

@@ -7,13 +7,19 @@ after each (the last too) and reads out the mean of the three layers' outputs. N
 the frozen backbone's input embeddings of the K codes (not the VQ codebook).
 
 Negative prior: P^c (C, N, d) = sum_k G_p[c, i, k] / |I_{c,i}| * W(C)_k with W a d x d linear (with
-bias, default init; upstream ``PosNegCodebook.conv1``) and G_p the incompatibility indicator;
-the null class gives 0.
+bias, default init) and G_p the incompatibility indicator; the null class gives 0.
+
+Parameter names are upstream's (KA-MIG ``libs/graph_layer.py``), so the released adapter loads
+strictly: a GCN's layers are ``conv1``, ``conv2``, ``conv3``, each ``lin.weight`` (d, d) and
+``bias`` (PyG >= 2); the prior's W is ``conv1`` stored as upstream's 1x1 ``Conv1d`` (weight
+(d, d, 1), bias (d,)) and applied as the per-token linear it is, ``F.linear(x, w[..., 0], b)``
+(:class:`PointwiseConv`).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from migbench.methods.ka_mig.graphs import Graph
 from torch import nn
 
@@ -56,27 +62,55 @@ class GCNConv(nn.Module):
         return out.to(x.device) + self.bias
 
 
-class GraphEncoder(nn.Module):
-    """Three GCNConv + ReLU layers; returns the mean of the three outputs (K, d)."""
+class PointwiseConv(nn.Module):
+    """Upstream's ``nn.Conv1d(d_in, d_out, 1)`` on (B, d, N), which is a per-token linear: x (..., d_in)
+    -> (..., d_out) = ``F.linear(x, weight[..., 0], bias)``. Parameters keep the Conv1d shapes
+    (weight (d_out, d_in, 1), bias (d_out,)); ``zero=True`` initialises both to zero (upstream's
+    ``zero_module``), otherwise Conv1d's default init."""
 
-    def __init__(self, width: int, layers: int = 3) -> None:
+    def __init__(self, d_in: int, d_out: int, zero: bool = False) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(GCNConv(width, width) for _ in range(layers))
+        conv = nn.Conv1d(d_in, d_out, 1)
+        self.weight, self.bias = conv.weight, conv.bias
+        if zero:
+            nn.init.zeros_(self.weight)
+            nn.init.zeros_(self.bias)
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight[..., 0], self.bias)
+
+
+class GraphEncoder(nn.Module):
+    """Three GCNConv + ReLU layers (``conv1..3``, upstream's ``GCN``); returns the mean of the three
+    outputs (K, d)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = (GCNConv(width, width) for _ in range(3))
 
     def forward(self, x: torch.Tensor, edges: Edges) -> torch.Tensor:
         outputs = []
-        for layer in self.layers:
+        for layer in (self.conv1, self.conv2, self.conv3):
             x = torch.relu(layer(x, edges))
             outputs.append(x)
         return torch.stack(outputs).mean(0)
 
 
 class NegativePrior(nn.Module):
-    """P^c (C, N, d) from the incompatibility indicator (C, N, K) and the code embeddings (K, d)."""
+    """P^c (C, N, d) from the incompatibility indicator (C, N, K) and the code embeddings (K, d);
+    W is ``conv1`` (upstream's ``PosNegCodebook.conv1``, a 1x1 conv with bias)."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(width, width)
+        self.conv1 = PointwiseConv(width, width)
 
     @staticmethod
     def weights(incompatible: torch.Tensor) -> torch.Tensor:
@@ -86,7 +120,7 @@ class NegativePrior(nn.Module):
         return incompatible.float() / counts
 
     def forward(self, incompatible_weights: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        return incompatible_weights @ self.proj(embeddings)
+        return incompatible_weights @ self.conv1(embeddings)
 
     @staticmethod
     def lookup(prior: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

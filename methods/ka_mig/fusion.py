@@ -5,10 +5,19 @@ Before every block i (ka_mig.md section 4):
     x <- x + [f_i(C_co[ids]) + f_i(C_s[ids])] * visible - g_i(P^c) * masked
 
 with f_i, g_i per-block d x d linears initialised to zero (upstream ``zero_convs``/``zero_convs_pos``,
-the same f_i serving both positive graphs), so at initialisation the backbone's logits are
-reproduced exactly. The paper subtracts the negative prior at masked positions; the official code
+the same f_i serving both positive graphs, each term with its own bias), so at initialisation the
+backbone's logits are reproduced exactly. The paper subtracts the negative prior at masked positions; the official code
 subtracts it at every position (``negative_positions = "all"``). The class token gets nothing.
 The output head is a trainable copy of the backbone's head (upstream trains ``mlm_layer``).
+
+Parameter names are upstream's (:class:`GraphAdapter`, ``graph_layer.*``), so the adapter part of
+KA-MIG's released ``graph_nnet_ema.pth`` loads strictly (:mod:`.release`), with upstream's block
+order: the lists are ``.pop()``ed, so block k of D (call order) uses ``zero_convs[D - 1 - k]``
+and ``zero_convs_pos[D - 1 - k]``. Files in the layout before that naming (``co_encoder``,
+``s_encoder``, ``prior.proj``, ``positive.{k}``, ``negative.{k}`` as (d, d) linears) load
+through :func:`upgrade_legacy_state`, a documented conversion (renames, the reversed index,
+(d, d) -> (d, d, 1)) that changes no value, so the committed Fashion-MNIST models and their
+samples stay bit-identical.
 
 Graph embeddings are constants once trained (frozen input embeddings): ``constants()`` computes
 C_co, C_s (K, d) and P^c (C, N, d). The precomputed path folds them with every block's
@@ -25,7 +34,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from migbench.methods.ka_mig.encoder import Edges, GCNConv, GraphEncoder, NegativePrior
+from migbench.methods.ka_mig.encoder import (
+    Edges,
+    GCNConv,
+    GraphEncoder,
+    NegativePrior,
+    PointwiseConv,
+)
 from migbench.methods.ka_mig.graphs import Graph
 from torch import nn
 
@@ -58,31 +73,85 @@ class Switches:
 GRAPH_SWITCHES = ("cooccurrence", "semantic", "incompatibility")  # the Switches fields naming a graph
 
 
-def zero_linear(width: int) -> nn.Linear:
-    layer = nn.Linear(width, width)
-    nn.init.zeros_(layer.weight)
-    nn.init.zeros_(layer.bias)
-    return layer
+class GraphAdapter(nn.Module):
+    """Upstream's ``GraphAdapter`` parameters: the GCNs of G_co (``co_graph_layer``) and G_s
+    (``re_graph_layer``), the negative prior (``pos_neg_codebook_graph_layer``) and the depth
+    zero-initialised projections of each kind (``zero_convs``, ``zero_convs_pos``), stored in
+    upstream's reversed block order (:meth:`positive`, :meth:`negative` take the block index)."""
+
+    def __init__(self, width: int, depth: int) -> None:
+        super().__init__()
+        self.co_graph_layer = GraphEncoder(width)
+        self.re_graph_layer = GraphEncoder(width)
+        self.pos_neg_codebook_graph_layer = NegativePrior(width)
+        self.zero_convs = nn.ModuleList(PointwiseConv(width, width, zero=True) for _ in range(depth))
+        self.zero_convs_pos = nn.ModuleList(PointwiseConv(width, width, zero=True) for _ in range(depth))
+
+    @property
+    def depth(self) -> int:
+        return len(self.zero_convs)
+
+    @property
+    def width(self) -> int:
+        return self.zero_convs[0].in_features
+
+    def positive(self, block: int) -> PointwiseConv:
+        """f_block, the projection of both positive graphs before block ``block`` (call order)."""
+        return self.zero_convs[self.depth - 1 - block]
+
+    def negative(self, block: int) -> PointwiseConv:
+        """g_block, the projection of the negative prior before block ``block`` (call order)."""
+        return self.zero_convs_pos[self.depth - 1 - block]
+
+
+LEGACY_PREFIXES = {"co_encoder.layers.": "graph_layer.co_graph_layer.conv",
+                   "s_encoder.layers.": "graph_layer.re_graph_layer.conv"}
+
+
+def upgrade_legacy_state(state: dict[str, torch.Tensor], depth: int) -> dict[str, torch.Tensor]:
+    """A KA-MIG state dict in the layout before upstream's names (the committed Fashion-MNIST
+    models) in today's, values unchanged: ``co_encoder.layers.{j}`` -> ``graph_layer.co_graph_layer.conv{j+1}``,
+    ``s_encoder.layers.{j}`` -> ``graph_layer.re_graph_layer.conv{j+1}``, ``prior.proj`` ->
+    ``graph_layer.pos_neg_codebook_graph_layer.conv1``, ``positive.{k}`` / ``negative.{k}`` (block
+    k in call order) -> ``graph_layer.zero_convs.{depth-1-k}`` / ``zero_convs_pos.{depth-1-k}``,
+    their (d, d) weights viewed as (d, d, 1); ``head.*`` as is. A state in today's layout is
+    returned as is."""
+    if not any(key.startswith(("co_encoder.", "s_encoder.", "prior.", "positive.", "negative.")) for key in state):
+        return state
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for old, new in LEGACY_PREFIXES.items():
+            if key.startswith(old):
+                layer, rest = key[len(old):].split(".", 1)
+                key = f"{new}{int(layer) + 1}.{rest}"
+        if key.startswith("prior.proj."):
+            key = "graph_layer.pos_neg_codebook_graph_layer.conv1." + key.removeprefix("prior.proj.")
+            value = value[..., None] if key.endswith("weight") else value
+        for old, new in (("positive.", "zero_convs."), ("negative.", "zero_convs_pos.")):
+            if key.startswith(old):
+                block, rest = key[len(old):].split(".", 1)
+                key = f"graph_layer.{new}{depth - 1 - int(block)}.{rest}"
+                value = value[..., None] if rest == "weight" else value
+        out[key] = value
+    return out
 
 
 class KAMIGModule(nn.Module):
-    """GCN encoders, negative prior, zero-initialised per-block projections and the head copy."""
+    """GCN encoders, negative prior and zero-initialised per-block projections under upstream's
+    names (``graph_layer``: :class:`GraphAdapter`), and the head copy (``head``)."""
 
     def __init__(self, width: int, depth: int, head: nn.Module, co_graph: Graph, s_graph: Graph,
                  incompatible: torch.Tensor) -> None:
         super().__init__()
         num_tokens = incompatible.shape[-1]  # K: the graphs' nodes are the image codes
-        self.co_encoder = GraphEncoder(width)
-        self.s_encoder = GraphEncoder(width)
-        self.prior = NegativePrior(width)
-        self.positive = nn.ModuleList(zero_linear(width) for _ in range(depth))
-        self.negative = nn.ModuleList(zero_linear(width) for _ in range(depth))
+        self.graph_layer = GraphAdapter(width, depth)
         self.head = copy.deepcopy(head).requires_grad_(True)  # the whole head, as upstream copies mlm_layer
         for graph, edges in (("co", co_graph), ("s", s_graph)):  # buffers: they move with the module
             for part, tensor in zip(EDGE_PARTS, GCNConv.normalised_edges(edges, num_tokens), strict=True):
                 self.register_buffer(f"{graph}_{part}", tensor, persistent=False)
         # compact (bool, C x N x K): the fp32 row-normalised weights exist only inside constants()
         self.register_buffer("incompatible", incompatible.bool(), persistent=False)
+        self.register_load_state_dict_pre_hook(_upgrade_on_load)
 
     def edges(self, graph: str, device: torch.device | None = None) -> Edges:
         """Normalised edges of graph ``co`` or ``s``, on the module's device or on ``device``."""
@@ -96,7 +165,9 @@ class KAMIGModule(nn.Module):
         the edges are: the module's device, or ``aggregate_on`` (the fold uses the CPU)."""
         co, s = self.edges("co", aggregate_on), self.edges("s", aggregate_on)
         weights = NegativePrior.weights(self.incompatible)
-        return self.co_encoder(embeddings, co), self.s_encoder(embeddings, s), self.prior(weights, embeddings)
+        graph = self.graph_layer
+        return (graph.co_graph_layer(embeddings, co), graph.re_graph_layer(embeddings, s),
+                graph.pos_neg_codebook_graph_layer(weights, embeddings))
 
     def fold(self, switches: Switches, embeddings: torch.Tensor, device: torch.device) -> dict[str, Hook]:
         """:meth:`folded_hooks` of the constants of ``embeddings`` (K, d), with this module moved
@@ -111,18 +182,19 @@ class KAMIGModule(nn.Module):
 
     def online_parameters(self, switches: Switches) -> int:
         """Parameters run per pass on the online path, counting only what the graphs switched on use."""
+        graph = self.graph_layer
         parts: list[nn.Module] = [self.head]
-        parts += [self.co_encoder] if switches.cooccurrence else []
-        parts += [self.s_encoder] if switches.semantic else []
-        parts += [self.positive] if switches.positive_on() else []
-        parts += [self.prior, self.negative] if switches.incompatibility else []
+        parts += [graph.co_graph_layer] if switches.cooccurrence else []
+        parts += [graph.re_graph_layer] if switches.semantic else []
+        parts += [graph.zero_convs] if switches.positive_on() else []
+        parts += [graph.pos_neg_codebook_graph_layer, graph.zero_convs_pos] if switches.incompatibility else []
         return sum(p.numel() for part in parts for p in part.parameters())
 
     def folds_prior(self, num_classes: int, num_positions: int) -> bool:
         """Whether the folded path keeps one prior table per block: only while depth x (C + 1) x N x d
         stays within ``PRIOR_FOLD_LIMIT`` (1.1M numbers here; 4.9B at ImageNet scale, where the
         prior stays one (C, N, d) constant projected in every pass, the paper's strategy)."""
-        size = len(self.negative) * (num_classes + 1) * num_positions * self.positive[0].in_features
+        size = self.graph_layer.depth * (num_classes + 1) * num_positions * self.graph_layer.width
         return size <= PRIOR_FOLD_LIMIT
 
     def precomputed_sizes(self, switches: Switches, num_classes: int, num_positions: int) -> tuple[int, int]:
@@ -130,7 +202,7 @@ class KAMIGModule(nn.Module):
         only what the graphs switched on use: the head always runs; the visible tables are
         depth x K x d; the prior is depth x (C + 1) x N x d folded, or C x N x d with its
         projections online (:meth:`folds_prior`)."""
-        width, depth, k = self.positive[0].in_features, len(self.positive), self.incompatible.shape[-1]
+        width, depth, k = self.graph_layer.width, self.graph_layer.depth, self.incompatible.shape[-1]
         online = sum(p.numel() for p in self.head.parameters())
         constants = depth * k * width if switches.positive_on() else 0
         if switches.incompatibility:
@@ -138,7 +210,7 @@ class KAMIGModule(nn.Module):
                 constants += depth * (num_classes + 1) * num_positions * width
             else:
                 constants += num_classes * num_positions * width
-                online += sum(p.numel() for p in self.negative.parameters())
+                online += sum(p.numel() for p in self.graph_layer.zero_convs_pos.parameters())
         return online, constants
 
     def hooks(self, switches: Switches, constants: Callable[[HookContext], Constants]) -> dict[str, Hook]:
@@ -147,8 +219,8 @@ class KAMIGModule(nn.Module):
         def terms(index: int, ctx: HookContext) -> Terms:
             c_co, c_s, prior = constants(ctx)
             safe = _visible_ids(ctx)
-            visible = _positive_term(self.positive[index], switches, c_co, c_s, rows=safe)
-            negative = (self.negative[index](NegativePrior.lookup(prior, ctx.labels))
+            visible = _positive_term(self.graph_layer.positive(index), switches, c_co, c_s, rows=safe)
+            negative = (self.graph_layer.negative(index)(NegativePrior.lookup(prior, ctx.labels))
                         if switches.incompatibility else None)
             return visible, negative
         return self._hooks(switches, terms)
@@ -170,7 +242,8 @@ class KAMIGModule(nn.Module):
         fold_prior = self.folds_prior(prior.shape[0], prior.shape[1])
         visible_tables, prior_tables = [], []
         with torch.no_grad(), torch.autocast(c_co.device.type, enabled=False):
-            for f, g in zip(self.positive, self.negative, strict=True):
+            for block in range(self.graph_layer.depth):
+                f, g = self.graph_layer.positive(block), self.graph_layer.negative(block)
                 visible = _positive_term(f, switches, c_co, c_s)
                 visible_tables.append(visible.to(device) if visible is not None else None)
                 if switches.incompatibility and fold_prior:
@@ -184,7 +257,7 @@ class KAMIGModule(nn.Module):
                 rows = torch.where(ctx.labels == NULL_LABEL, prior_tables[index].shape[0] - 1, ctx.labels)
                 return visible, prior_tables[index][rows]
             if unfolded_prior is not None:
-                return visible, self.negative[index](NegativePrior.lookup(unfolded_prior, ctx.labels))
+                return visible, self.graph_layer.negative(index)(NegativePrior.lookup(unfolded_prior, ctx.labels))
             return visible, None
         return self._hooks(switches, terms)
 
@@ -193,7 +266,7 @@ class KAMIGModule(nn.Module):
         installed apart, as the backbone's head replacement (:meth:`hook_set`)."""
         if not switches.any_graph():
             return {}
-        return {f"block_in.{i}": self._fusion(i, switches, terms) for i in range(len(self.positive))}
+        return {f"block_in.{i}": self._fusion(i, switches, terms) for i in range(self.graph_layer.depth)}
 
     def hook_set(self, hooks: dict[str, Hook]) -> HookSet:
         """``hooks`` (from :meth:`hooks` or :meth:`folded_hooks`) with the head copy replacing
@@ -229,7 +302,7 @@ def _delta(terms: Terms, masked: torch.Tensor, switches: Switches) -> torch.Tens
     return delta
 
 
-def _positive_term(f: nn.Linear, switches: Switches, c_co: torch.Tensor, c_s: torch.Tensor,
+def _positive_term(f: PointwiseConv, switches: Switches, c_co: torch.Tensor, c_s: torch.Tensor,
                    rows: torch.Tensor | None = None) -> torch.Tensor | None:
     """f(C_co[rows]) + f(C_s[rows]) over the positive graphs switched on (one f_i serves both, as
     upstream), or None when both are off. C_co, C_s (K, d); rows (B, N) token ids or None for
@@ -242,6 +315,17 @@ def _positive_term(f: nn.Linear, switches: Switches, c_co: torch.Tensor, c_s: to
         if on:
             total = total + f(graph[rows] if rows is not None else graph)
     return total
+
+
+def _upgrade_on_load(module: KAMIGModule, state: dict[str, torch.Tensor], prefix: str, *_: object) -> None:
+    """``load_state_dict`` pre-hook: a state in the legacy layout is upgraded in place
+    (:func:`upgrade_legacy_state`), so the strict load then checks today's keys."""
+    own = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    upgraded = upgrade_legacy_state(own, module.graph_layer.depth)
+    if upgraded is not own:
+        for key in own:
+            del state[prefix + key]
+        state.update({prefix + key: value for key, value in upgraded.items()})
 
 
 def _pad_to_sequence(delta: torch.Tensor, token_slice: slice, length: int) -> torch.Tensor:

@@ -8,9 +8,11 @@ Nodes are the K image codes. Following the official KA-MIG graph notebooks and s
   max(1, int(nnz_row * ratio)) counts (ratio 0.05 matches the shipped graph; the notebook shows
   0.01), add self loops of weight 1 and normalise w * deg^-1/2[row] * deg^-1/2[col] with
   deg = the *unweighted* number of out-edges (self loop included);
-- **semantic similarity G_s**: per token, a histogram over the N positions, min-max normalised
-  per row, softmaxed; Jensen-Shannon divergence between tokens; each token keeps its 2 nearest
-  tokens (diagonal excluded) as directed edges i -> j weighted exp(-5 JS); same normalisation;
+- **semantic similarity G_s**: per token, a distribution over the N positions
+  (:func:`position_distributions`: the notebook's min-max per row then softmax by default, the
+  paper's counts / sum as an option); Jensen-Shannon divergence between tokens; each token keeps
+  its 2 nearest tokens (diagonal excluded) as directed edges i -> j weighted exp(-5 JS); same
+  normalisation;
 - **class-position incompatibility G_p**: for each class c and position i, the tokens never
   seen there in class c (no construction code is released; this is the paper's definition).
 
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
+SEMANTIC_DEFINITIONS = ("notebook", "paper")  # G_s's position distributions (position_distributions)
 NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
 
 
@@ -51,7 +54,14 @@ def cooccurrence_counts(grids: torch.Tensor, num_tokens: int) -> torch.Tensor:
 
 
 def prune_rows(matrix: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Zero the diagonal, then keep per row the top max(1, int(nnz * ratio)) positive entries."""
+    """Zero the diagonal, then keep per row the top max(1, int(nnz * ratio)) positive entries.
+
+    Ties at the cut-off (equal counts on both sides of it) are broken by ``torch.topk`` over the
+    whole row, an order torch does not specify; upstream's ``filter_co_matrix_by_row_proportion``
+    takes ``topk`` over the row's nonzero entries only, and another reading keeps the lowest
+    indices. The keep count is the same in all three, but on rows with a tie at the cut-off the
+    kept neighbours may differ (fidelity finding F8: 1-9 of 32 rows of the test fixtures), so a
+    graph rebuilt here from KA-MIG's token maps need not equal the released one edge for edge."""
     matrix = matrix.clone().double()
     matrix.fill_diagonal_(0)
     out = torch.zeros_like(matrix)
@@ -96,11 +106,35 @@ def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return 0.5 * (kl(p[:, None].expand_as(m)) + kl(q[None].expand_as(m)))
 
 
-def semantic_graph(ids: torch.Tensor, num_tokens: int, neighbours: int = 2, alpha: float = 5.0) -> Graph:
-    hist = position_histograms(ids, num_tokens)
+def position_distributions(hist: torch.Tensor, definition: str = "notebook") -> torch.Tensor:
+    """Per-token distributions (K, N) over positions of the counts ``hist`` (K, N).
+
+    ``notebook`` (the default): min-max normalise each row to [0, 1], then softmax over the N
+    positions, as KA-MIG's ``graph_construction`` notebook computes them before its JS divergence
+    (without the notebook's later division by a global norm, which the released graph's JS values,
+    1e-4 to 5.6e-3, show was not applied). The default because it is what built the released G_s,
+    which the released adapter was trained with, and what upstream-faithful rebuilding needs; the
+    softmax of values in [0, 1] keeps every distribution within a factor e of uniform, so the JS
+    values stay small and exp(-5 JS) near 1. ``paper``: p = counts / sum(counts), the paper's
+    "normalised position histogram" (a token never seen gets the uniform distribution); its
+    nearest neighbours differ from the notebook's on most rows (fidelity finding F7: 30 of 32
+    rows of both test fixtures)."""
+    if definition == "paper":
+        total = hist.sum(1, keepdim=True)
+        return torch.where(total > 0, hist / total.clamp_min(1e-300), torch.full_like(hist, 1 / hist.shape[1]))
+    if definition != "notebook":
+        raise ValueError(f"definition must be one of {', '.join(SEMANTIC_DEFINITIONS)}, got {definition!r}")
     low, high = hist.min(1, keepdim=True).values, hist.max(1, keepdim=True).values
     scaled = torch.where(high > low, (hist - low) / (high - low).clamp_min(1e-12), torch.zeros_like(hist))
-    dist = scaled.softmax(dim=1)
+    return scaled.softmax(dim=1)
+
+
+def semantic_graph(ids: torch.Tensor, num_tokens: int, neighbours: int = 2, alpha: float = 5.0,
+                   definition: str = "notebook") -> Graph:
+    """G_s of token maps ids (M, N): JS divergence between the tokens' position distributions
+    (:func:`position_distributions` of ``definition``), the ``neighbours`` nearest per token as
+    edges weighted exp(-alpha JS), normalised (:func:`normalise`)."""
+    dist = position_distributions(position_histograms(ids, num_tokens), definition)
     js = js_divergence(dist, dist)
     js.fill_diagonal_(float("inf"))
     nearest = js.topk(neighbours, largest=False).indices
@@ -120,16 +154,18 @@ def incompatibility(ids: torch.Tensor, labels: torch.Tensor, num_classes: int, n
 
 
 def graph_tensors(ids: torch.Tensor, labels: torch.Tensor, num_tokens: int, num_classes: int,
-                  token_shape: tuple[int, ...], prune_ratio: float) -> dict[str, torch.Tensor]:
+                  token_shape: tuple[int, ...], prune_ratio: float, semantic: str = "notebook"
+                  ) -> dict[str, torch.Tensor]:
     """The three graphs of token maps ids (M, N) with labels (M,), as the named tensors of a graphs
     file. G_co needs the 8-neighbourhood of a 2-D ``token_shape`` (h, w); for 1-D tokens only G_s
     and G_p are built and G_co has no edges (no 1-D graph code was published), so a model of
-    those graphs trains and samples with ``cooccurrence`` off (``KAMIG.requires``)."""
+    those graphs trains and samples with ``cooccurrence`` off (``KAMIG.requires``). ``semantic``
+    picks G_s's definition (:func:`position_distributions`)."""
     if len(token_shape) == 2:
         co = cooccurrence_graph(ids.view(-1, *token_shape), num_tokens, prune_ratio)
     else:
         co = Graph(torch.zeros(2, 0, dtype=torch.int64), torch.zeros(0))
-    sem = semantic_graph(ids, num_tokens)
+    sem = semantic_graph(ids, num_tokens, definition=semantic)
     return {"co_edge_index": co.edge_index, "co_edge_weight": co.edge_weight,
             "s_edge_index": sem.edge_index, "s_edge_weight": sem.edge_weight,
             "incompatible": incompatibility(ids, labels, num_classes, num_tokens).to(torch.uint8)}

@@ -16,10 +16,13 @@ per-block projections and the head copy train with masked-token cross-entropy (l
 0.1), class dropout 0.15, AdamW lr 1e-4, weight decay 0, betas (0.99, 0.99), linear warm-up then
 constant. Upstream runs 1500 steps at a global batch of 2400 on AutoNAT-L with Beta(12, 3) mask
 ratios (AutoNAT's training distribution); here the steps are scaled to this machine and the mask
-ratios are cosine (the embedded backbone's own training schedule), for the same reason upstream
-uses AutoNAT's. Also unlike upstream: no EMA of the trained weights (upstream evaluates an EMA at
-0.9999, which after 1500 steps is still mostly the initial weights) and no embedding dropout (our
-backbone was trained without dropout).
+ratios default to cosine (the embedded backbone's own training schedule), for the same reason
+upstream uses AutoNAT's. Also unlike upstream by default: no EMA of the trained weights (upstream
+evaluates an EMA at 0.9999, which after 1500 steps is still mostly the initial weights) and no
+embedding dropout (our backbone was trained without dropout). Upstream's recipe, for a GPU user
+fine-tuning on AutoNAT-L: ``mask_ratios=beta`` (r ~ Beta(``beta_a``, ``beta_b``) = Beta(12, 3),
+round(N r) >= 1 masked tokens, :func:`beta_mask`) and ``ema=0.9999`` (the published weights are
+the average, :class:`_WithEMA`); the defaults keep today's fits as they were.
 
 Fine-tuning runs on the loop's device (the GPU where there is one) with the frozen backbone moved
 there once; its passes run under the same ``precision`` autocast as the trained modules.
@@ -35,7 +38,7 @@ from typing import Any
 
 import torch
 from migbench.methods.ka_mig.fusion import GRAPH_SWITCHES, KAMIGModule, Switches
-from migbench.methods.ka_mig.graphs import graph_tensors, graphs_from_state
+from migbench.methods.ka_mig.graphs import SEMANTIC_DEFINITIONS, graph_tensors, graphs_from_state
 
 from migbench import weights
 from migbench.api import NULL_LABEL, HookSet, Prediction, Stack
@@ -58,6 +61,8 @@ class KAMIGTraining:
     only: str = knob("", "train with one graph, or with none (head: the head-only control); "
                          "empty trains with all three", ("", *ONLY_CHOICES))
     prune_ratio: float = knob(0.05, "G_co keeps this fraction of each row's co-occurrence counts")
+    semantic: str = knob("notebook", "G_s's position distributions: notebook (KA-MIG's code and released graph) "
+                                     "or paper (counts / sum)", SEMANTIC_DEFINITIONS)
     steps: int = knob(500, "fine-tuning steps")
     batch_size: int = knob(256, "token maps per step")
     lr: float = knob(PAPER_LR, "AdamW learning rate (the paper's 1e-4; another value probes the budget)")
@@ -65,10 +70,17 @@ class KAMIGTraining:
     class_dropout: float = knob(0.15, "fraction of labels replaced by the null class")
     label_smoothing: float = knob(0.1, "label smoothing of the masked-token cross-entropy")
     seed: int = knob(0, "batch order and every per-step draw")
+    mask_ratios: str = knob("cosine", "training mask ratios: cosine (the backbone's schedule) or beta "
+                                      "(upstream's Beta(beta_a, beta_b))", ("cosine", "beta"))
+    beta_a: int = knob(12, "Beta mask ratios' first shape (upstream 12)")
+    beta_b: int = knob(3, "Beta mask ratios' second shape (upstream 3)")
+    ema: float = knob(0.0, "EMA decay of the published weights; 0 publishes the trained weights (upstream 0.9999)")
 
     def __post_init__(self) -> None:
         check_choices(self)
-        check_bounds(self, "fit ka_mig", positive=("lr",))
+        check_bounds(self, "fit ka_mig", positive=("lr",), at_least_one=("beta_a", "beta_b"))
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"fit ka_mig.ema must lie in [0, 1), got {self.ema}")
         if self.graphs_only and self.only:
             raise ValueError("graphs_only builds the shared graphs; it takes no only")
 
@@ -123,13 +135,14 @@ def build_graphs(stack: Stack, config: KAMIGTraining, command: str) -> dict[str,
     started = time.monotonic()
     layout, token_shape = stack.backbone.layout, tuple(stack.tokenizer.token_shape)
     ids, labels = stack_token_maps(stack, "train", "cpu", "fit ka_mig")
-    tensors = graph_tensors(ids, labels, layout.codebook_size, layout.num_classes, token_shape, config.prune_ratio)
+    tensors = graph_tensors(ids, labels, layout.codebook_size, layout.num_classes, token_shape, config.prune_ratio,
+                            config.semantic)
     weights.save_weights(config.graphs, tensors, half=False)
     metrics = {"co_edges": int(tensors["co_edge_weight"].numel()), "s_edges": int(tensors["s_edge_weight"].numel()),
                "incompatible_fraction": round(float(tensors["incompatible"].float().mean()), 4)}
     weights.record(config.graphs, command=command, wall_seconds=time.monotonic() - started, metrics=metrics,
                    config={"model": {"kind": "ka_mig_graphs", "prune_ratio": config.prune_ratio,
-                                     "token_shape": list(token_shape)},
+                                     "semantic": config.semantic, "token_shape": list(token_shape)},
                            "content_sha256": content_hash(tensors), **stack_identity(stack)})
     return tensors
 
@@ -159,6 +172,7 @@ def train_ka_mig(run_dir: Path, stack: Stack, config: KAMIGTraining, command: st
 
     module = fresh()
     optimizer = torch.optim.AdamW(module.parameters(), lr=config.lr, betas=(0.99, 0.99), weight_decay=0.0)
+    trained: torch.nn.Module = _WithEMA(module, config.ema) if config.ema else module
 
     def hooked(net: KAMIGModule) -> _Hooked:
         constants = net.constants(backbone.token_embeddings()) if switches.any_graph() else None
@@ -166,14 +180,21 @@ def train_ka_mig(run_dir: Path, stack: Stack, config: KAMIGTraining, command: st
 
     def step_fn(net: torch.nn.Module, step: int, gen: torch.Generator, device: torch.device
                 ) -> tuple[torch.Tensor, dict[str, float]]:
+        if isinstance(net, _WithEMA):
+            net.update()  # the average of the weights after step - 1 (the last step's: after the run)
+            net = net.net
         idx = batch_indices(len(ids), config.batch_size, config.seed, step)
         x, y = ids[idx], labels[idx].clone()
         y[torch.rand(len(y), generator=gen) < config.class_dropout] = NULL_LABEL
-        mask = sample_mask(len(x), x.shape[1], "cosine", 0.0, gen)
+        if config.mask_ratios == "beta":
+            mask = beta_mask(len(x), x.shape[1], config.beta_a, config.beta_b, gen)
+        else:
+            mask = sample_mask(len(x), x.shape[1], "cosine", 0.0, gen)
         loss, acc = masked_loss(hooked(net), x.to(device), y.to(device), mask.to(device), config.label_smoothing)
         return loss, {"masked_accuracy": float(acc)}
 
-    module = loop.run(module, optimizer, step_fn)
+    trained = loop.run(trained, optimizer, step_fn)
+    module = trained.averaged() if isinstance(trained, _WithEMA) else trained
 
     def measure(net: KAMIGModule) -> dict[str, float]:
         # the backbone's own held-out metric (same fixed masks), so the two are comparable
@@ -183,6 +204,43 @@ def train_ka_mig(run_dir: Path, stack: Stack, config: KAMIGTraining, command: st
     return loop.publish(config.name, module, fresh, measure, command=command, started=started,
                         config={"model": {"kind": "ka_mig"}, "training": asdict(config), **stack_identity(stack),
                                 "graphs_sha256": weights.manifest_entry(config.graphs)["sha256"]})
+
+
+def beta_mask(batch: int, num_tokens: int, a: int, b: int, generator: torch.Generator) -> torch.Tensor:
+    """(B, N) bool training mask of upstream's ``GraphNATSchedule.sample``: per row r ~ Beta(a, b)
+    and round(N r) >= 1 random positions. Beta(a, b) of integer shapes is drawn as the a-th
+    smallest of a + b - 1 uniforms (its order-statistic form), so it comes from ``generator``."""
+    ratios = torch.rand(batch, a + b - 1, generator=generator).sort(dim=1).values[:, a - 1]
+    counts = (num_tokens * ratios).round().clamp(min=1)
+    ranks = torch.rand(batch, num_tokens, generator=generator).argsort(dim=1).argsort(dim=1)
+    return ranks < counts[:, None]
+
+
+class _WithEMA(torch.nn.Module):
+    """The trained module ``net`` and the exponential moving average of its parameters, upstream's
+    ``ema`` (``avg <- decay avg + (1 - decay) p``, started at the initial weights, once per step).
+    The average is held in buffers, so it is saved with every fit checkpoint and a resumed fit
+    resumes it; the optimiser sees only ``net``'s parameters."""
+
+    def __init__(self, net: KAMIGModule, decay: float) -> None:
+        super().__init__()
+        self.net, self.decay = net, decay
+        for i, (_, p) in enumerate(net.named_parameters()):
+            self.register_buffer(f"average_{i}", p.detach().clone())
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for i, (_, p) in enumerate(self.net.named_parameters()):
+            average = getattr(self, f"average_{i}")
+            average.mul_(self.decay).add_((1 - self.decay) * p.detach())
+
+    @torch.no_grad()
+    def averaged(self) -> KAMIGModule:
+        """``net`` holding the average after one last update (the final step's weights)."""
+        self.update()
+        for i, (_, p) in enumerate(self.net.named_parameters()):
+            p.copy_(getattr(self, f"average_{i}"))
+        return self.net
 
 
 class _Hooked(torch.nn.Module):
