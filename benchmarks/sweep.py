@@ -64,10 +64,10 @@ from migbench.benchmarks.suite import Point, Suite, SuiteError, bind, load_suite
 from tqdm.auto import tqdm
 
 import migbench
-from migbench import registry
+from migbench import checkpoints, registry
 from migbench.api import Stack
 from migbench.checkpoints import CheckpointError
-from migbench.config import AUTO, stable_hash
+from migbench.config import AUTO, RANDOM_PARTS, stable_hash
 from migbench.generate import Batch, Generation, check_count, generate, merge
 from migbench.images import SampleShard, grid_subset, merge_sample_shards, save_grid
 from migbench.precision import explain as explain_precision
@@ -80,14 +80,23 @@ FINGERPRINT = "batch-sha256-v2"  # samples_sha256 = samples_fingerprint(batch_sh
 
 
 def method_weight_hashes(recipe: Recipe) -> dict[str, str]:
-    """sha256 of every manifest entry a method config names (``weights``, ``graphs``); a knob left
-    at ``"auto"`` names none (its stack has no such weights, and the method refuses it at install)."""
+    """sha256 of every weights file a method config names (``weights``, ``graphs``): a manifest
+    entry's, or an imported public checkpoint's source sha256 ("missing" for neither);
+    ``random`` (seeded random parts) is ``random-seed0``. A knob left at ``"auto"`` names none
+    (its stack has no such weights, and the method refuses it at install)."""
     found = {}
     manifest = read_manifest()
+    public = registry.checkpoints()
     for config in recipe.configs:
         for key in ("weights", "graphs"):
             name = getattr(config, key, None)
-            if isinstance(name, str) and name != AUTO:
+            if not isinstance(name, str) or name == AUTO:
+                continue
+            if name == RANDOM_PARTS:
+                found[name] = "random-seed0"
+            elif name in public:
+                found[name] = checkpoints.record(name)["source_sha256"] if checkpoints.is_imported(name) else "missing"
+            else:
                 found[name] = manifest.get(name, {}).get("sha256", "missing")
     return found
 
@@ -340,8 +349,9 @@ def check_points(suite: Suite, todo: list[tuple[Point, str]], stacks: dict[str, 
     missing = missing_weights(todo)
     if missing:
         needs = "; ".join(f"{name} (runs: {', '.join(labels)})" for name, labels in missing.items())
-        raise WeightsError(f"suite {suite.name} needs weights the manifest does not list: {needs}. "
-                           "Train them first (`migbench fit METHOD ...`, see README, The embedded stack).")
+        raise WeightsError(f"suite {suite.name} needs weights that are neither in the manifest nor imported: {needs}. "
+                           "Train them (`migbench fit METHOD ...`, see README, The embedded stack) or, for public "
+                           "checkpoints, `migbench import NAME FILE` (README, Reproducing paper tables).")
     for point in {(p.backbone, p.recipe): p for p, _ in todo}.values():
         validate(point, stacks[point.backbone])
 

@@ -33,6 +33,7 @@ def check_choices(config: Any) -> None:
 
 
 AUTO = "auto"  # a trained method's weights knob left to the stack (Recipe.bind resolves it)
+RANDOM_PARTS = "random"  # a trained method's seeded random parts (random_parts(stack)): random-weights stacks name it
 
 MAX_LOGIT_SCALE = 1e3
 """Largest factor a method may multiply logits by (a temperature of at least 1 / this).

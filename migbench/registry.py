@@ -30,13 +30,16 @@ BACKBONES: dict[str, str] = {
     "valeoai_maskgit_512": "migbench.backbones.valeoai:valeoai_maskgit_512",
     "valeoai_tiny": "migbench.backbones.valeoai:valeoai_tiny",
     "autonat_l": "migbench.backbones.autonat:autonat_l",
+    "autonat_l_kamig": "migbench.backbones.autonat:autonat_l_kamig",
     "autonat_tiny": "migbench.backbones.autonat:autonat_tiny",
 }
 
-# Known public checkpoint files: family -> "module:attr" of its tuple of CheckpointSpec.
+# Known public checkpoint files: family (or method with released parts) -> "module:attr" of its
+# tuple of CheckpointSpec.
 CHECKPOINT_TABLES: dict[str, str] = {
     "valeoai": "migbench.backbones.valeoai:CHECKPOINTS",
     "autonat": "migbench.backbones.autonat:CHECKPOINTS",
+    "ka_mig": "migbench.methods.ka_mig.release:CHECKPOINTS",
 }
 
 # `migbench` sub-commands that live above the core (the harness and the families' trainers).

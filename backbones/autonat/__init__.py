@@ -25,6 +25,7 @@ from migbench.backbones.common.maskgit_vqgan import MaskGitVQGAN, MaskGitVQGANCo
 
 from migbench.api import Stack
 from migbench.checkpoints import CheckpointSpec, load_state, load_strict, record
+from migbench.config import RANDOM_PARTS
 
 # No revision or hash can be pinned for a Drive file from here (no network): both sha256s are
 # recorded at import and enter every run hash; the committed key listings identify the files.
@@ -47,11 +48,18 @@ def _load_checkpoint(module: torch.nn.Module, name: str, hashes: dict[str, str])
     hashes[f"{name}.safetensors"] = entry["sha256"]
 
 
-def autonat_l(random_weights: bool = False, seed: int = 0) -> Stack:
-    """The released AutoNAT-L over the released MAGE VQGAN: 256 tokens of 1,024 codes. The
-    imports are checked for before anything is built."""
+# KA-MIG's released adapter with the class-position graph from its Drive link (the graph built
+# by our builder is the alternative: `ka_mig.graphs=<manifest name>`); random-weights stacks take
+# seeded random parts instead.
+KA_MIG_RELEASED = {"ka_mig": {"weights": "ka_mig_autonat_l", "graphs": "ka_mig_graph_p"}}
+KA_MIG_RANDOM = {"ka_mig": {"weights": RANDOM_PARTS, "graphs": RANDOM_PARTS}}
+
+
+def _stack(name: str, checkpoint: str, random_weights: bool, seed: int) -> Stack:
+    """The U-ViT ``checkpoint`` over the MAGE VQGAN: the imported files, checked for before
+    anything is built, or seeded random weights."""
     if not random_weights:
-        for needed in ("autonat_l", "mage_vqgan"):
+        for needed in (checkpoint, "mage_vqgan"):
             record(needed)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -59,12 +67,26 @@ def autonat_l(random_weights: bool = False, seed: int = 0) -> Stack:
         backbone = UViT(UViTConfig())
     hashes: dict[str, str] = {}
     if random_weights:
-        hashes = {"autonat_l": f"random-seed{seed}", "mage_vqgan": f"random-seed{seed}"}
+        hashes = {checkpoint: f"random-seed{seed}", "mage_vqgan": f"random-seed{seed}"}
     else:
-        _load_checkpoint(backbone, "autonat_l", hashes)
+        _load_checkpoint(backbone, checkpoint, hashes)
         _load_checkpoint(tokenizer, "mage_vqgan", hashes)
-    return Stack(name="autonat_l", tokenizer=tokenizer.eval().requires_grad_(False),
-                 backbone=backbone.eval().requires_grad_(False), dataset=imagenet_data(256), weight_hashes=hashes)
+    return Stack(name=name, tokenizer=tokenizer.eval().requires_grad_(False),
+                 backbone=backbone.eval().requires_grad_(False), dataset=imagenet_data(256), weight_hashes=hashes,
+                 method_weights=KA_MIG_RANDOM if random_weights else KA_MIG_RELEASED)
+
+
+def autonat_l(random_weights: bool = False, seed: int = 0) -> Stack:
+    """The released AutoNAT-L (``nnet_ema.pth``) over the released MAGE VQGAN: 256 tokens of
+    1,024 codes; the AutoNAT rows of KA-MIG's tables."""
+    return _stack("autonat_l", "autonat_l", random_weights, seed)
+
+
+def autonat_l_kamig(random_weights: bool = False, seed: int = 0) -> Stack:
+    """The backbone part of KA-MIG's released ``graph_nnet_ema.pth`` (its EMA of the model it
+    fine-tuned, the backbone frozen, so equal to ``nnet_ema.pth`` up to the EMA's last bits)
+    over the same VQGAN: the backbone upstream's ``generate_npz.py`` samples KA-MIG's rows with."""
+    return _stack("autonat_l_kamig", "ka_mig_autonat_l_backbone", random_weights, seed)
 
 
 def autonat_tiny(seed: int = 0) -> Stack:

@@ -39,7 +39,7 @@ from migbench.methods.ka_mig.train import KAMIGTraining, recorded_training
 
 from migbench import weights
 from migbench.api import HookContext, Stack
-from migbench.config import AUTO, check_choices, knob
+from migbench.config import AUTO, RANDOM_PARTS, check_choices, knob
 from migbench.sampler import SamplerBuilder
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ class KAMIGConfig:
     precompute: bool = knob(True, "fold C_co, C_s, P^c and the projections into lookup tables once "
                                   "(same logits as online up to rounding)")
     weights: str = knob(AUTO, "fine-tuned KA-MIG module (a manifest name, or ka_mig_autonat_l: the released "
-                              "adapter, imported); auto = the stack's")
+                              "adapter, imported; random: seeded random parts); auto = the stack's")
     graphs: str = knob(AUTO, "the three graphs (a manifest name; with the released adapter the class-position "
                              "graph alone: ka_mig_graph_p or a manifest name); auto = the stack's")
     enabled: bool = knob(True, "false installs nothing (the neutral setting)")
@@ -131,7 +131,7 @@ class KAMIG:
         check_trained_graphs(name, config)
         backbone = builder.backbone
         device = next(backbone.parameters()).device
-        module = load_module(name, graphs, backbone)
+        module = KAMIG.random_parts(builder.stack) if name == RANDOM_PARTS else load_module(name, graphs, backbone)
         layout = backbone.layout
         switches = config.switches()
         if config.precompute:
