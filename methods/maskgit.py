@@ -18,7 +18,17 @@ Every sampler starts from this method; it holds the four slots weakly, so a meth
 - CFG: l = (1 + w_k) l_c - w_k l_u (eq. 1 of :mod:`migbench.guidance`) with w_k constant, a
   linear ramp w k/T (MUSE/TiTok), w k/(T-1) (valeoai, KA-MIG) or power-cosine (MDT).
   ``cfg_convention="muse"`` reads ``cfg_scale`` as MUSE/MAR's w' in u + w'(c - u), i.e.
-  w = w' - 1.
+  w = w' - 1. A step whose w_k is 0 runs no unconditional pass (and counts no NFE for it).
+
+Per-step lists (AutoNAT's searched strategies, Ni et al. CVPR 2024; empty = off, T values when
+given): ``choice_temperatures`` tau_k replaces tau0 and its anneal, ``temperatures`` T_soft,k
+replaces ``temperature`` (read by ``temperature_mode``), ``cfg_scales`` w_k replaces
+``cfg_scale`` and ``cfg_schedule`` (read by ``cfg_convention``). ``confidence="untempered"``
+takes log p from log_softmax of the guided logits *before* the temperature (any logit
+processor), as AutoNAT's ``generate``: ``Categorical(logits / samp_temp)`` samples, then
+``log_softmax(logits)`` scores. The defaults (empty lists, ``tempered``) are today's sampler, and
+these knobs are left out of a recipe's description while at them (run hashes unchanged).
+``presets["autonat_t8"]`` (:data:`AUTONAT_T8`) is AutoNAT-L's searched T = 8 strategy.
 
 ``presets["valeoai"]`` (:data:`VALEOAI`) bundles valeoai v1.0's conventions; ``migbench sample
 --preset valeoai`` and a suite's ``preset = "valeoai"`` expand it into ordinary overrides
@@ -48,7 +58,7 @@ from migbench.schedules import (
     masked_after_steps,
     plan_from_counts,
 )
-from migbench.slots import categorical, lowest
+from migbench.slots import categorical, lowest, masked_positions
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,19 @@ class MaskGITConfig:
                                          "power-cosine (MDT), linear-valeoai w k/(T-1) (valeoai, KA-MIG)",
                              GUIDANCE_SCHEDULES)
     cfg_convention: str = knob("maskgit", "maskgit: (1+w)c - wu; muse: u + w(c-u)", ("maskgit", "muse"))
+    choice_temperatures: tuple[float, ...] = knob(
+        (), "Gumbel scale tau_k of the confidence at each step (AutoNAT's manual_temp); "
+            "overrides choice_temperature and choice_anneal", described_at_default=False)
+    temperatures: tuple[float, ...] = knob(
+        (), "softmax temperature at each step (AutoNAT's manual_samp_temp), read by temperature_mode; "
+            "overrides temperature", described_at_default=False)
+    cfg_scales: tuple[float, ...] = knob(
+        (), "CFG scale at each step (AutoNAT's manual_cfg), read by cfg_convention; overrides cfg_scale and "
+            "cfg_schedule; a step at 0 runs no unconditional pass", described_at_default=False)
+    confidence: str = knob("tempered", "log p of the confidence: tempered (the softmax the token was drawn "
+                                       "from: Google, valeoai) or untempered (log_softmax of the guided "
+                                       "logits before the temperature: AutoNAT)", ("tempered", "untempered"),
+                           described_at_default=False)
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -79,11 +102,21 @@ class MaskGITConfig:
             raise ValueError(f"maskgit.steps must be >= 1, got {self.steps}")
         if self.temperature <= 0:
             raise ValueError(f"maskgit.temperature must be > 0, got {self.temperature}")
-        scale = 1.0 / self.temperature if self.temperature_mode == "divisor" else self.temperature
-        check_logit_scale("maskgit.temperature", self.temperature, scale)
+        check_logit_scale("maskgit.temperature", self.temperature, logit_factor(self.temperature, self.temperature_mode))
         check_guidance_scale("maskgit.cfg_scale", self.cfg_scale)
-        if self.ratios and len(self.ratios) != self.steps:
-            raise ValueError(f"maskgit.ratios has {len(self.ratios)} values for {self.steps} steps")
+        for name in ("ratios", "choice_temperatures", "temperatures", "cfg_scales"):
+            values = getattr(self, name)
+            if values and len(values) != self.steps:
+                raise ValueError(f"maskgit.{name} has {len(values)} values for {self.steps} steps")
+        for k, tau in enumerate(self.choice_temperatures):
+            if tau < 0:
+                raise ValueError(f"maskgit.choice_temperatures[{k}] must be >= 0, got {tau}")
+        for k, t in enumerate(self.temperatures):
+            if t <= 0:
+                raise ValueError(f"maskgit.temperatures[{k}] must be > 0, got {t}")
+            check_logit_scale(f"maskgit.temperatures[{k}]", t, logit_factor(t, self.temperature_mode))
+        for k, w in enumerate(self.cfg_scales):
+            check_guidance_scale(f"maskgit.cfg_scales[{k}]", w)
 
 
 VALEOAI: dict[str, Any] = {
@@ -104,6 +137,47 @@ same labels with ``drop_label`` set, i.e. its drop-class token 2025; here CFG pa
 which the valeoai backbone maps to that token."""
 
 
+AUTONAT_T8: dict[str, Any] = {
+    "maskgit.steps": 8,
+    "maskgit.ratios": (0.9531645174140464, 0.8795409806037042, 0.7940230737075623, 0.745995860948045,
+                       0.6249785820461957, 0.407321956652571, 0.260658917067054, 0.0),
+    "maskgit.choice_temperatures": (2.404912789740805, 2.477616274962803, 1.191696577294597, 0.7685444738649722,
+                                    1.0673489052089495, 0.9353720330515827, 0.7843839537838292, 0.0),
+    "maskgit.temperatures": (2.8999037830310685, 1.867261830931786, 1.1443729673819831, 1.3796334226014182,
+                             1.4699896959810144, 1.3760684112198358, 1.7082165405200722, 0.7133060703601533),
+    "maskgit.temperature_mode": "divisor",
+    "maskgit.cfg_scales": (0.0001, 0.0001, 0.0001, 0.9151274967591447, 1.6160182878189675, 1.1945509026838659,
+                           1.38322370140345, 1.22678520936251),
+    "maskgit.cfg_convention": "maskgit",
+    "maskgit.confidence": "untempered",
+}
+"""AutoNAT-L's searched T = 8 strategy (Ni et al., "Revisiting Non-Autoregressive Transformers for
+Efficient Image Synthesis", CVPR 2024): ``configs/AutoNAT_L-T8_strategy.yaml`` of
+LeapLabTHU/ImprovedNAT @ 2ca9994 (byte-identical in GuotaoLiang/KA-MIG @ 0b4ceb1, whose
+``generate_npz.py`` samples with it), read by ``libs/nat_misc.py`` ``generate`` (KA-MIG:
+``generate_auto``) with ``cfg_nnet`` of ``train.py`` (KA-MIG: ``generate_npz.py``). Per step k of 8:
+
+- mask ratio ``manual_ratios[k]`` (7 values, the last step 0): floor(256 r_k) stay masked,
+  [244, 225, 203, 190, 159, 104, 66, 0] at N = 256 (``ratios``, last 0);
+- Gumbel scale ``manual_temp[k]`` (7 values; upstream uses 0 at the last step, where every token
+  is revealed and the noise decides nothing): ``choice_temperatures``, last 0;
+- tokens ~ Categorical(logits / ``manual_samp_temp[k]``) (8 values): ``temperatures``, divisor;
+- confidence log_softmax(logits)[token] + tau_k Gumbel with ``logits`` the guided but untempered
+  logits: ``confidence = "untempered"``;
+- logits = cond + s_k (cond - uncond), uncond = context 1000 (the null class), s_k =
+  ``manual_cfg[k]`` (8 values): ``cfg_scales``, convention ``maskgit`` ((1 + w) c - w u, w = s).
+
+NFE: upstream runs both passes at every step, also at s = 1e-4 (steps 0-2); here a non-zero scale
+runs its pass too, so the strategy costs 16 passes per image, as upstream (a 0 in ``cfg_scales``
+would skip a pass upstream still runs: fidelity finding F10, NFE bookkeeping only). Upstream
+draws its Gumbel noise from numpy's global generator and its tokens from torch's: the same
+distributions, not the same bits. Upstream clamps the masked count as max(1, min(masked - 1,
+floor(256 r))); :func:`migbench.schedules.masked_after_steps` gives the same counts for this
+list. Upstream's scripts export ``ACCELERATE_MIXED_PRECISION=fp16``, so its backbone passes run
+under fp16 autocast (inferred: ``accelerator.prepare`` wraps the forward), with CFG in float32;
+the precision here is the run's, not the preset's."""
+
+
 @dataclass(frozen=True)
 class RevealSchedule:
     """MaskGIT's schedule slot: reveal counts of the mask schedule on eMIGM's time grid (t_k, s_k)."""
@@ -113,6 +187,34 @@ class RevealSchedule:
 
     def plan(self, num_tokens: int, generator: torch.Generator | None = None) -> list[StepInfo]:
         return plan_from_counts(masked_after_steps(self.schedule, self.steps, num_tokens), self.steps, num_tokens)
+
+
+def logit_factor(temperature: float, mode: str) -> float:
+    """What softmax temperature ``temperature`` multiplies the logits by: 1/T (``divisor``) or T
+    (``multiplier``)."""
+    return 1.0 / temperature if mode == "divisor" else temperature
+
+
+def per_step(values: tuple[float, ...], knob_name: str, info: StepInfo) -> float:
+    """``values[k]`` at step k of a plan of T = ``len(values)`` steps; a one-line error when the
+    plan of the schedule slot's holder has another T."""
+    if info.num_steps != len(values):
+        raise ValueError(f"maskgit.{knob_name} has {len(values)} values but the schedule runs "
+                         f"{info.num_steps} steps")
+    return values[info.step]
+
+
+def guided_log_p(candidates: torch.Tensor, state: SampleState) -> torch.Tensor:
+    """log_softmax(l)[candidate] (B, N) with l = ``state.guided`` (B, N, K), the guided logits
+    before the temperature, at the m = ``masked_before`` masked positions, 0 elsewhere: AutoNAT's
+    confidence (nat_misc.py ``generate``: ``torch.log_softmax(logits)`` gathered at the ids drawn
+    from ``logits / samp_temp``). Only the masked rows are normalised, as in
+    :func:`migbench.slots.categorical`."""
+    (b, n, k), m = state.guided.shape, state.info.masked_before
+    pos = masked_positions(state.masked, m)
+    picked = state.guided.gather(1, pos[..., None].expand(b, m, k))
+    logp = torch.log_softmax(picked, dim=-1).gather(-1, candidates.gather(1, pos)[..., None]).squeeze(-1)
+    return torch.zeros((b, n), dtype=logp.dtype, device=logp.device).scatter(1, pos, logp)
 
 
 def keep_decoded(candidates: torch.Tensor, scores: torch.Tensor, state: SampleState) -> torch.Tensor:
@@ -128,9 +230,10 @@ class MaskGIT:
     config_cls = MaskGITConfig
     trained = False
     # knobs that act only while this method holds the slot (a warning says when they do not)
-    slot_knobs = {"schedule": ("steps", "schedule", "ratios"), "scorer": ("choice_temperature", "choice_anneal")}
+    slot_knobs = {"schedule": ("steps", "schedule", "ratios"),
+                  "scorer": ("choice_temperature", "choice_anneal", "choice_temperatures", "confidence")}
     # named bundles of overrides, expanded before a recipe is resolved (migbench.recipe.expand_preset)
-    presets: dict[str, dict[str, Any]] = {"valeoai": VALEOAI}
+    presets: dict[str, dict[str, Any]] = {"valeoai": VALEOAI, "autonat_t8": AUTONAT_T8}
 
     @staticmethod
     def neutral_config() -> MaskGITConfig:
@@ -145,23 +248,33 @@ class MaskGIT:
         builder.claim("selector", keep_decoded, name, weak=True)
 
         def confidence(candidates: torch.Tensor, logp: torch.Tensor, state: SampleState) -> torch.Tensor:
-            tau = choice_temperature(config.choice_temperature, state.info.step,
-                                     state.info.num_steps, config.choice_anneal)
+            if config.confidence == "untempered":
+                logp = guided_log_p(candidates, state)
+            if config.choice_temperatures:
+                tau = per_step(config.choice_temperatures, "choice_temperatures", state.info)
+            else:
+                tau = choice_temperature(config.choice_temperature, state.info.step,
+                                         state.info.num_steps, config.choice_anneal)
             if tau == 0.0:
                 return logp
             return logp + tau * gumbel(logp.shape, state.generator, logp.device)
 
         builder.claim("scorer", confidence, name, weak=True)
-        if config.temperature != 1.0:
-            t = config.temperature
-            scale = 1.0 / t if config.temperature_mode == "divisor" else t
+        if config.temperatures:
+            factors = tuple(logit_factor(t, config.temperature_mode) for t in config.temperatures)
+            builder.add_processor(lambda logits, state: logits * per_step(factors, "temperatures", state.info), name)
+        elif config.temperature != 1.0:
+            scale = logit_factor(config.temperature, config.temperature_mode)
             builder.add_processor(lambda logits, state: logits * scale, name)
-        if config.cfg_scale != 0.0 or config.cfg_convention == "muse":
-            w = config.cfg_scale - 1.0 if config.cfg_convention == "muse" else config.cfg_scale
+        if config.cfg_scales or config.cfg_scale != 0.0 or config.cfg_convention == "muse":
+            offset = 1.0 if config.cfg_convention == "muse" else 0.0
 
             def unconditional(ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 return ids, torch.full_like(labels, NULL_LABEL)
 
-            builder.add_guidance(GuidanceTerm(
-                name="cfg", owner=name, inputs=unconditional,
-                scale_at=lambda info: guidance_scale(config.cfg_schedule, w, info.step, info.num_steps)))
+            def scale_at(info: StepInfo) -> float:
+                if config.cfg_scales:
+                    return per_step(config.cfg_scales, "cfg_scales", info) - offset
+                return guidance_scale(config.cfg_schedule, config.cfg_scale - offset, info.step, info.num_steps)
+
+            builder.add_guidance(GuidanceTerm(name="cfg", owner=name, inputs=unconditional, scale_at=scale_at))

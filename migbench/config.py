@@ -15,9 +15,14 @@ from typing import Any
 import numpy as np
 
 
-def knob(default: Any, help: str, choices: tuple[Any, ...] | None = None) -> Any:
-    """A config field with its documentation (shown by `migbench info`) and allowed values."""
-    kwargs: dict[str, Any] = {"metadata": {"help": help, "choices": choices}}
+def knob(default: Any, help: str, choices: tuple[Any, ...] | None = None, *, described_at_default: bool = True) -> Any:
+    """A config field with its documentation (shown by `migbench info`) and allowed values.
+
+    ``described_at_default=False`` leaves the knob out of :func:`describe_config` (hence out of
+    a recipe's description and its run hash) while it holds its default: a knob added after
+    results were committed, whose default is the earlier behaviour, keeps their hashes current."""
+    kwargs: dict[str, Any] = {"metadata": {"help": help, "choices": choices,
+                                           "described_at_default": described_at_default}}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use tuples for sequence defaults")
     return dataclasses.field(default=default, **kwargs)
@@ -138,6 +143,13 @@ def apply_overrides(config: Any, overrides: dict[str, Any], prefix: str) -> Any:
     new = dataclasses.replace(config, **changes)
     check_choices(new)
     return new
+
+
+def describe_config(config: Any) -> dict[str, Any]:
+    """Every knob of ``config`` by name, except those declared ``described_at_default=False``
+    (:func:`knob`) while they hold their default."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+            if f.metadata.get("described_at_default", True) or getattr(config, f.name) != f.default}
 
 
 def describe_knobs(config_cls: type) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from migbench import registry
 from migbench.api import Stack
-from migbench.config import AUTO, apply_overrides, closest
+from migbench.config import AUTO, apply_overrides, closest, describe_config
 from migbench.sampler import Sampler, SamplerBuilder
 
 BASE = "maskgit"
@@ -34,9 +34,10 @@ class Recipe:
         return self.configs[self.methods.index(name)]
 
     def describe(self) -> dict[str, Any]:
-        """JSON-able resolved recipe: methods and every knob's value."""
+        """JSON-able resolved recipe: methods and every knob's value (a knob added with
+        ``described_at_default=False`` only when it differs from its default: :func:`describe_config`)."""
         return {"methods": list(self.methods),
-                "configs": {n: _plain(dataclasses.asdict(c)) for n, c in zip(self.methods, self.configs, strict=True)}}
+                "configs": {n: _plain(describe_config(c)) for n, c in zip(self.methods, self.configs, strict=True)}}
 
     def label(self) -> str:
         extra = [m for m in self.methods if m != BASE]

@@ -17,7 +17,8 @@ slot, but two methods claiming one slot is an error naming both. Per step the lo
 1. runs the main branch and every active guidance term's independent branch in one batched
    backbone call (branches with different hooks are called separately), then dependent branches;
 2. combines them with :func:`migbench.guidance.combine`;
-3. applies the logit processors in install order;
+3. applies the logit processors in install order (``state.guided`` keeps the logits before
+   them, for a scorer that reads the untempered distribution, as AutoNAT's does);
 4. samples tokens, forms the candidate canvas (fresh tokens at masked positions, kept tokens
    elsewhere), scores it, and lets the selector return the canvas after the step.
 
@@ -57,6 +58,7 @@ class SampleState:
     backbone: torch.nn.Module
     nfe: dict[str, int]
     main: Prediction | None = None
+    guided: torch.Tensor | None = None  # (B, N, K) float32: main and guidance combined, before the processors
     tokens: torch.Tensor | None = None
     memory: dict[str, Any] = field(default_factory=dict)  # persists across the steps of one batch
 
@@ -248,7 +250,7 @@ class Sampler:
                     logits = preds[term.name].logits
                 refs.append((scale, logits.float()))
             state.count("backbone", 1 + len(active))
-            logits = combine(state.main.logits.float(), refs)
+            logits = state.guided = combine(state.main.logits.float(), refs)
             for processor in self.processors:
                 logits = processor(logits, state)
             state.tokens, logp = self.token_sampler(logits, state)
