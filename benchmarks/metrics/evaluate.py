@@ -312,6 +312,17 @@ KNOWN_REFERENCES = ("use fmnist-train, fmnist-test, the path of an ADM-layout .n
                     "or a folder with its crop size: imagenet-val-256, imagenet-train-256[-50pc][-torchvision], DIR@256")
 
 
+def npz_path(name: str, option: str = "--ref") -> Path:
+    """The file of a ``.npz`` reference name, with ``~`` and ``$VARIABLES`` expanded, so a suite
+    can name one by where each machine keeps it (``$MIGBENCH_ADM_REFS/VIRTUAL_imagenet256_labeled.npz``);
+    the name, unexpanded, is what rows record. An unset variable is refused in one line."""
+    expanded = os.path.expandvars(os.path.expanduser(name))
+    if "$" in expanded:
+        raise EvaluationError(f"{option} {name}: {expanded[expanded.index('$'):].split('/')[0]} is not set "
+                              "(export it: the folder holding the reference file)")
+    return Path(expanded)
+
+
 def check_reference(name: str, data_dir: str | None = None, option: str = "--ref") -> None:
     """Refuse (one line naming ``option``) a reference that could not be loaded, before any
     work: an unknown name, a path that is no file, a file that is no ``.npz`` archive with images
@@ -327,9 +338,9 @@ def check_reference(name: str, data_dir: str | None = None, option: str = "--ref
     if folder_reference.is_folder_reference(name):
         folder_reference.check(name, option)
         return
-    path = Path(name)
     if not name.endswith(".npz"):
         raise EvaluationError(f"{option} {name!r}: unknown reference; {KNOWN_REFERENCES}")
+    path = npz_path(name, option)
     if not path.is_file():
         raise EvaluationError(f"{option} {name}: no such file (give the path of an ADM-layout .npz of images)")
     try:
@@ -352,14 +363,15 @@ def reference(name: str, data_dir: str | None = None) -> Reference:
                               "(reference_with_features), never loaded whole")
     if name in ("fmnist-train", "fmnist-test"):
         images, labels = fmnist_images(name.split("-")[1], data_dir)
-    elif name.endswith(".npz") and Path(name).is_file():
+    elif name.endswith(".npz") and npz_path(name, "reference").is_file():
         from migbench.images import load_samples
 
-        images, labels = load_samples(Path(name))
-        with np.load(name) as data:
+        path = npz_path(name, "reference")
+        images, labels = load_samples(path)
+        with np.load(path) as data:
             has_statistics = "mu" in data and "sigma" in data
         if has_statistics:
-            stats = adm_statistics(Path(name))
+            stats = adm_statistics(path)
             check_samples(images, f"reference {name}", MIN_SAMPLES)
             digest = content_hash(images) + hashlib.sha256(stats["mu"].tobytes() + stats["sigma"].tobytes()).hexdigest()
             return Reference(name, images, labels, hashlib.sha256(digest.encode()).hexdigest(), stats)
