@@ -32,3 +32,8 @@ python3 -m pytest -q -m benchmark --benchmark-enable -s -p no:randomly tests/ben
 # issue #17: the ImageNet path's speed per stage at full size on random weights (2,000 images)
 python3 -m migbench.benchmarks.stage_speed --n 2000 --batch-size 250 --out "$OUT/stage_speed.json" 2>&1 \
   | tee "$OUT/stage_speed.log"
+# issue #18: AutoNAT-L at T = 8 without and with KA-MIG (random weights and parts): images/s, overhead, memory
+for methods in maskgit maskgit,ka_mig; do
+  python3 -m migbench.benchmarks.stage_speed --backbone autonat_l --methods $methods --preset autonat_t8 --n 2000 \
+    --batch-size 125 --out "$OUT/stage_speed_autonat_${methods/,/_}.json" 2>&1 | tee -a "$OUT/stage_speed_autonat.log"
+done

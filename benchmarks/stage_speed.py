@@ -34,6 +34,8 @@ from migbench.recipe import build_sampler, expand_preset, parse_overrides
 from migbench.recipe import resolve as resolve_recipe
 from migbench.rng import batch_generator
 
+VALEOAI_256 = ["maskgit.steps=8", "maskgit.choice_temperature=4.5", "maskgit.cfg_scale=3"]
+
 
 def timed(device: torch.device, work: Callable[[], Any]) -> tuple[Any, float]:
     """``work()`` and its seconds, the device synchronised before and after."""
@@ -50,6 +52,8 @@ def measure(backbone: str, methods: list[str], overrides: dict[str, Any], n: int
             device: torch.device, precision: str, inception: Path) -> dict[str, Any]:
     """Seconds and images/s of each stage over ``n`` images after one warm-up batch."""
     stack = registry.stack(backbone, random_weights=True)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     stack.backbone.to(device)
     tokenizer = stack.tokenizer.to(device)
     sampler = build_sampler(resolve_recipe(methods, overrides).bind(stack), stack)
@@ -71,12 +75,13 @@ def measure(backbone: str, methods: list[str], overrides: dict[str, Any], n: int
             for stage, t in zip(seconds, (t_tokens, t_decode, t_features), strict=True):
                 seconds[stage] += t
     measured = -(-n // batch_size) * batch_size
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {"backbone": backbone, "methods": methods, "overrides": overrides, "n": measured,
             "batch_size": batch_size, "device": str(device),
             "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "precision": precision_used, "nfe_per_image": sampler.nfe_per_image(), "torch": torch.__version__,
             "seconds": seconds, "images_per_second": {k: measured / v for k, v in seconds.items()},
-            "end_to_end_images_per_second": measured / sum(seconds.values())}
+            "end_to_end_images_per_second": measured / sum(seconds.values()), "peak_memory_gib": peak}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,8 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backbone", default="valeoai_maskgit_256")
     parser.add_argument("--methods", default="maskgit")
     parser.add_argument("--preset", default="valeoai")
-    parser.add_argument("--set", action="append", default=["maskgit.steps=8", "maskgit.choice_temperature=4.5",
-                                                           "maskgit.cfg_scale=3"])
+    parser.add_argument("--set", action="append", default=None,
+                        help="knob=value (default with the valeoai preset: its README's 256 px settings)")
     parser.add_argument("--n", type=positive_int, default=2000)
     parser.add_argument("--batch-size", type=positive_int, default=250)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -93,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inception-weights", default=None, help="default: a random-weights file in a temp folder")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    overrides = expand_preset(args.preset, parse_overrides(args.set)) if args.preset else parse_overrides(args.set)
+    pairs = args.set if args.set is not None else VALEOAI_256 if args.preset == "valeoai" else []
+    overrides = expand_preset(args.preset or None, parse_overrides(pairs))
     with tempfile.TemporaryDirectory() as scratch:
         inception = Path(args.inception_weights) if args.inception_weights else \
             write_random_inception(Path(scratch) / "inception-random.pth")
@@ -102,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = [[stage, f"{result['seconds'][stage]:.1f}", f"{rate:.1f}"]
             for stage, rate in result["images_per_second"].items()]
     rows.append(["end to end", f"{sum(result['seconds'].values()):.1f}", f"{result['end_to_end_images_per_second']:.1f}"])
-    print(f"{result['backbone']} on {result['device_name']} ({result['precision']}), N = {result['n']}, "
-          f"batch {result['batch_size']}, NFE/image {result['nfe_per_image']['total']:g}")
+    peak = f", peak memory {result['peak_memory_gib']:.1f} GiB" if result["peak_memory_gib"] is not None else ""
+    print(f"{result['backbone']} {'+'.join(result['methods'])} on {result['device_name']} ({result['precision']}), "
+          f"N = {result['n']}, batch {result['batch_size']}, NFE/image {result['nfe_per_image']['total']:g}{peak}")
     print(tabulate(rows, headers=["stage", "seconds", "images/s"]))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2, default=float) + "\n")
