@@ -6,7 +6,9 @@ in-blocks, a mid block and 12 out-blocks with long skips, the class from its own
 with null class 1000, head tied to the token embeddings) over the released MAGE VQGAN
 (:class:`~migbench.backbones.common.maskgit_vqgan.MaskGitVQGAN`, Google MaskGIT's network under
 MAGE's names; images in [0, 1]); and ``autonat_tiny``, the same modules tiny and random, for
-contract tests.
+contract tests. Their data's ``token_maps`` tokenise ``$MIGBENCH_IMAGENET`` with the stack's
+tokenizer as KA-MIG does (:mod:`~migbench.backbones.common.imagenet_tokens`), for KA-MIG's graph
+builder and trainer.
 
 The released files are Google Drive downloads (:data:`CHECKPOINTS`): download by hand, then
 ``migbench import NAME PATH``; they load strictly under upstream's key names.
@@ -21,9 +23,10 @@ import dataclasses
 import torch
 from migbench.backbones.autonat.uvit import UViT, UViTConfig
 from migbench.backbones.common.imagenet import imagenet_data
+from migbench.backbones.common.imagenet_tokens import stack_token_maps
 from migbench.backbones.common.maskgit_vqgan import MaskGitVQGAN, MaskGitVQGANConfig
 
-from migbench.api import Stack
+from migbench.api import DatasetSpec, Stack
 from migbench.checkpoints import CheckpointSpec, load_state, load_strict, record
 from migbench.config import RANDOM_PARTS
 
@@ -55,6 +58,15 @@ KA_MIG_RELEASED = {"ka_mig": {"weights": "ka_mig_autonat_l", "graphs": "ka_mig_g
 KA_MIG_RANDOM = {"ka_mig": {"weights": RANDOM_PARTS, "graphs": RANDOM_PARTS}}
 
 
+def _data(tokenizer: MaskGitVQGAN, size: int, num_classes: int) -> DatasetSpec:
+    """ImageNet at ``size`` px, its first ``num_classes`` classes, with token maps of ``tokenizer``
+    (:func:`~migbench.backbones.common.imagenet_tokens.stack_token_maps`: KA-MIG's centre crop and
+    the train split's flipped copy, from ``$MIGBENCH_IMAGENET``)."""
+    data = imagenet_data(size)
+    return dataclasses.replace(data, class_names=data.class_names[:num_classes],
+                               token_maps=stack_token_maps(tokenizer, size, num_classes))
+
+
 def _stack(name: str, checkpoint: str, random_weights: bool, seed: int) -> Stack:
     """The U-ViT ``checkpoint`` over the MAGE VQGAN: the imported files, checked for before
     anything is built, or seeded random weights."""
@@ -72,7 +84,7 @@ def _stack(name: str, checkpoint: str, random_weights: bool, seed: int) -> Stack
         _load_checkpoint(backbone, checkpoint, hashes)
         _load_checkpoint(tokenizer, "mage_vqgan", hashes)
     return Stack(name=name, tokenizer=tokenizer.eval().requires_grad_(False),
-                 backbone=backbone.eval().requires_grad_(False), dataset=imagenet_data(256), weight_hashes=hashes,
+                 backbone=backbone.eval().requires_grad_(False), dataset=_data(tokenizer, 256, 1000), weight_hashes=hashes,
                  method_weights=KA_MIG_RANDOM if random_weights else KA_MIG_RELEASED)
 
 
@@ -97,8 +109,6 @@ def autonat_tiny(seed: int = 0) -> Stack:
         vq_config = MaskGitVQGANConfig.tiny()
         tokenizer = MaskGitVQGAN(vq_config, image_size=32)
         backbone = UViT(dataclasses.replace(UViTConfig.tiny(), side=16, codebook_size=vq_config.n_embed))
-    data = imagenet_data(32)
-    data = dataclasses.replace(data, class_names=data.class_names[:backbone.layout.num_classes])
     return Stack(name="autonat_tiny", tokenizer=tokenizer.eval().requires_grad_(False),
-                 backbone=backbone.eval().requires_grad_(False), dataset=data,
+                 backbone=backbone.eval().requires_grad_(False), dataset=_data(tokenizer, 32, backbone.layout.num_classes),
                  weight_hashes={"autonat_tiny": f"random-seed{seed}"})

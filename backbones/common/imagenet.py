@@ -19,7 +19,8 @@ the ``Resize`` + ``CenterCrop`` of valeoai's ImageNet val loader).
 
 Content hash (:func:`read_crops`): sha256 over every file in that order of
 ``"<relative path>\\0<label>\\0<byte count>\\0"`` then the file's bytes, computed while the files
-are read for their features, so a folder is read once.
+are read for their features, so a folder is read once. :func:`read_blocks` reads chosen blocks of
+files (a share of a sharded pass) and gives each block's sha256 over the same records.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import csv
 import hashlib
 import io
 import os
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,3 +223,34 @@ def read_crops(folder: ImageFolder, size: int, batch_size: int, digest: hashlib.
                 digest.update(f"{rel}\0{label}\0{len(data)}\0".encode())
                 digest.update(data)
             yield np.stack([pixels for _, pixels in loaded]), labels
+
+
+def block_record(rels: tuple[str, ...], labels: np.ndarray, data: list[bytes]) -> str:
+    """sha256 (hex) of one block of files: each file's record (module docstring) in order."""
+    digest = hashlib.sha256()
+    for rel, label, raw in zip(rels, labels.tolist(), data, strict=True):
+        digest.update(f"{rel}\0{label}\0{len(raw)}\0".encode())
+        digest.update(raw)
+    return digest.hexdigest()
+
+
+def read_blocks(folder: ImageFolder, size: int, block_size: int, blocks: Sequence[int], crop: str = "adm",
+                workers: int | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray, str]]:
+    """The folder's blocks ``blocks`` (block j: files ``j * block_size`` up to the next block),
+    in the order given, as (j, uint8 (B, size, size, 3) crops, labels (B,), :func:`block_record`).
+
+    Files are decoded by ``workers`` threads (default: up to 8); the next block is read while
+    the caller works on the current one, so at most two blocks of images are held."""
+    def submit(pool: ThreadPoolExecutor, j: int) -> list[Future[tuple[bytes, np.ndarray]]]:
+        rels = folder.files[j * block_size:(j + 1) * block_size]
+        return [pool.submit(_load, folder.root / rel, size, crop) for rel in rels]
+
+    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+        pending = submit(pool, blocks[0]) if blocks else []
+        for position, j in enumerate(blocks):
+            loaded = [future.result() for future in pending]
+            pending = submit(pool, blocks[position + 1]) if position + 1 < len(blocks) else []
+            rels = folder.files[j * block_size:(j + 1) * block_size]
+            labels = folder.labels[j * block_size:(j + 1) * block_size]
+            yield (j, np.stack([pixels for _, pixels in loaded]), labels,
+                   block_record(rels, labels, [raw for raw, _ in loaded]))

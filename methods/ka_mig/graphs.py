@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 
 SEMANTIC_DEFINITIONS = ("notebook", "paper")  # G_s's position distributions (position_distributions)
+CHUNK = 65536  # token maps counted at a time (:func:`chunks`)
+JS_ROWS = 64  # tokens whose JS divergences to every token are computed at a time (semantic_graph)
 NEIGHBOURS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
 
 
@@ -41,15 +43,23 @@ class Graph:
     edge_weight: torch.Tensor
 
 
+def chunks(rows: int) -> list[slice]:
+    """Row ranges of at most :data:`CHUNK` rows: the counts below run chunk by chunk, so their
+    int64 temporaries stay a few hundred MB whatever the number of token maps (ImageNet's 2.6M
+    maps with their flips) and the maps themselves may be int16."""
+    return [slice(start, start + CHUNK) for start in range(0, rows, CHUNK)]
+
+
 def cooccurrence_counts(grids: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """(K, K) int64 counts of 8-neighbour pairs over token grids (M, h, w)."""
     m, h, w = grids.shape
     counts = torch.zeros(num_tokens * num_tokens, dtype=torch.int64)
-    for dy, dx in NEIGHBOURS:
-        ys, yn = slice(max(0, -dy), h - max(0, dy)), slice(max(0, dy), h - max(0, -dy))
-        xs, xn = slice(max(0, -dx), w - max(0, dx)), slice(max(0, dx), w - max(0, -dx))
-        pairs = grids[:, ys, xs].reshape(-1).long() * num_tokens + grids[:, yn, xn].reshape(-1).long()
-        counts += torch.bincount(pairs, minlength=num_tokens * num_tokens)
+    for rows in chunks(m):
+        for dy, dx in NEIGHBOURS:
+            ys, yn = slice(max(0, -dy), h - max(0, dy)), slice(max(0, dy), h - max(0, -dy))
+            xs, xn = slice(max(0, -dx), w - max(0, dx)), slice(max(0, dx), w - max(0, -dx))
+            pairs = grids[rows, ys, xs].reshape(-1).long() * num_tokens + grids[rows, yn, xn].reshape(-1).long()
+            counts += torch.bincount(pairs, minlength=num_tokens * num_tokens)
     return counts.view(num_tokens, num_tokens)
 
 
@@ -92,8 +102,10 @@ def cooccurrence_graph(grids: torch.Tensor, num_tokens: int, ratio: float = 0.05
 def position_histograms(ids: torch.Tensor, num_tokens: int) -> torch.Tensor:
     """(K, N) counts of each token at each position over token maps (M, N)."""
     n = ids.shape[1]
-    flat = ids.long() * n + torch.arange(n)
-    return torch.bincount(flat.reshape(-1), minlength=num_tokens * n).view(num_tokens, n).double()
+    counts = torch.zeros(num_tokens * n, dtype=torch.int64)
+    for rows in chunks(len(ids)):
+        counts += torch.bincount((ids[rows].long() * n + torch.arange(n)).reshape(-1), minlength=num_tokens * n)
+    return counts.view(num_tokens, n).double()
 
 
 def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -135,7 +147,8 @@ def semantic_graph(ids: torch.Tensor, num_tokens: int, neighbours: int = 2, alph
     (:func:`position_distributions` of ``definition``), the ``neighbours`` nearest per token as
     edges weighted exp(-alpha JS), normalised (:func:`normalise`)."""
     dist = position_distributions(position_histograms(ids, num_tokens), definition)
-    js = js_divergence(dist, dist)
+    # JS_ROWS rows at a time: the (rows, K, N) float64 temporaries, not (K, K, N) (2 GB each on ImageNet)
+    js = torch.cat([js_divergence(dist[start:start + JS_ROWS], dist) for start in range(0, num_tokens, JS_ROWS)])
     js.fill_diagonal_(float("inf"))
     nearest = js.topk(neighbours, largest=False).indices
     dense = torch.zeros(num_tokens, num_tokens, dtype=torch.float64)
@@ -148,9 +161,9 @@ def incompatibility(ids: torch.Tensor, labels: torch.Tensor, num_classes: int, n
     """(C, N, K) bool: token k never seen at position i in class c."""
     n = ids.shape[1]
     seen = torch.zeros(num_classes * n * num_tokens, dtype=torch.bool)
-    flat = (labels.long()[:, None] * n + torch.arange(n)) * num_tokens + ids.long()
-    seen[flat.reshape(-1)] = True
-    return ~seen.view(num_classes, n, num_tokens)
+    for rows in chunks(len(ids)):
+        seen[((labels[rows].long()[:, None] * n + torch.arange(n)) * num_tokens + ids[rows].long()).reshape(-1)] = True
+    return seen.logical_not_().view(num_classes, n, num_tokens)
 
 
 def graph_tensors(ids: torch.Tensor, labels: torch.Tensor, num_tokens: int, num_classes: int,
@@ -168,7 +181,7 @@ def graph_tensors(ids: torch.Tensor, labels: torch.Tensor, num_tokens: int, num_
     sem = semantic_graph(ids, num_tokens, definition=semantic)
     return {"co_edge_index": co.edge_index, "co_edge_weight": co.edge_weight,
             "s_edge_index": sem.edge_index, "s_edge_weight": sem.edge_weight,
-            "incompatible": incompatibility(ids, labels, num_classes, num_tokens).to(torch.uint8)}
+            "incompatible": incompatibility(ids, labels, num_classes, num_tokens).view(torch.uint8)}
 
 
 def graphs_from_state(state: dict[str, torch.Tensor]) -> tuple[Graph, Graph, torch.Tensor]:

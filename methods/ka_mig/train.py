@@ -139,7 +139,7 @@ def build_graphs(stack: Stack, config: KAMIGTraining, command: str) -> dict[str,
                             config.semantic)
     weights.save_weights(config.graphs, tensors, half=False)
     metrics = {"co_edges": int(tensors["co_edge_weight"].numel()), "s_edges": int(tensors["s_edge_weight"].numel()),
-               "incompatible_fraction": round(float(tensors["incompatible"].float().mean()), 4)}
+               "incompatible_fraction": round(int(tensors["incompatible"].count_nonzero()) / tensors["incompatible"].numel(), 4)}
     weights.record(config.graphs, command=command, wall_seconds=time.monotonic() - started, metrics=metrics,
                    config={"model": {"kind": "ka_mig_graphs", "prune_ratio": config.prune_ratio,
                                      "semantic": config.semantic, "token_shape": list(token_shape)},
