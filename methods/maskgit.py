@@ -64,6 +64,7 @@ from migbench.sampler import SamplerBuilder, SampleState
 from migbench.schedules import (
     CHOICE_ANNEALS,
     COUNT_PRECISIONS,
+    FLOAT32_SCHEDULES,
     GUIDANCE_SCHEDULES,
     SAMPLING_SCHEDULES,
     choice_temperature,
@@ -125,6 +126,9 @@ class MaskGITConfig:
             raise ValueError(f"maskgit.temperature must be > 0, got {self.temperature}")
         check_logit_scale("maskgit.temperature", self.temperature, logit_factor(self.temperature, self.temperature_mode))
         check_guidance_scale("maskgit.cfg_scale", self.cfg_scale)
+        if self.count_precision == "float32" and not self.ratios and self.schedule not in FLOAT32_SCHEDULES:
+            raise ValueError(f"maskgit.count_precision=float32 takes schedule {', '.join(FLOAT32_SCHEDULES)} "
+                             f"(or explicit ratios), got {self.schedule!r}")
         for name in ("ratios", "choice_temperatures", "temperatures", "cfg_scales"):
             values = getattr(self, name)
             if values and len(values) != self.steps:

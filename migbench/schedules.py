@@ -46,6 +46,8 @@ SAMPLING_SCHEDULES: tuple[str, ...] = (*MASK_SCHEDULES, ARCCOS_VALEOAI, *GOOGLE_
 floor rule, valeoai's normalised-increment rule, and Google's N-dependent schedules."""
 
 COUNT_PRECISIONS = ("float64", "float32")
+FLOAT32_SCHEDULES: tuple[str, ...] = ("cosine", "linear", "arccos", *GOOGLE_SCHEDULES)
+"""The named schedules :func:`float32_masked` computes (the ones Google and open-muse name)."""
 
 
 def google_mask_ratio(schedule: str, progress: float, num_tokens: int) -> float:
@@ -86,8 +88,7 @@ def float32_masked(schedule: str, progress: float, num_tokens: int) -> int:
     elif schedule.startswith("google-pow"):
         ratio = 1.0 - r ** float(schedule.removeprefix("google-pow"))
     else:
-        raise ValueError(f"no float32 count for schedule {schedule!r}; float32 takes cosine, linear, arccos "
-                         f"and {', '.join(GOOGLE_SCHEDULES)}")
+        raise ValueError(f"no float32 count for schedule {schedule!r}; float32 takes {', '.join(FLOAT32_SCHEDULES)}")
     if schedule.startswith("google-"):
         ratio = ratio.clamp(1e-6, 1.0)
     return int((n * ratio).floor())

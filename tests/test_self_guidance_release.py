@@ -196,6 +196,8 @@ def test_float32_counts_mask_one_fewer_at_two_thirds() -> None:
     assert (exact[11], f32[11]) == (128, 127)
     assert [k for k in range(18) if exact[k] != f32[k]] == [11]
     assert masked_after_steps("cosine", 8, 256, "float32") == masked_after_steps("cosine", 8, 256)
+    with pytest.raises(ValueError, match="count_precision=float32 takes"):
+        MaskGITConfig(count_precision="float32", schedule="exp")
 
 
 def test_google_schedules_under_googles_definitions() -> None:
