@@ -34,6 +34,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from migbench.backbones.openmuse.maskgit_transformer import (
+    MaskGitTransformer,
+    MaskGitTransformerConfig,
+)
 from migbench.methods.maskgit import (
     DECODED_LOG_CONFIDENCE,
     MaskGITConfig,
@@ -157,12 +161,10 @@ def test_signal_bias_counts_the_value_bias_twice() -> None:
 def test_generate_sg_first_step_matches_upstream() -> None:
     """Our Google-layout backbone + our self-guidance with the converted adapter reproduce
     ``generate_sg``'s two passes (main l and auxiliary l_aux), so l_aux + (1 + s)(l - l_aux)."""
-    openmuse = pytest.importorskip("migbench.backbones.openmuse.maskgit_transformer")
     data, state = fixture()
-    config = openmuse.MaskGitTransformerConfig(img_size=64, hidden_size=32, num_hidden_layers=2,
-                                               num_attention_heads=2, intermediate_size=64, codebook_size=1024,
-                                               num_classes=10)
-    backbone = openmuse.MaskGitTransformer(config).eval()
+    config = MaskGitTransformerConfig(img_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                      intermediate_size=64, codebook_size=1024, num_classes=10)
+    backbone = MaskGitTransformer(config).eval()
     spec = next(s for s in CHECKPOINTS if s.name == RELEASED[0])
     backbone.load_state_dict({k: v for k, v in state.items() if not k.startswith(ADAPTER_PREFIXES)})
     adapter = release_adapter(extract_state(spec, state), 10, 32, 2)
