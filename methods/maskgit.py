@@ -30,6 +30,17 @@ processor), as AutoNAT's ``generate``: ``Categorical(logits / samp_temp)`` sampl
 these knobs are left out of a recipe's description while at them (run hashes unchanged).
 ``presets["autonat_t8"]`` (:data:`AUTONAT_T8`) is AutoNAT-L's searched T = 8 strategy.
 
+Upstream arithmetic (fidelity findings F3-F5; defaults are today's sampler, left out of a recipe's
+description while at them): ``schedule=google-exp|google-log|google-pow2|google-pow3`` are Google
+MaskGIT's own N-dependent schedules (mask_schedule.py: 1 - N^-(1-r), -log2(r)/log2(N), 1 - r^X),
+beside eMIGM's ``exp``/``log``, which took those names first; ``count_precision=float32``
+computes floor(N gamma) in float32 as Google's JAX code and open-muse do (T=18, N=256: 127 tokens
+stay masked after step 11, 128 in float64; the paper states only the formula);
+``decoded_confidence=finite`` gives decoded tokens open-muse's confidence log(float32 max) =
+88.72 plus the step's tau Gumbel and picks the masked positions among *all* tokens, so at high tau
+(the self-guidance recipe, tau0 = 25 compound) a decoded token can be re-masked
+(:func:`remask_decoded`); Google's paper and code, and the default, keep decoded tokens.
+
 ``presets["valeoai"]`` (:data:`VALEOAI`) bundles valeoai v1.0's conventions; ``migbench sample
 --preset valeoai`` and a suite's ``preset = "valeoai"`` expand it into ordinary overrides
 (:func:`migbench.recipe.expand_preset`).
@@ -39,6 +50,7 @@ Neutral setting: this method *is* the baseline.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +63,8 @@ from migbench.rng import gumbel
 from migbench.sampler import SamplerBuilder, SampleState
 from migbench.schedules import (
     CHOICE_ANNEALS,
+    COUNT_PRECISIONS,
+    FLOAT32_SCHEDULES,
     GUIDANCE_SCHEDULES,
     SAMPLING_SCHEDULES,
     choice_temperature,
@@ -91,6 +105,14 @@ class MaskGITConfig:
     cfg_scales: tuple[float, ...] = knob(
         (), "CFG scale at each step (AutoNAT's manual_cfg), read by cfg_convention; overrides cfg_scale and "
             "cfg_schedule; a step at 0 runs no unconditional pass", described_at_default=False)
+    count_precision: str = knob(
+        "float64", "floor(N gamma) of the reveal counts: float64 (exact) or float32 (Google's JAX and open-muse's "
+                   "torch arithmetic: T=18, N=256 masks 127 after step 11, not 128)", COUNT_PRECISIONS,
+        described_at_default=False)
+    decoded_confidence: str = knob(
+        "inf", "confidence of already-decoded tokens: inf (Google, valeoai: never re-masked) or finite "
+               "(open-muse, the self-guidance code: log(float32 max) = 88.72 plus tau Gumbel, re-maskable)",
+        ("inf", "finite"), described_at_default=False)
     confidence: str = knob("tempered", "log p of the confidence: tempered (the softmax the token was drawn "
                                        "from: Google, valeoai) or untempered (log_softmax of the guided "
                                        "logits before the temperature: AutoNAT)", ("tempered", "untempered"),
@@ -104,6 +126,9 @@ class MaskGITConfig:
             raise ValueError(f"maskgit.temperature must be > 0, got {self.temperature}")
         check_logit_scale("maskgit.temperature", self.temperature, logit_factor(self.temperature, self.temperature_mode))
         check_guidance_scale("maskgit.cfg_scale", self.cfg_scale)
+        if self.count_precision == "float32" and not self.ratios and self.schedule not in FLOAT32_SCHEDULES:
+            raise ValueError(f"maskgit.count_precision=float32 takes schedule {', '.join(FLOAT32_SCHEDULES)} "
+                             f"(or explicit ratios), got {self.schedule!r}")
         for name in ("ratios", "choice_temperatures", "temperatures", "cfg_scales"):
             values = getattr(self, name)
             if values and len(values) != self.steps:
@@ -180,13 +205,16 @@ the precision here is the run's, not the preset's."""
 
 @dataclass(frozen=True)
 class RevealSchedule:
-    """MaskGIT's schedule slot: reveal counts of the mask schedule on eMIGM's time grid (t_k, s_k)."""
+    """MaskGIT's schedule slot: reveal counts of the mask schedule on eMIGM's time grid (t_k, s_k),
+    floor(N gamma) computed at ``precision`` (:func:`migbench.schedules.masked_after_steps`)."""
 
     steps: int
     schedule: str | tuple[float, ...]
+    precision: str = "float64"
 
     def plan(self, num_tokens: int, generator: torch.Generator | None = None) -> list[StepInfo]:
-        return plan_from_counts(masked_after_steps(self.schedule, self.steps, num_tokens), self.steps, num_tokens)
+        counts = masked_after_steps(self.schedule, self.steps, num_tokens, self.precision)
+        return plan_from_counts(counts, self.steps, num_tokens)
 
 
 def logit_factor(temperature: float, mode: str) -> float:
@@ -223,6 +251,21 @@ def keep_decoded(candidates: torch.Tensor, scores: torch.Tensor, state: SampleSt
     return candidates.masked_fill(lowest(scores, state.info.masked_after), state.backbone.layout.mask_id)
 
 
+DECODED_LOG_CONFIDENCE = math.log(torch.finfo(torch.float32).max)
+"""log(float32 max) = 88.72: open-muse's confidence of a decoded token before the Gumbel noise."""
+
+
+def remask_decoded(candidates: torch.Tensor, scores: torch.Tensor, state: SampleState) -> torch.Tensor:
+    """open-muse's selector (UnlockMGM ``generate_sg``, muse/sampling.py ``mask_by_random_topk``):
+    decoded tokens score log(float32 max) = 88.72 plus the scorer's tau Gumbel there (``scores``
+    holds 0 + tau g at decoded positions), and the ``masked_after`` lowest of *all* positions are
+    masked, so a decoded token whose noise falls below about -88.72 / tau is re-masked (at tau0 =
+    25 compound, steps 1-2 can; fidelity finding F5). Google's paper and code give decoded tokens
+    +inf (:func:`keep_decoded`)."""
+    scores = scores + (~state.masked).to(scores.dtype) * DECODED_LOG_CONFIDENCE
+    return candidates.masked_fill(lowest(scores, state.info.masked_after), state.backbone.layout.mask_id)
+
+
 class MaskGIT:
     """The base method: reveal schedule, temperature, confidence + annealed Gumbel, keep, CFG."""
 
@@ -230,7 +273,8 @@ class MaskGIT:
     config_cls = MaskGITConfig
     trained = False
     # knobs that act only while this method holds the slot (a warning says when they do not)
-    slot_knobs = {"schedule": ("steps", "schedule", "ratios"),
+    slot_knobs = {"schedule": ("steps", "schedule", "ratios", "count_precision"),
+                  "selector": ("decoded_confidence",),
                   "scorer": ("choice_temperature", "choice_anneal", "choice_temperatures", "confidence")}
     # named bundles of overrides, expanded before a recipe is resolved (migbench.recipe.expand_preset)
     presets: dict[str, dict[str, Any]] = {"valeoai": VALEOAI, "autonat_t8": AUTONAT_T8}
@@ -243,9 +287,10 @@ class MaskGIT:
     def install(builder: SamplerBuilder, config: MaskGITConfig) -> None:
         name = MaskGIT.name
         schedule = config.ratios if config.ratios else config.schedule
-        builder.claim("schedule", RevealSchedule(config.steps, schedule), name, weak=True)
+        builder.claim("schedule", RevealSchedule(config.steps, schedule, config.count_precision), name, weak=True)
         builder.claim("token_sampler", categorical, name, weak=True)
-        builder.claim("selector", keep_decoded, name, weak=True)
+        builder.claim("selector", keep_decoded if config.decoded_confidence == "inf" else remask_decoded, name,
+                      weak=True)
 
         def confidence(candidates: torch.Tensor, logp: torch.Tensor, state: SampleState) -> torch.Tensor:
             if config.confidence == "untempered":

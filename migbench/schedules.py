@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+import torch
+
 from migbench.guidance import StepInfo
 
 _E5 = math.exp(5.0)
@@ -34,9 +36,62 @@ MASK_SCHEDULES: dict[str, Callable[[float], float]] = {
 ARCCOS_VALEOAI = "arccos-valeoai"
 """valeoai v1.0's own reveal rule (:func:`valeoai_reveal_counts`): a sampling schedule only, no gamma."""
 
-SAMPLING_SCHEDULES: tuple[str, ...] = (*MASK_SCHEDULES, ARCCOS_VALEOAI)
+GOOGLE_SCHEDULES: tuple[str, ...] = ("google-exp", "google-log", "google-pow2", "google-pow3")
+"""Google MaskGIT's own ``exp``, ``log`` and ``powX`` (maskgit/libml/mask_schedule.py
+``schedule``), which depend on N (``total_unknown``) and so are no gamma of :data:`MASK_SCHEDULES`
+(whose ``exp``/``log`` are eMIGM's, fidelity finding F3): :func:`google_mask_ratio`."""
+
+SAMPLING_SCHEDULES: tuple[str, ...] = (*MASK_SCHEDULES, ARCCOS_VALEOAI, *GOOGLE_SCHEDULES)
 """Names :func:`masked_after_steps` takes: every gamma of :data:`MASK_SCHEDULES` under MaskGIT's
-floor rule, and valeoai's normalised-increment rule."""
+floor rule, valeoai's normalised-increment rule, and Google's N-dependent schedules."""
+
+COUNT_PRECISIONS = ("float64", "float32")
+FLOAT32_SCHEDULES: tuple[str, ...] = ("cosine", "linear", "arccos", *GOOGLE_SCHEDULES)
+"""The named schedules :func:`float32_masked` computes (the ones Google and open-muse name)."""
+
+
+def google_mask_ratio(schedule: str, progress: float, num_tokens: int) -> float:
+    """Google MaskGIT's mask ratio at progress r = (k+1)/T (mask_schedule.py ``schedule``, clipped
+    to [1e-6, 1] as there): ``google-exp`` 1 - N^-(1-r) (``1 - exp2(-log2(N) (1 - r))``),
+    ``google-log`` -log2(r) / log2(N), ``google-powX`` 1 - r^X. T=8, N=256: exp keeps
+    [254, 252, 248, 240, 224, 192, 128, 0] masked, log [96, 64, 45, 32, 21, 13, 6, 0]
+    (eMIGM's ``exp``/``log`` of :data:`MASK_SCHEDULES`: [252, ..., 118, 0], [249, ..., 151, 0])."""
+    if schedule == "google-exp":
+        ratio = 1.0 - 2.0 ** (-math.log2(num_tokens) * (1.0 - progress))
+    elif schedule == "google-log":
+        ratio = -math.log2(progress) / math.log2(num_tokens)
+    elif schedule.startswith("google-pow"):
+        ratio = 1.0 - progress ** float(schedule.removeprefix("google-pow"))
+    else:
+        raise ValueError(f"unknown Google schedule {schedule!r}; choose from {', '.join(GOOGLE_SCHEDULES)}")
+    return min(1.0, max(1e-6, ratio))
+
+
+def float32_masked(schedule: str, progress: float, num_tokens: int) -> int:
+    """floor(N gamma) computed in float32 as open-muse (``torch.tensor(ratio)``, float32) and
+    Google (JAX, float32) compute it: r rounded to float32, the schedule and the product in float32.
+    Where cos(pi r / 2) = 1/2 exactly (r = 2/3) the float32 count is N/2 - 1 (fidelity finding F4:
+    T=18, N=256, step 11: 127, float64 128). Takes cosine, linear and arccos (gamma(1 - r) of
+    :data:`MASK_SCHEDULES`) and the Google schedules."""
+    r = torch.tensor(progress, dtype=torch.float32)
+    n = torch.tensor(float(num_tokens), dtype=torch.float32)
+    if schedule == "cosine":
+        ratio = torch.cos(r * math.pi * 0.5)
+    elif schedule == "linear":
+        ratio = 1.0 - r
+    elif schedule == "arccos":
+        ratio = torch.arccos(r) / (math.pi * 0.5)
+    elif schedule == "google-exp":
+        ratio = 1.0 - torch.exp2(-torch.log2(n) * (1.0 - r))
+    elif schedule == "google-log":
+        ratio = -torch.log2(r) / torch.log2(n)
+    elif schedule.startswith("google-pow"):
+        ratio = 1.0 - r ** float(schedule.removeprefix("google-pow"))
+    else:
+        raise ValueError(f"no float32 count for schedule {schedule!r}; float32 takes {', '.join(FLOAT32_SCHEDULES)}")
+    if schedule.startswith("google-"):
+        ratio = ratio.clamp(1e-6, 1.0)
+    return int((n * ratio).floor())
 
 
 def mask_ratio(schedule: str, t: float) -> float:
@@ -65,7 +120,8 @@ def elbo_weight(schedule: str, t: float) -> float:
     return ELBO_WEIGHTS[schedule]((1.0 - ELBO_EPS) * t + ELBO_EPS)
 
 
-def masked_after_steps(schedule: str | Sequence[float], num_steps: int, num_tokens: int) -> list[int]:
+def masked_after_steps(schedule: str | Sequence[float], num_steps: int, num_tokens: int,
+                       precision: str = "float64") -> list[int]:
     """How many tokens stay masked after each of ``num_steps`` steps (MaskGIT's rule).
 
     After step k (0-based) the count is floor(N * gamma(1 - (k+1)/T)), clamped so that every
@@ -74,25 +130,33 @@ def masked_after_steps(schedule: str | Sequence[float], num_steps: int, num_toke
     ``schedule`` is a name of :data:`MASK_SCHEDULES` or an explicit list of T mask ratios after
     each step (AutoNAT's per-step ratios; the last is taken as 0). Requires T <= N. Returns T
     counts, strictly decreasing, ending at 0. ``arccos-valeoai`` follows valeoai's own rule
-    instead (:func:`valeoai_reveal_counts`), which may end before step T.
+    instead (:func:`valeoai_reveal_counts`), which may end before step T; the Google names
+    (:data:`GOOGLE_SCHEDULES`) take floor(N :func:`google_mask_ratio`). ``precision="float32"``
+    computes floor(N gamma) as upstream does (:func:`float32_masked`); float64 (the default) is
+    the exact value.
     """
+    if precision not in COUNT_PRECISIONS:
+        raise ValueError(f"unknown count precision {precision!r}; choose from {', '.join(COUNT_PRECISIONS)}")
     if num_steps < 1 or num_steps > num_tokens:
         raise ValueError(f"num_steps must lie in [1, {num_tokens}] for {num_tokens} tokens, got {num_steps}")
     if schedule == ARCCOS_VALEOAI:
         return masked_after_reveals(valeoai_reveal_counts(num_steps, num_tokens), num_tokens)
-    if isinstance(schedule, str):
-        ratios = [mask_ratio(schedule, 1.0 - (k + 1) / num_steps) for k in range(num_steps)]
+    if isinstance(schedule, str) and precision == "float32":
+        floors = [float32_masked(schedule, (k + 1) / num_steps, num_tokens) for k in range(num_steps)]
+    elif isinstance(schedule, str) and schedule in GOOGLE_SCHEDULES:
+        floors = [math.floor(num_tokens * google_mask_ratio(schedule, (k + 1) / num_steps, num_tokens))
+                  for k in range(num_steps)]
+    elif isinstance(schedule, str):
+        floors = [math.floor(num_tokens * mask_ratio(schedule, 1.0 - (k + 1) / num_steps)) for k in range(num_steps)]
     else:
         ratios = [float(r) for r in schedule]
         if len(ratios) != num_steps or any(not 0.0 <= r <= 1.0 for r in ratios):
             raise ValueError(f"explicit ratios must be {num_steps} values in [0, 1], got {ratios}")
+        floors = [math.floor(num_tokens * ratio) for ratio in ratios]
     counts, remaining = [], num_tokens
-    for k, ratio in enumerate(ratios):
+    for k, floor in enumerate(floors):
         steps_left = num_steps - k - 1
-        if steps_left == 0:
-            remaining = 0
-        else:
-            remaining = min(remaining - 1, max(steps_left, math.floor(num_tokens * ratio)))
+        remaining = 0 if steps_left == 0 else min(remaining - 1, max(steps_left, floor))
         counts.append(remaining)
     return counts
 

@@ -36,12 +36,12 @@ def test_adapter_at_initialisation() -> None:
     assert torch.equal(adapter.top_down_transform, torch.eye(32))
     h = torch.randn(3, 65, 32)
     labels = torch.tensor([0, 4, NULL_LABEL])
-    anchor = adapter.anchor(labels)
+    anchor = adapter.cls_anchor_gen(labels)
     assert anchor.shape == (3, 1, 32)
     cos = torch.nn.functional.cosine_similarity(h, anchor.expand_as(h), dim=-1).clamp(0, 1)
     torch.testing.assert_close(adapter.select(h, labels), h * cos[..., None])
     signals = adapter.feedback(adapter.select(h, labels))
-    first, second = adapter.decoders[1].first, adapter.decoders[1].second
+    first, second = adapter.decoders[1].linear, adapter.decoders[1].linear2
     torch.testing.assert_close(signals[1], second(first(adapter.select(h, labels))))
     assert len(signals) == 2 and all(s.shape == h.shape for s in signals)
 
@@ -64,7 +64,8 @@ def test_auxiliary_pass_blanks_the_class_slot(adapter) -> None:
     aux = AuxiliaryPass(2)
     last = torch.randn(1, 65, 32).expand(2, -1, -1)
     with torch.no_grad():
-        adapter.anchor.classes.weight.copy_(adapter.anchor.classes.weight[0].expand_as(adapter.anchor.classes.weight))
+        table = adapter.cls_anchor_gen.mlp_c.weight
+        table.copy_(table[0].expand_as(table))
     out = auxiliary_logits(stack.backbone, adapter, aux, aux.hooks(), torch.tensor([1, 7]), last)
     torch.testing.assert_close(out[0], out[1])
 

@@ -15,7 +15,14 @@ ramps as an option.
 The paper's sampler settings live in the base method: softmax temperature 1, high choice
 temperature with the open-muse compounding decay, T = 18 (``maskgit.steps=18
 maskgit.choice_temperature=25 maskgit.choice_anneal=compound``; Google's linear anneal is
-``choice_anneal=linear``). The adapter is trained by ``migbench fit self_guidance`` (:mod:`.train`).
+``choice_anneal=linear``). open-muse's sampler, which the released code runs, differs from Google's
+in two more ways, both options of the base method: decoded tokens keep a finite confidence and
+can be re-masked (``maskgit.decoded_confidence=finite``, fidelity finding F5) and the reveal
+counts are computed in float32 (``maskgit.count_precision=float32``, F4). The adapter is trained
+by ``migbench fit self_guidance`` (:mod:`.train`; ``substitutes=upstream`` draws the substituted
+tokens as the released code does, F6; ``signal_bias=true`` adds the value bias to the signal as
+upstream does); the released ImageNet adapter loads through :mod:`.release`
+(``self_guidance.weights=unlockmgm_toast_256``).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from typing import Any
 
 import torch
 from migbench.methods.self_guidance.adapter import AuxiliaryPass, TOASTAdapter, auxiliary_logits
+from migbench.methods.self_guidance.release import RELEASED, load_release
 from torch import nn
 
 from migbench import weights
@@ -35,13 +43,16 @@ from migbench.guidance import GuidanceTerm
 from migbench.sampler import SamplerBuilder
 from migbench.schedules import guidance_scale
 
+SUBSTITUTE_RULES = ("model", "upstream")
+
 
 @dataclass(frozen=True)
 class SelfGuidanceConfig:
     scale: float = knob(1.0, "guidance scale s (paper and released evaluation: 1)")
     scale_schedule: str = knob("constant", "s over steps (released code: constant)",
                                ("constant", "linear", "power-cosine"))
-    weights: str = knob(AUTO, "adapter weights (a manifest name; auto = the stack's)")
+    weights: str = knob(AUTO, "adapter weights (a manifest name, or unlockmgm_toast_256/512: the released "
+                              "adapter, imported; auto = the stack's)")
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -60,8 +71,15 @@ class SelfGuidanceTraining:
     label_smoothing: float = knob(0.1, "label smoothing of the correction loss (upstream 0.1)")
     factor: int = knob(16, "slices of the class anchor's factorised token generator (upstream 16)")
     seed: int = knob(0, "seed of the batches and draws")
+    substitutes: str = knob(
+        "model", "substituted tokens: model (the paper: the frozen model's own samples) or upstream (the "
+                 "released code: multinomial(softmax(p)) over probabilities p, nearly uniform codes)",
+        SUBSTITUTE_RULES, described_at_default=False)
+    signal_bias: bool = knob(False, "second pass adds W_v td + b_v (upstream; true) or W_v td (false)",
+                             described_at_default=False)
 
     def __post_init__(self) -> None:
+        check_choices(self)
         check_bounds(self, "fit self_guidance", at_least_one=("steps", "batch_size", "factor"), positive=("lr",),
                      non_negative=("warmup",))
         if not 0 <= self.label_smoothing < 1:
@@ -70,11 +88,16 @@ class SelfGuidanceTraining:
 
 def _adapter(entry: dict[str, Any]) -> TOASTAdapter:
     model = entry["config"]["model"]
-    return TOASTAdapter(model["num_classes"], model["width"], model["depth"], model["factor"])
+    return TOASTAdapter(model["num_classes"], model["width"], model["depth"], model["factor"],
+                        signal_bias=model.get("signal_bias", False))
 
 
 def load_adapter(name: str, backbone: Backbone) -> TOASTAdapter:
-    """The committed adapter ``name`` (sha256-checked, cached per hash) on ``backbone``'s device."""
+    """The committed adapter ``name`` (sha256-checked, cached per hash) on ``backbone``'s device;
+    the released one (``name`` one of :data:`.release.RELEASED`) from the checkpoint cache,
+    uncached (:func:`.release.load_release`)."""
+    if name in RELEASED:
+        return load_release(name, backbone.layout.num_classes, backbone.width, backbone.depth).to(_device(backbone))
     return weights.load_module(name, _adapter).to(_device(backbone))
 
 
@@ -114,7 +137,7 @@ class SelfGuidance:
         adapter = load_adapter(weights_name, builder.backbone)
         check_fits(adapter, stack, weights_name)
         builder.add_parameters(name, online=sum(p.numel() for p in adapter.parameters()))
-        aux = AuxiliaryPass(builder.backbone.depth)
+        aux = AuxiliaryPass(builder.backbone.depth, signal_bias=adapter.signal_bias)
         aux.install(lambda site, hook: builder.add_hook(site, hook, name, branches=(name,)))
 
         def dependent(backbone: nn.Module, ids: torch.Tensor, labels: torch.Tensor,
@@ -139,7 +162,7 @@ class SelfGuidance:
             adapter = TOASTAdapter(backbone.layout.num_classes, backbone.width, backbone.depth, factor=4)
             with torch.no_grad():
                 for block in adapter.decoders:
-                    for linear in (block.first, block.second):
+                    for linear in (block.linear, block.linear2):
                         nn.init.normal_(linear.weight, std=backbone.width ** -0.5)
         return adapter.to(_device(backbone)).eval().requires_grad_(False)
 

@@ -4,7 +4,10 @@ Per batch (official code ``gen_corr_loss_toast``; the README credits CMLMC):
 
 1. mask ground-truth tokens MaskGIT-style: ceil(cos(pi r / 2) N) positions, r ~ U(0, 1), >= 1;
 2. with no gradients, the frozen backbone sees class + all [MASK] and draws one sample per
-   position (softmax, temperature 1);
+   position: from softmax(l) (``substitutes="model"``, the paper's "the model's own samples",
+   the default) or, as the released code does (toast.py 807-809, fidelity finding F6), from
+   softmax(p) with p = softmax(l) already probabilities (``substitutes="upstream"``: every code's
+   chance within a factor e of uniform, so nearly uniform substitutions);
 3. round(0.3 #visible) visible tokens (at least one, when any is visible), chosen uniformly, are
    replaced by those samples;
 4. the main pass runs on that corrupted canvas (frozen), the adapter's auxiliary pass predicts,
@@ -51,11 +54,22 @@ def substitution_mask(masked: torch.Tensor, rate: float, generator: torch.Genera
     return ranks < count[:, None]
 
 
+def substitute_log_probs(logits: torch.Tensor, rule: str) -> torch.Tensor:
+    """log-probabilities (B, N, K) the substitutes are drawn from, given the all-[MASK] pass's
+    logits (B, N, K): log_softmax(l) (``model``) or log_softmax(softmax(l)) (``upstream``: the
+    released code's ``multinomial(l.softmax(-1))`` over ``exp(log_softmax(logits))``)."""
+    if rule == "model":
+        return torch.log_softmax(logits, -1)
+    if rule == "upstream":
+        return torch.log_softmax(torch.softmax(logits, -1), -1)
+    raise ValueError(f"unknown substitution rule {rule!r}; choose from model, upstream")
+
+
 @torch.no_grad()
 def corrupted_batch(backbone: Backbone, x0: torch.Tensor, labels: torch.Tensor,
-                    generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The corrupted canvas (B, N) (mask ids + substituted samples) and the substitution mask,
-    on the device of ``x0`` and the backbone.
+                    generator: torch.Generator, rule: str = "model") -> tuple[torch.Tensor, torch.Tensor]:
+    """The corrupted canvas (B, N) (mask ids + substituted samples drawn by ``rule``:
+    :func:`substitute_log_probs`) and the substitution mask, on the device of ``x0`` and the backbone.
 
     Every draw comes from ``generator`` (the step's CPU generator) and is moved to that device.
     The backbone's pass runs in the caller's autocast.
@@ -64,7 +78,7 @@ def corrupted_batch(backbone: Backbone, x0: torch.Tensor, labels: torch.Tensor,
     masked = sample_mask(len(x0), x0.shape[1], "cosine", 0.0, generator)
     blank = torch.full_like(x0, backbone.layout.mask_id)
     logits = backbone(blank, labels).logits.float()
-    samples = gumbel_max(torch.log_softmax(logits, -1), generator)
+    samples = gumbel_max(substitute_log_probs(logits, rule), generator)
     substituted = substitution_mask(masked, SUBSTITUTION_RATE, generator).to(device)
     canvas = torch.where(substituted, samples, x0).masked_fill(masked.to(device), backbone.layout.mask_id)
     return canvas, substituted
@@ -91,10 +105,11 @@ def correction_loss(backbone: Backbone, adapter: TOASTAdapter, aux: AuxiliaryPas
 
 @torch.no_grad()
 def held_out_correction(backbone: Backbone, adapter: TOASTAdapter, ids: torch.Tensor,
-                        labels: torch.Tensor, precision: str, batch: int = 500) -> dict[str, float]:
-    """Correction accuracy and loss (no smoothing) at substituted positions on held-out maps, on
-    the adapter's device under ``precision`` autocast."""
-    aux = AuxiliaryPass(backbone.depth)
+                        labels: torch.Tensor, precision: str, batch: int = 500,
+                        rule: str = "model") -> dict[str, float]:
+    """Correction accuracy and loss (no smoothing) at substituted positions (drawn by ``rule``) on
+    held-out maps, on the adapter's device under ``precision`` autocast."""
+    aux = AuxiliaryPass(backbone.depth, signal_bias=adapter.signal_bias)
     hooks = aux.hooks()
     device = next(adapter.parameters()).device
     gen = torch.Generator().manual_seed(2468)
@@ -102,7 +117,7 @@ def held_out_correction(backbone: Backbone, adapter: TOASTAdapter, ids: torch.Te
     for i in range(0, len(ids), batch):
         x0, y = ids[i:i + batch].to(device), labels[i:i + batch].to(device)
         with autocast(precision, device):
-            canvas, substituted = corrupted_batch(backbone, x0, y, gen)
+            canvas, substituted = corrupted_batch(backbone, x0, y, gen, rule)
             main = backbone(canvas, y)
             logits = auxiliary_logits(backbone, adapter, aux, hooks, y, main.last_block).float()
         n = int(substituted.sum())
@@ -126,8 +141,8 @@ def train_adapter(run_dir: Path, stack: Stack, training: SelfGuidanceTraining = 
     backbone = stack.backbone.to(loop.device)
     ids, labels = stack_token_maps(stack, "train", loop.device, "fit self_guidance")
     num_classes, width, depth = backbone.layout.num_classes, backbone.width, backbone.depth
-    adapter = TOASTAdapter(num_classes, width, depth, training.factor)
-    aux = AuxiliaryPass(depth)
+    adapter = TOASTAdapter(num_classes, width, depth, training.factor, signal_bias=training.signal_bias)
+    aux = AuxiliaryPass(depth, signal_bias=training.signal_bias)
     hooks = aux.hooks()
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=training.lr, betas=(0.9, 0.96), weight_decay=0.0)
 
@@ -135,16 +150,18 @@ def train_adapter(run_dir: Path, stack: Stack, training: SelfGuidanceTraining = 
                 ) -> tuple[torch.Tensor, dict[str, float]]:
         idx = batch_indices(len(ids), training.batch_size, training.seed, step)
         x0, y = ids[idx].to(device), labels[idx].to(device)
-        canvas, substituted = corrupted_batch(backbone, x0, y, gen)
+        canvas, substituted = corrupted_batch(backbone, x0, y, gen, training.substitutes)
         return correction_loss(backbone, net, aux, hooks, x0, y, canvas, substituted, training.label_smoothing)
 
     adapter = loop.run(adapter, optimizer, step_fn)
     return loop.publish(
-        name, adapter, lambda: TOASTAdapter(num_classes, width, depth, training.factor),
+        name, adapter, lambda: TOASTAdapter(num_classes, width, depth, training.factor,
+                                            signal_bias=training.signal_bias),
         lambda m: held_out_correction(backbone, m, *stack_token_maps(stack, "test", loop.device, "fit self_guidance"),
-                                      loop.precision_used),
+                                      loop.precision_used, rule=training.substitutes),
         command=command, started=started,
         config={"model": {"kind": "toast_adapter", "num_classes": num_classes, "width": width,
-                          "depth": depth, "factor": training.factor},
+                          "depth": depth, "factor": training.factor,
+                          **({"signal_bias": True} if training.signal_bias else {})},
                 "training": asdict(replace(training, name=name)),
                 "stack": {"name": stack.name, "weights": dict(stack.weight_hashes)}})
