@@ -28,7 +28,8 @@ takes log p from log_softmax of the guided logits *before* the temperature (any 
 processor), as AutoNAT's ``generate``: ``Categorical(logits / samp_temp)`` samples, then
 ``log_softmax(logits)`` scores. The defaults (empty lists, ``tempered``) are today's sampler, and
 these knobs are left out of a recipe's description while at them (run hashes unchanged).
-``presets["autonat_t8"]`` (:data:`AUTONAT_T8`) is AutoNAT-L's searched T = 8 strategy.
+``presets["autonat_t8"]`` (:data:`AUTONAT_T8`) is AutoNAT-L's searched T = 8 strategy;
+``presets["unlockmgm"]`` (:data:`UNLOCKMGM`) the sampler of the self-guidance release.
 
 Upstream arithmetic (fidelity findings F3-F5; defaults are today's sampler, left out of a recipe's
 description while at them): ``schedule=google-exp|google-log|google-pow2|google-pow3`` are Google
@@ -162,6 +163,21 @@ same labels with ``drop_label`` set, i.e. its drop-class token 2025; here CFG pa
 which the valeoai backbone maps to that token."""
 
 
+UNLOCKMGM: dict[str, Any] = {
+    "maskgit.schedule": "cosine",
+    "maskgit.choice_anneal": "compound",
+    "maskgit.decoded_confidence": "finite",
+    "maskgit.count_precision": "float32",
+}
+"""The base sampler as UnlockMGM's (open-muse's) ``generate`` runs it for the self-guidance rows
+(JiwanHur/UnlockMGM 33e139a, muse/modeling_transformer_toast.py and muse/sampling.py): cosine
+reveal counts computed in float32 (F4: T = 18, N = 256, step 11 masks 127), the choice temperature
+re-assigned every step as tau (1 - (k+1)/T) (``compound``), and decoded tokens scored
+log(float32 max) + tau Gumbel, so at high tau they can be re-masked (F5). The conventions only:
+the paper's settings (T = 18, tau0 25 at 256 px and 45 at 512 px, self-guidance s = 1) are set by
+the suites."""
+
+
 AUTONAT_T8: dict[str, Any] = {
     "maskgit.steps": 8,
     "maskgit.ratios": (0.9531645174140464, 0.8795409806037042, 0.7940230737075623, 0.745995860948045,
@@ -277,7 +293,7 @@ class MaskGIT:
                   "selector": ("decoded_confidence",),
                   "scorer": ("choice_temperature", "choice_anneal", "choice_temperatures", "confidence")}
     # named bundles of overrides, expanded before a recipe is resolved (migbench.recipe.expand_preset)
-    presets: dict[str, dict[str, Any]] = {"valeoai": VALEOAI, "autonat_t8": AUTONAT_T8}
+    presets: dict[str, dict[str, Any]] = {"valeoai": VALEOAI, "autonat_t8": AUTONAT_T8, "unlockmgm": UNLOCKMGM}
 
     @staticmethod
     def neutral_config() -> MaskGITConfig:

@@ -32,6 +32,9 @@ BACKBONES: dict[str, str] = {
     "autonat_l": "migbench.backbones.autonat:autonat_l",
     "autonat_l_kamig": "migbench.backbones.autonat:autonat_l_kamig",
     "autonat_tiny": "migbench.backbones.autonat:autonat_tiny",
+    "maskgit_256": "migbench.backbones.openmuse:maskgit_256",
+    "maskgit_512": "migbench.backbones.openmuse:maskgit_512",
+    "openmuse_tiny": "migbench.backbones.openmuse:openmuse_tiny",
 }
 
 # Known public checkpoint files: family (or method with released parts) -> "module:attr" of its
@@ -40,6 +43,8 @@ CHECKPOINT_TABLES: dict[str, str] = {
     "valeoai": "migbench.backbones.valeoai:CHECKPOINTS",
     "autonat": "migbench.backbones.autonat:CHECKPOINTS",
     "ka_mig": "migbench.methods.ka_mig.release:CHECKPOINTS",
+    "openmuse": "migbench.backbones.openmuse:CHECKPOINTS",
+    "self_guidance": "migbench.methods.self_guidance.release:CHECKPOINTS",
 }
 
 # `migbench` sub-commands that live above the core (the harness and the families' trainers).

@@ -260,9 +260,10 @@ def test_every_known_checkpoint_names_a_listing_that_exists() -> None:
     from migbench import registry
     from migbench.checkpoints import expected_keys
 
+    unlisted = {"ka_mig_graph_p"}  # a dense tensor pickle whose shape the conversion checks (no listing)
     for name, spec in registry.checkpoints().items():
         keys, parameters = expected_keys(spec)
-        assert keys and parameters > 0, name
+        assert (keys and parameters > 0) or name in unlisted, name
         assert spec.licence and (spec.hub_location() is not None or spec.source.startswith("https://"))
 
 

@@ -40,7 +40,7 @@ from migbench.recipe import build_sampler, resolve
 FULL_SIZE = tuple(name for name in registry.BACKBONES
                   if "random_weights" in inspect.signature(registry.backbone(name)).parameters)
 FAMILIES = [pytest.param(name, marks=pytest.mark.slow if name in FULL_SIZE else ()) for name in registry.BACKBONES]
-TINY = ("toy", "toy1d", "valeoai_tiny", "autonat_tiny")  # random families that sample in a second; the others' sampling tests are slow
+TINY = ("toy", "toy1d", "valeoai_tiny", "autonat_tiny", "openmuse_tiny")  # random families that sample in a second; the others' sampling tests are slow
 SAMPLING = [pytest.param(name, marks=() if name in TINY else pytest.mark.slow) for name in registry.BACKBONES]
 OPTIONAL = [m for m in registry.METHODS if m != "maskgit"]
 GRID_METHODS = ("halton", "ka_mig")  # need a 2-D token grid (KA-MIG: for G_co, on by default)

@@ -13,7 +13,8 @@ huggingface/open-muse at 64e1afe033717d795866ab8204484705cd4dc3f7
   z_channels 256, resolution 256, in/out channels 3, ch 128, ch_mult [1,1,2,2,4],
   num_res_blocks 2, attn_resolutions [16], dropout 0), n_embed 1024, embed_dim 256: every
   ``state_dict()`` name with its shape, and the parameters' total size (54,515,587, 168 tensors).
-- ``fixtures/common_maskgit_vqgan_open_muse_keys.json``: the same for open-muse's
+- ``backbones/common/keys/maskgit_vqgan_open_muse.json`` (package data: what open-muse-named files
+  are checked against): the same for open-muse's
   ``MaskGitVQGAN()`` at its defaults (the same sizes); it loaded :func:`to_open_muse` of the
   MAGE state dict strictly.
 - ``fixtures/common_maskgit_vqgan_tiny.safetensors`` (fp32): ImprovedNAT's ``VQModel`` with
@@ -56,6 +57,7 @@ from migbench.api import Tokenizer
 from migbench.checkpoints import CheckpointSpec, expected_keys, load_strict
 
 FIXTURES = Path(__file__).parent / "fixtures"
+LISTINGS = Path(__file__).parents[1] / "backbones" / "common" / "keys"
 LISTING = Path(__file__).parents[1] / "backbones" / "common" / "keys" / "maskgit_vqgan.json"
 UPSTREAMS = [("", "ids", "decoded", "random_decoded"),
              ("open_muse", "open_muse_ids", "open_muse_decoded", "open_muse_random_decoded")]
@@ -94,7 +96,7 @@ def test_full_size_keys_shapes_and_count_match_upstream() -> None:
 def test_open_muse_renaming_is_exactly_upstreams_names() -> None:
     """Full size: the renamed MAGE listing is open-muse's listing, shapes included, and back."""
     mage = json.loads(LISTING.read_text())["keys"]
-    open_muse = json.loads((FIXTURES / "common_maskgit_vqgan_open_muse_keys.json").read_text())["keys"]
+    open_muse = json.loads((LISTINGS / "maskgit_vqgan_open_muse.json").read_text())["keys"]
     assert to_open_muse(mage) == open_muse
     assert from_open_muse(open_muse) == mage
     assert len({k for k in open_muse if k not in mage}) == 32  # 4 mid blocks x 6 + 4 upsample convs x 2

@@ -17,7 +17,7 @@ import pytest
 import torch
 from migbench.backbones.toy import toy
 from migbench.benchmarks.suite import SuiteError, parse_suite
-from migbench.methods.maskgit import AUTONAT_T8, VALEOAI, MaskGITConfig
+from migbench.methods.maskgit import AUTONAT_T8, UNLOCKMGM, VALEOAI, MaskGITConfig
 
 from migbench.cli import main
 from migbench.generate import generate
@@ -125,7 +125,7 @@ def test_scorer_adds_annealed_gumbel_to_log_p(stack) -> None:
 
 
 def test_preset_contents_and_precedence() -> None:
-    assert presets() == {"valeoai": VALEOAI, "autonat_t8": AUTONAT_T8}
+    assert presets() == {"valeoai": VALEOAI, "autonat_t8": AUTONAT_T8, "unlockmgm": UNLOCKMGM}
     assert VALEOAI == {"maskgit.schedule": "arccos-valeoai", "maskgit.choice_anneal": "linear-valeoai",
                        "maskgit.cfg_schedule": "linear-valeoai", "maskgit.temperature_mode": "multiplier",
                        "maskgit.cfg_convention": "maskgit"}

@@ -38,7 +38,14 @@ from torch import nn
 
 from migbench import weights
 from migbench.api import Backbone, HookSet, Prediction, Stack
-from migbench.config import AUTO, check_bounds, check_choices, check_guidance_scale, knob
+from migbench.config import (
+    AUTO,
+    RANDOM_PARTS,
+    check_bounds,
+    check_choices,
+    check_guidance_scale,
+    knob,
+)
 from migbench.guidance import GuidanceTerm
 from migbench.sampler import SamplerBuilder
 from migbench.schedules import guidance_scale
@@ -134,7 +141,8 @@ class SelfGuidance:
             return
         name, stack = SelfGuidance.name, builder.stack
         weights_name = builder.weights_name(name, "weights", config.weights)
-        adapter = load_adapter(weights_name, builder.backbone)
+        adapter = (SelfGuidance.random_parts(stack) if weights_name == RANDOM_PARTS
+                   else load_adapter(weights_name, builder.backbone))
         check_fits(adapter, stack, weights_name)
         builder.add_parameters(name, online=sum(p.numel() for p in adapter.parameters()))
         aux = AuxiliaryPass(builder.backbone.depth, signal_bias=adapter.signal_bias)

@@ -29,7 +29,7 @@ from migbench.methods.token_critic.critic import TokenCritic, check_trained_for,
 
 from migbench import weights
 from migbench.api import Backbone, Stack
-from migbench.config import AUTO, check_bounds, check_choices, knob
+from migbench.config import AUTO, RANDOM_PARTS, check_bounds, check_choices, knob
 from migbench.rng import gumbel
 from migbench.sampler import SamplerBuilder, SampleState
 from migbench.schedules import MASK_SCHEDULES
@@ -113,8 +113,9 @@ class TokenCriticMethod:
     def install(builder: SamplerBuilder, config: TokenCriticConfig) -> None:
         if not config.enabled:
             return
-        critic = load_critic(builder.weights_name(TokenCriticMethod.name, "weights", config.weights),
-                             builder.backbone)
+        name = builder.weights_name(TokenCriticMethod.name, "weights", config.weights)
+        critic = (TokenCriticMethod.random_parts(builder.stack) if name == RANDOM_PARTS
+                  else load_critic(name, builder.backbone))
         builder.add_parameters(TokenCriticMethod.name, online=sum(p.numel() for p in critic.parameters()))
 
         def scorer(candidates: torch.Tensor, logp: torch.Tensor, state: SampleState) -> torch.Tensor:

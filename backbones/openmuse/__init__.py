@@ -1,0 +1,92 @@
+"""``openmuse``: Google's MaskGIT (Chang et al., CVPR 2022) in UnlockMGM's copy of open-muse's
+layout, the backbone of the self-guidance paper's rows (Hur et al., NeurIPS 2024).
+
+Stacks: ``maskgit_256`` and ``maskgit_512`` (16x16 and 32x32 tokens): the transformer
+(:class:`~.maskgit_transformer.MaskGitTransformer`: post-LN, class token first, vocabulary 2025
+with [MASK] 2024 and no null class) over Google's MaskGIT VQGAN
+(:class:`~migbench.backbones.common.maskgit_vqgan.MaskGitVQGAN`, read from open-muse's names);
+and ``openmuse_tiny``, the same modules tiny and random, for contract tests.
+
+Files: the transformer is the backbone part of the self-guidance release (the whole fine-tuned
+model, its backbone frozen: Google's weights as UnlockMGM converted them;
+``migbench.methods.self_guidance.release``), the VQGAN open-muse's conversion on the hub.
+``random_weights=True`` builds the stacks with seeded random weights (and ``random`` method parts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from migbench.backbones.common.imagenet import imagenet_data
+from migbench.backbones.common.maskgit_vqgan import MaskGitVQGAN, MaskGitVQGANConfig, from_open_muse
+from migbench.backbones.openmuse.maskgit_transformer import (
+    MaskGitTransformer,
+    MaskGitTransformerConfig,
+)
+
+from migbench.api import Stack
+from migbench.checkpoints import CheckpointSpec, load_state, load_strict, record
+from migbench.config import RANDOM_PARTS
+
+VQGAN_PAGE = "https://huggingface.co/openMUSE/maskgit-vqgan-imagenet-f16-256"
+CHECKPOINTS: tuple[CheckpointSpec, ...] = (
+    CheckpointSpec(name="openmuse_maskgit_vqgan", source="hf:openMUSE/maskgit-vqgan-imagenet-f16-256/pytorch_model.bin@main",
+                   licence="Apache-2.0 (Google's MaskGIT weights, converted by open-muse)",
+                   listing="migbench.backbones.common:keys/maskgit_vqgan_open_muse.json",
+                   manual=f"{VQGAN_PAGE} (its weights file; or UnlockMGM's scripts/convert_maskgit_vqgan.py output)"),
+)
+BACKBONES = {256: "unlockmgm_maskgit_256", 512: "unlockmgm_maskgit_512"}  # methods/self_guidance/release.py
+ADAPTERS = {256: "unlockmgm_toast_256", 512: "unlockmgm_toast_512"}
+
+
+def _stack(size: int, random_weights: bool, seed: int) -> Stack:
+    """The transformer at ``size`` px over the VQGAN: the imported files, checked for before
+    anything is built, or seeded random weights."""
+    checkpoint = BACKBONES[size]
+    if not random_weights:
+        for needed in (checkpoint, "openmuse_maskgit_vqgan"):
+            record(needed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        tokenizer = MaskGitVQGAN(MaskGitVQGANConfig(), image_size=size)
+        backbone = MaskGitTransformer(MaskGitTransformerConfig(img_size=size))
+    if random_weights:
+        hashes = {checkpoint: f"random-seed{seed}", "openmuse_maskgit_vqgan": f"random-seed{seed}"}
+        method_weights = {method: {"weights": RANDOM_PARTS} for method in ("self_guidance", "token_critic")}
+    else:
+        hashes = {}
+        for module, name, convert in ((backbone, checkpoint, dict), (tokenizer, "openmuse_maskgit_vqgan", from_open_muse)):
+            state, entry = load_state(name)
+            load_strict(module, convert(state), name)
+            hashes[name], hashes[f"{name}.safetensors"] = entry["source_sha256"], entry["sha256"]
+        method_weights = {"self_guidance": {"weights": ADAPTERS[size]}}
+    return Stack(name=f"maskgit_{size}", tokenizer=tokenizer.eval().requires_grad_(False),
+                 backbone=backbone.eval().requires_grad_(False), dataset=imagenet_data(size), weight_hashes=hashes,
+                 method_weights=method_weights)
+
+
+def maskgit_256(random_weights: bool = False, seed: int = 0) -> Stack:
+    """Google's MaskGIT at 256 px (the self-guidance release's backbone part) over its VQGAN."""
+    return _stack(256, random_weights, seed)
+
+
+def maskgit_512(random_weights: bool = False, seed: int = 0) -> Stack:
+    """Google's MaskGIT at 512 px (1,024 tokens) over the same VQGAN."""
+    return _stack(512, random_weights, seed)
+
+
+def openmuse_tiny(seed: int = 0) -> Stack:
+    """Both modules tiny and random (same seed, same weights): 32 px -> 16x16 tokens of 64
+    codes, ImageNet's first classes; initialised wider than upstream's std 0.02 so the class
+    token moves the logits enough for the contract tests to see it."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        tokenizer = MaskGitVQGAN(MaskGitVQGANConfig.tiny(), image_size=32)
+        backbone = MaskGitTransformer(dataclasses.replace(MaskGitTransformerConfig.tiny(), img_size=32, downsample=2,
+                                                          codebook_size=64, initializer_range=0.3))
+    data = imagenet_data(32)
+    data = dataclasses.replace(data, class_names=data.class_names[:backbone.layout.num_classes])
+    return Stack(name="openmuse_tiny", tokenizer=tokenizer.eval().requires_grad_(False),
+                 backbone=backbone.eval().requires_grad_(False), dataset=data,
+                 weight_hashes={"openmuse_tiny": f"random-seed{seed}"})
