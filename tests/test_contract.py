@@ -348,3 +348,20 @@ def test_grids_draw_rgb_and_at_most_ten_classes_of_ten(tmp_path) -> None:
     shown = (labels < 10) & (index % per_class < 10)
     assert all(counts[tuple(c)] == (side * scale) ** 2 for c in colours[shown].tolist())
     assert not any(counts[tuple(c)] for c in colours[~shown].tolist())
+
+
+def test_random_method_parts_sample_on_a_random_weights_stack() -> None:
+    """``weights = random`` (what random-weights stacks name for their trained methods) installs
+    each method's seeded ``random_parts``: the same samples twice, and other samples than the
+    base sampler's."""
+    from dataclasses import replace
+
+    from migbench.config import RANDOM_PARTS
+
+    stack = replace(load("toy"), method_weights={m: {"weights": RANDOM_PARTS, "graphs": RANDOM_PARTS}
+                                                 for m in ("ka_mig", "self_guidance", "token_critic")})
+    base = generate(stack, resolve(["maskgit"]).bind(stack), 4, 0, batch_size=4, progress=False).images
+    for method in ("ka_mig", "self_guidance", "token_critic"):
+        recipe = resolve(["maskgit", method]).bind(stack)
+        first, again = (generate(stack, recipe, 4, 0, batch_size=4, progress=False).images for _ in range(2))
+        assert np.array_equal(first, again) and not np.array_equal(first, base), method

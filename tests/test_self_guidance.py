@@ -27,7 +27,7 @@ def adapter(monkeypatch):
 
 
 def sg(overrides: dict[str, object]):
-    return resolve("self_guidance", {"self_guidance.weights": "random", **overrides})
+    return resolve("self_guidance", {"self_guidance.weights": "patched", **overrides})
 
 
 def test_adapter_at_initialisation() -> None:

@@ -74,7 +74,7 @@ def toy_critic(monkeypatch):
 
 
 def tc(overrides: dict[str, object]):
-    return resolve("token_critic", {"token_critic.weights": "random", **overrides})
+    return resolve("token_critic", {"token_critic.weights": "patched", **overrides})
 
 
 def test_nfe_is_two_per_step(toy_critic) -> None:
