@@ -22,11 +22,10 @@ import dataclasses
 
 import torch
 from migbench.backbones.autonat.uvit import UViT, UViTConfig
-from migbench.backbones.common.imagenet import imagenet_data
-from migbench.backbones.common.imagenet_tokens import stack_token_maps
+from migbench.backbones.common.imagenet_tokens import imagenet_with_tokens
 from migbench.backbones.common.maskgit_vqgan import MaskGitVQGAN, MaskGitVQGANConfig
 
-from migbench.api import DatasetSpec, Stack
+from migbench.api import Stack
 from migbench.checkpoints import CheckpointSpec, load_state, load_strict, record
 from migbench.config import RANDOM_PARTS
 
@@ -58,15 +57,6 @@ KA_MIG_RELEASED = {"ka_mig": {"weights": "ka_mig_autonat_l", "graphs": "ka_mig_g
 KA_MIG_RANDOM = {"ka_mig": {"weights": RANDOM_PARTS, "graphs": RANDOM_PARTS}}
 
 
-def _data(tokenizer: MaskGitVQGAN, size: int, num_classes: int) -> DatasetSpec:
-    """ImageNet at ``size`` px, its first ``num_classes`` classes, with token maps of ``tokenizer``
-    (:func:`~migbench.backbones.common.imagenet_tokens.stack_token_maps`: KA-MIG's centre crop and
-    the train split's flipped copy, from ``$MIGBENCH_IMAGENET``)."""
-    data = imagenet_data(size)
-    return dataclasses.replace(data, class_names=data.class_names[:num_classes],
-                               token_maps=stack_token_maps(tokenizer, size, num_classes))
-
-
 def _stack(name: str, checkpoint: str, random_weights: bool, seed: int) -> Stack:
     """The U-ViT ``checkpoint`` over the MAGE VQGAN: the imported files, checked for before
     anything is built, or seeded random weights."""
@@ -84,7 +74,7 @@ def _stack(name: str, checkpoint: str, random_weights: bool, seed: int) -> Stack
         _load_checkpoint(backbone, checkpoint, hashes)
         _load_checkpoint(tokenizer, "mage_vqgan", hashes)
     return Stack(name=name, tokenizer=tokenizer.eval().requires_grad_(False),
-                 backbone=backbone.eval().requires_grad_(False), dataset=_data(tokenizer, 256, 1000), weight_hashes=hashes,
+                 backbone=backbone.eval().requires_grad_(False), dataset=imagenet_with_tokens(tokenizer, 256, 1000), weight_hashes=hashes,
                  method_weights=KA_MIG_RANDOM if random_weights else KA_MIG_RELEASED)
 
 
@@ -110,5 +100,5 @@ def autonat_tiny(seed: int = 0) -> Stack:
         tokenizer = MaskGitVQGAN(vq_config, image_size=32)
         backbone = UViT(dataclasses.replace(UViTConfig.tiny(), side=16, codebook_size=vq_config.n_embed))
     return Stack(name="autonat_tiny", tokenizer=tokenizer.eval().requires_grad_(False),
-                 backbone=backbone.eval().requires_grad_(False), dataset=_data(tokenizer, 32, backbone.layout.num_classes),
+                 backbone=backbone.eval().requires_grad_(False), dataset=imagenet_with_tokens(tokenizer, 32, backbone.layout.num_classes),
                  weight_hashes={"autonat_tiny": f"random-seed{seed}"})

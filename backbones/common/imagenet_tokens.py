@@ -47,6 +47,7 @@ from migbench.backbones.common.imagenet import (
     IMAGENET_ENV,
     ImageFolder,
     ImageNetError,
+    imagenet_data,
     list_folder,
     read_blocks,
 )
@@ -54,6 +55,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from migbench.api import DatasetSpec
 from migbench.config import content_hash, stable_hash
 from migbench.paths import cache_dir
 
@@ -285,6 +287,16 @@ def main(argv: list[str] | None = None) -> int:
     if _processes()[1] == 0:
         print(f"{args.stack} {args.split}: {tuple(ids.shape)} token maps cached under {cache_dir() / 'tokens'}")
     return 0
+
+
+def imagenet_with_tokens(tokenizer: Any, size: int, num_classes: int) -> DatasetSpec:
+    """ImageNet at ``size`` px, its first ``num_classes`` classes, with token maps of ``tokenizer``
+    (:func:`stack_token_maps`: ADM's centre crop, as KA-MIG tokenises, and the train split's
+    flipped copy, from ``$MIGBENCH_IMAGENET``): what a public family's stacks describe their data
+    with, so `migbench fit` can train a method's parts on ImageNet."""
+    data = imagenet_data(size)
+    return replace(data, class_names=data.class_names[:num_classes],
+                               token_maps=stack_token_maps(tokenizer, size, num_classes))
 
 
 if __name__ == "__main__":

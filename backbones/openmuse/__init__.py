@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from migbench.backbones.common.imagenet import imagenet_data
+from migbench.backbones.common.imagenet_tokens import imagenet_with_tokens
 from migbench.backbones.common.maskgit_vqgan import MaskGitVQGAN, MaskGitVQGANConfig, from_open_muse
 from migbench.backbones.openmuse.maskgit_transformer import (
     MaskGitTransformer,
@@ -62,7 +62,7 @@ def _stack(size: int, random_weights: bool, seed: int) -> Stack:
             hashes[name], hashes[f"{name}.safetensors"] = entry["source_sha256"], entry["sha256"]
         method_weights = {"self_guidance": {"weights": ADAPTERS[size]}}
     return Stack(name=f"maskgit_{size}", tokenizer=tokenizer.eval().requires_grad_(False),
-                 backbone=backbone.eval().requires_grad_(False), dataset=imagenet_data(size), weight_hashes=hashes,
+                 backbone=backbone.eval().requires_grad_(False), dataset=imagenet_with_tokens(tokenizer, size, 1000), weight_hashes=hashes,
                  method_weights=method_weights)
 
 
@@ -85,8 +85,7 @@ def openmuse_tiny(seed: int = 0) -> Stack:
         tokenizer = MaskGitVQGAN(MaskGitVQGANConfig.tiny(), image_size=32)
         backbone = MaskGitTransformer(dataclasses.replace(MaskGitTransformerConfig.tiny(), img_size=32, downsample=2,
                                                           codebook_size=64, initializer_range=0.3))
-    data = imagenet_data(32)
-    data = dataclasses.replace(data, class_names=data.class_names[:backbone.layout.num_classes])
+    data = imagenet_with_tokens(tokenizer, 32, backbone.layout.num_classes)
     return Stack(name="openmuse_tiny", tokenizer=tokenizer.eval().requires_grad_(False),
                  backbone=backbone.eval().requires_grad_(False), dataset=data,
                  weight_hashes={"openmuse_tiny": f"random-seed{seed}"})

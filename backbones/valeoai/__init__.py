@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from migbench.backbones.common.imagenet import imagenet_data
+from migbench.backbones.common.imagenet_tokens import imagenet_with_tokens
 from migbench.backbones.valeoai.mask_transformer import MaskTransformer, MaskTransformerConfig
 from migbench.backbones.valeoai.taming_vqgan import TamingVQGAN, TamingVQGANConfig
 
@@ -70,7 +70,7 @@ def _stack(name: str, image_size: int, checkpoint: str, random_weights: bool, se
         _load_checkpoint(backbone, checkpoint, hashes)
         _load_checkpoint(tokenizer, "valeoai_vqgan", hashes)
     return Stack(name=name, tokenizer=tokenizer.eval().requires_grad_(False),
-                 backbone=backbone.eval().requires_grad_(False), dataset=imagenet_data(image_size),
+                 backbone=backbone.eval().requires_grad_(False), dataset=imagenet_with_tokens(tokenizer, image_size, 1000),
                  weight_hashes=hashes)
 
 
@@ -93,8 +93,7 @@ def valeoai_tiny(seed: int = 0) -> Stack:
         tokenizer = TamingVQGAN(vq_config, image_size=vq_config.resolution)
         backbone = MaskTransformer(dataclasses.replace(MaskTransformerConfig.tiny(), img_size=vq_config.resolution,
                                                        downsample=2, codebook_size=vq_config.n_embed))
-    data = imagenet_data(vq_config.resolution)
-    data = dataclasses.replace(data, class_names=data.class_names[:backbone.layout.num_classes])
+    data = imagenet_with_tokens(tokenizer, vq_config.resolution, backbone.layout.num_classes)
     return Stack(name="valeoai_tiny", tokenizer=tokenizer.eval().requires_grad_(False),
                  backbone=backbone.eval().requires_grad_(False), dataset=data,
                  weight_hashes={"valeoai_tiny": f"random-seed{seed}"})
