@@ -134,6 +134,23 @@ class HookSet:
         return bool(self._hooks) or self._head is not None
 
 
+_NO_HOOKS = HookSet()  # what a forward called without hooks runs with (never added to)
+
+
+def forward_context(backbone: object, ids: torch.Tensor, labels: torch.Tensor, hooks: HookSet | None,
+                    branch: str, token_slice: slice) -> tuple[HookSet, HookContext]:
+    """The hooks (an empty set for None) and the :class:`HookContext` of a backbone forward over
+    ``ids`` (B, N) with ``labels`` (B,), N = ``backbone.seq_len``, after checking both shapes
+    (one-line ValueErrors): the prologue every backbone's ``forward`` shares."""
+    n = backbone.seq_len  # type: ignore[attr-defined]
+    if ids.dim() != 2 or ids.shape[1] != n:
+        raise ValueError(f"ids must have shape (B, {n}), got {tuple(ids.shape)}")
+    if labels.shape != ids.shape[:1]:
+        raise ValueError(f"labels must have shape ({ids.shape[0]},), got {tuple(labels.shape)}")
+    ctx = HookContext(ids=ids, labels=labels, token_slice=token_slice, branch=branch, backbone=backbone)
+    return (hooks if hooks is not None else _NO_HOOKS), ctx
+
+
 def hook_sites(depth: int) -> list[str]:
     """Every hook site of a ``depth``-block backbone, in call order."""
     sites = ["embed"]

@@ -46,10 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from migbench.api import HookContext, HookSet, Prediction, VocabLayout
+from migbench.api import HookContext, HookSet, Prediction, VocabLayout, forward_context
 from migbench.precision import run_head
 
-_NO_HOOKS = HookSet()
 UPSTREAM = "LeapLabTHU/ImprovedNAT 2ca99946b2ad1969672d05213d269e1256249f6b libs/nat_model.py UViT"
 EMBED_EPS = 1e-6  # eps of both embedding LayerNorms (upstream's BertEmbeddings); every other LayerNorm keeps 1e-5
 INIT_STD = 0.02
@@ -305,13 +304,8 @@ class UViT(nn.Module):
 
     def forward(self, ids: torch.Tensor, labels: torch.Tensor, hooks: HookSet | None = None,
                 branch: str = "main") -> Prediction:
-        n = self.config.num_tokens
-        if ids.dim() != 2 or ids.shape[1] != n:
-            raise ValueError(f"ids must have shape (B, {n}), got {tuple(ids.shape)}")
-        if labels.shape != ids.shape[:1]:
-            raise ValueError(f"labels must have shape ({ids.shape[0]},), got {tuple(labels.shape)}")
-        hooks = hooks if hooks is not None else _NO_HOOKS
-        ctx = HookContext(ids=ids, labels=labels, token_slice=slice(1, n + 1), branch=branch, backbone=self)
+        n = self.seq_len
+        hooks, ctx = forward_context(self, ids, labels, hooks, branch, slice(1, n + 1))
         rows = self.layout.class_ids(labels)[:, None] - self.layout.class_offset
         sums = hooks("embed", torch.cat([self.context_embed.sums(rows), self.token_emb.sums(ids)], dim=1), ctx)
         x = torch.cat([self.context_embed(sums[:, :1]), self.token_emb(sums[:, 1:])], dim=1)

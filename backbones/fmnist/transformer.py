@@ -22,10 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from migbench.api import HookContext, HookSet, Prediction, VocabLayout
+from migbench.api import HookContext, HookSet, Prediction, VocabLayout, forward_context
 from migbench.precision import run_head
-
-_NO_HOOKS = HookSet()
 
 
 @dataclass(frozen=True)
@@ -118,12 +116,7 @@ class MaskedTransformer(nn.Module):
 
     def forward(self, ids: torch.Tensor, labels: torch.Tensor, hooks: HookSet | None = None,
                 branch: str = "main") -> Prediction:
-        if ids.dim() != 2 or ids.shape[1] != self.config.num_tokens:
-            raise ValueError(f"ids must have shape (B, {self.config.num_tokens}), got {tuple(ids.shape)}")
-        if labels.shape != ids.shape[:1]:
-            raise ValueError(f"labels must have shape ({ids.shape[0]},), got {tuple(labels.shape)}")
-        hooks = hooks if hooks is not None else _NO_HOOKS
-        ctx = HookContext(ids=ids, labels=labels, token_slice=slice(1, None), branch=branch, backbone=self)
+        hooks, ctx = forward_context(self, ids, labels, hooks, branch, slice(1, None))
         seq = torch.cat([self.layout.class_ids(labels)[:, None], ids], dim=1)
         x = hooks("embed", self.tok_emb(seq) + self.pos_emb, ctx)
         for i, block in enumerate(self.blocks):

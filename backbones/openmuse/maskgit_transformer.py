@@ -46,10 +46,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from migbench.api import HookContext, HookSet, Prediction, VocabLayout
+from migbench.api import HookContext, HookSet, Prediction, VocabLayout, forward_context
 from migbench.precision import run_head
 
-_NO_HOOKS = HookSet()
 UPSTREAM = "JiwanHur/UnlockMGM 33e139a5aeae8a061d1d7eb7f85b370e293910a9 muse/modeling_transformer.py MaskGitTransformer"
 LN_EPS = 1e-12  # every LayerNorm (``layer_norm_eps`` of upstream's configs)
 
@@ -274,13 +273,8 @@ class MaskGitTransformer(nn.Module):
 
     def forward(self, ids: torch.Tensor, labels: torch.Tensor, hooks: HookSet | None = None,
                 branch: str = "main") -> Prediction:
-        n = self.config.num_vq_tokens
-        if ids.dim() != 2 or ids.shape[1] != n:
-            raise ValueError(f"ids must have shape (B, {n}), got {tuple(ids.shape)}")
-        if labels.shape != ids.shape[:1]:
-            raise ValueError(f"labels must have shape ({ids.shape[0]},), got {tuple(labels.shape)}")
-        hooks = hooks if hooks is not None else _NO_HOOKS
-        ctx = HookContext(ids=ids, labels=labels, token_slice=slice(1, n + 1), branch=branch, backbone=self)
+        n = self.seq_len
+        hooks, ctx = forward_context(self, ids, labels, hooks, branch, slice(1, n + 1))
         seq = torch.cat([self.layout.class_ids(labels)[:, None], ids], dim=1)
         x = self.embed(hooks("embed", self.embed.sums(seq), ctx))
         for i, layer in enumerate(self.transformer_layers):

@@ -37,10 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from migbench.api import HookContext, HookSet, Prediction, VocabLayout
+from migbench.api import HookContext, HookSet, Prediction, VocabLayout, forward_context
 from migbench.precision import run_head
 
-_NO_HOOKS = HookSet()
 UPSTREAM = "valeoai/Maskgit-pytorch v1.0 674ef1d934963b7550ad9068015e705a525ceecb"
 EDGE_EPS = 1e-12  # eps of the LayerNorms of first_layer and last_layer (the blocks' keep 1e-5)
 
@@ -259,13 +258,8 @@ class MaskTransformer(nn.Module):
 
     def forward(self, ids: torch.Tensor, labels: torch.Tensor, hooks: HookSet | None = None,
                 branch: str = "main") -> Prediction:
-        n = self.config.num_tokens
-        if ids.dim() != 2 or ids.shape[1] != n:
-            raise ValueError(f"ids must have shape (B, {n}), got {tuple(ids.shape)}")
-        if labels.shape != ids.shape[:1]:
-            raise ValueError(f"labels must have shape ({ids.shape[0]},), got {tuple(labels.shape)}")
-        hooks = hooks if hooks is not None else _NO_HOOKS
-        ctx = HookContext(ids=ids, labels=labels, token_slice=slice(0, n), branch=branch, backbone=self)
+        n = self.seq_len
+        hooks, ctx = forward_context(self, ids, labels, hooks, branch, slice(0, n))
         seq = torch.cat([ids, self.layout.class_ids(labels)[:, None]], dim=1)
         x = self.first_layer(hooks("embed", self.tok_emb(seq) + self.pos_emb, ctx))
         for i, block in enumerate(self.transformer["layers"]):

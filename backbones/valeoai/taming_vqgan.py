@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from migbench.backbones.common.vq import Quantizer, check_ids, check_images
 from torch import nn
 
 
@@ -212,20 +213,6 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-class Quantizer(nn.Module):
-    """The codebook ``embedding`` (n_embed, embed_dim) and its nearest-code lookup (no training path)."""
-
-    def __init__(self, n_embed: int, embed_dim: int) -> None:
-        super().__init__()
-        self.embedding = nn.Embedding(n_embed, embed_dim)
-
-    def nearest(self, z: torch.Tensor) -> torch.Tensor:
-        """ids (M,) of argmin_k ||z_m - e_k||^2 for z (M, D), in float32 whatever the module dtype."""
-        z, e = z.float(), self.embedding.weight.float()
-        distance = z.pow(2).sum(1, keepdim=True) + e.pow(2).sum(1) - 2 * z @ e.t()
-        return distance.argmin(dim=1)
-
-
 class TamingVQGAN(nn.Module):
     """The tokenizer: ``encode`` images in [0, 1] -> ids, ``decode`` ids -> images in [0, 1].
 
@@ -263,11 +250,7 @@ class TamingVQGAN(nn.Module):
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) in [0, 1] -> ids (B, h*w) int64, row-major over the grid."""
-        shape = (self.config.in_channels, self.image_size, self.image_size)
-        if images.dim() != 4 or tuple(images.shape[1:]) != shape:
-            raise ValueError(f"images must have shape (B, {', '.join(map(str, shape))}), got {tuple(images.shape)}")
-        if not images.is_floating_point():
-            raise ValueError(f"images must be floating point in [0, 1], got dtype {images.dtype}")
+        check_images(images, (self.config.in_channels, self.image_size, self.image_size))
         dtype = self.quant_conv.weight.dtype
         z = self.quant_conv(self.encoder((images * 2.0 - 1.0).to(dtype)))  # (B, D, h, w)
         ids = self.quantize.nearest(z.permute(0, 2, 3, 1).reshape(-1, self.config.embed_dim))
@@ -277,16 +260,8 @@ class TamingVQGAN(nn.Module):
     def decode_raw(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, h*w) -> decoder output (B, 3, H, W) in the module's dtype, nominally in [-1, 1]
         and not clamped (upstream's ``decode_code``)."""
-        n, k = self.token_shape[0] * self.token_shape[1], self.codebook_size
-        if ids.dim() != 2 or ids.shape[1] != n:
-            raise ValueError(f"ids must have shape (B, {n}), got {tuple(ids.shape)}")
-        if ids.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"ids must be int64 or int32, got dtype {ids.dtype}")
-        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= k):
-            raise ValueError(f"ids must lie in [0, {k}), got [{int(ids.min())}, {int(ids.max())}]")
-        h, w = self.token_shape
-        z = self.quantize.embedding(ids.long()).reshape(ids.shape[0], h, w, -1).permute(0, 3, 1, 2)
-        return self.decoder(self.post_quant_conv(z.contiguous()))
+        check_ids(ids, self.token_shape[0] * self.token_shape[1], self.codebook_size)
+        return self.decoder(self.post_quant_conv(self.quantize.lookup(ids, self.token_shape)))
 
     @torch.no_grad()
     def decode(self, ids: torch.Tensor) -> torch.Tensor:
