@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
 from migbench.backbones.autonat.uvit import UViT, UViTConfig
-from migbench.backbones.common.imagenet_tokens import imagenet_with_tokens
 from migbench.backbones.common.maskgit_vqgan import MaskGitVQGAN, MaskGitVQGANConfig
+from migbench.backbones.common.stacks import checkpoint_stack, tiny_stack
 
 from migbench.api import Stack
-from migbench.checkpoints import CheckpointSpec, load_state, load_strict, record
+from migbench.checkpoints import CheckpointSpec
 from migbench.config import RANDOM_PARTS
 
 # No revision or hash can be pinned for a Drive file from here (no network): both sha256s are
@@ -42,14 +41,6 @@ CHECKPOINTS: tuple[CheckpointSpec, ...] = (
 )
 
 
-def _load_checkpoint(module: torch.nn.Module, name: str, hashes: dict[str, str]) -> None:
-    """Load checkpoint ``name`` strictly into ``module``; record its source and converted sha256."""
-    state, entry = load_state(name)
-    load_strict(module, state, name)
-    hashes[name] = entry["source_sha256"]
-    hashes[f"{name}.safetensors"] = entry["sha256"]
-
-
 # KA-MIG's released adapter with the class-position graph from its Drive link (the graph built
 # by our builder is the alternative: `ka_mig.graphs=<manifest name>`); random-weights stacks take
 # seeded random parts instead.
@@ -58,24 +49,10 @@ KA_MIG_RANDOM = {"ka_mig": {"weights": RANDOM_PARTS, "graphs": RANDOM_PARTS}}
 
 
 def _stack(name: str, checkpoint: str, random_weights: bool, seed: int) -> Stack:
-    """The U-ViT ``checkpoint`` over the MAGE VQGAN: the imported files, checked for before
-    anything is built, or seeded random weights."""
-    if not random_weights:
-        for needed in (checkpoint, "mage_vqgan"):
-            record(needed)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        tokenizer = MaskGitVQGAN(MaskGitVQGANConfig(), image_size=256)
-        backbone = UViT(UViTConfig())
-    hashes: dict[str, str] = {}
-    if random_weights:
-        hashes = {checkpoint: f"random-seed{seed}", "mage_vqgan": f"random-seed{seed}"}
-    else:
-        _load_checkpoint(backbone, checkpoint, hashes)
-        _load_checkpoint(tokenizer, "mage_vqgan", hashes)
-    return Stack(name=name, tokenizer=tokenizer.eval().requires_grad_(False),
-                 backbone=backbone.eval().requires_grad_(False), dataset=imagenet_with_tokens(tokenizer, 256, 1000), weight_hashes=hashes,
-                 method_weights=KA_MIG_RANDOM if random_weights else KA_MIG_RELEASED)
+    """The U-ViT ``checkpoint`` over the MAGE VQGAN (files or random weights)."""
+    return checkpoint_stack(name, lambda: (MaskGitVQGAN(MaskGitVQGANConfig(), image_size=256), UViT(UViTConfig())),
+                            256, (checkpoint, "mage_vqgan"), random_weights, seed,
+                            KA_MIG_RANDOM if random_weights else KA_MIG_RELEASED)
 
 
 def autonat_l(random_weights: bool = False, seed: int = 0) -> Stack:
@@ -94,11 +71,7 @@ def autonat_l_kamig(random_weights: bool = False, seed: int = 0) -> Stack:
 def autonat_tiny(seed: int = 0) -> Stack:
     """Both modules at their tiny configurations, random (same seed, same weights): 32 px ->
     16x16 tokens of 64 codes; the family's contract-test stack, on ImageNet's first classes."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        vq_config = MaskGitVQGANConfig.tiny()
-        tokenizer = MaskGitVQGAN(vq_config, image_size=32)
-        backbone = UViT(dataclasses.replace(UViTConfig.tiny(), side=16, codebook_size=vq_config.n_embed))
-    return Stack(name="autonat_tiny", tokenizer=tokenizer.eval().requires_grad_(False),
-                 backbone=backbone.eval().requires_grad_(False), dataset=imagenet_with_tokens(tokenizer, 32, backbone.layout.num_classes),
-                 weight_hashes={"autonat_tiny": f"random-seed{seed}"})
+    vq_config = MaskGitVQGANConfig.tiny()
+    return tiny_stack("autonat_tiny", lambda: (MaskGitVQGAN(vq_config, image_size=32),
+                                               UViT(dataclasses.replace(UViTConfig.tiny(), side=16,
+                                                                        codebook_size=vq_config.n_embed))), 32, seed)

@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-from migbench.backbones.common.imagenet_tokens import imagenet_with_tokens
 from migbench.backbones.common.maskgit_vqgan import MaskGitVQGAN, MaskGitVQGANConfig, from_open_muse
+from migbench.backbones.common.stacks import checkpoint_stack, tiny_stack
 from migbench.backbones.openmuse.maskgit_transformer import (
     MaskGitTransformer,
     MaskGitTransformerConfig,
 )
 
 from migbench.api import Stack
-from migbench.checkpoints import CheckpointSpec, load_state, load_strict, record
+from migbench.checkpoints import CheckpointSpec
 from migbench.config import RANDOM_PARTS
 
 VQGAN_PAGE = "https://huggingface.co/openMUSE/maskgit-vqgan-imagenet-f16-256"
@@ -41,29 +40,14 @@ ADAPTERS = {256: "unlockmgm_toast_256", 512: "unlockmgm_toast_512"}
 
 
 def _stack(size: int, random_weights: bool, seed: int) -> Stack:
-    """The transformer at ``size`` px over the VQGAN: the imported files, checked for before
-    anything is built, or seeded random weights."""
-    checkpoint = BACKBONES[size]
-    if not random_weights:
-        for needed in (checkpoint, "openmuse_maskgit_vqgan"):
-            record(needed)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        tokenizer = MaskGitVQGAN(MaskGitVQGANConfig(), image_size=size)
-        backbone = MaskGitTransformer(MaskGitTransformerConfig(img_size=size))
-    if random_weights:
-        hashes = {checkpoint: f"random-seed{seed}", "openmuse_maskgit_vqgan": f"random-seed{seed}"}
-        method_weights = {method: {"weights": RANDOM_PARTS} for method in ("self_guidance", "token_critic")}
-    else:
-        hashes = {}
-        for module, name, convert in ((backbone, checkpoint, dict), (tokenizer, "openmuse_maskgit_vqgan", from_open_muse)):
-            state, entry = load_state(name)
-            load_strict(module, convert(state), name)
-            hashes[name], hashes[f"{name}.safetensors"] = entry["source_sha256"], entry["sha256"]
-        method_weights = {"self_guidance": {"weights": ADAPTERS[size]}}
-    return Stack(name=f"maskgit_{size}", tokenizer=tokenizer.eval().requires_grad_(False),
-                 backbone=backbone.eval().requires_grad_(False), dataset=imagenet_with_tokens(tokenizer, size, 1000), weight_hashes=hashes,
-                 method_weights=method_weights)
+    """The transformer at ``size`` px over the VQGAN (files, the VQGAN's renamed from open-muse's
+    names, or random weights)."""
+    return checkpoint_stack(
+        f"maskgit_{size}", lambda: (MaskGitVQGAN(MaskGitVQGANConfig(), image_size=size),
+                                    MaskGitTransformer(MaskGitTransformerConfig(img_size=size))),
+        size, (BACKBONES[size], "openmuse_maskgit_vqgan"), random_weights, seed,
+        {method: {"weights": RANDOM_PARTS} for method in ("self_guidance", "token_critic")} if random_weights
+        else {"self_guidance": {"weights": ADAPTERS[size]}}, tokenizer_state=from_open_muse)
 
 
 def maskgit_256(random_weights: bool = False, seed: int = 0) -> Stack:
@@ -80,12 +64,7 @@ def openmuse_tiny(seed: int = 0) -> Stack:
     """Both modules tiny and random (same seed, same weights): 32 px -> 16x16 tokens of 64
     codes, ImageNet's first classes; initialised wider than upstream's std 0.02 so the class
     token moves the logits enough for the contract tests to see it."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        tokenizer = MaskGitVQGAN(MaskGitVQGANConfig.tiny(), image_size=32)
-        backbone = MaskGitTransformer(dataclasses.replace(MaskGitTransformerConfig.tiny(), img_size=32, downsample=2,
-                                                          codebook_size=64, initializer_range=0.3))
-    data = imagenet_with_tokens(tokenizer, 32, backbone.layout.num_classes)
-    return Stack(name="openmuse_tiny", tokenizer=tokenizer.eval().requires_grad_(False),
-                 backbone=backbone.eval().requires_grad_(False), dataset=data,
-                 weight_hashes={"openmuse_tiny": f"random-seed{seed}"})
+    transformer = dataclasses.replace(MaskGitTransformerConfig.tiny(), img_size=32, downsample=2, codebook_size=64,
+                                      initializer_range=0.3)
+    return tiny_stack("openmuse_tiny", lambda: (MaskGitVQGAN(MaskGitVQGANConfig.tiny(), image_size=32),
+                                                MaskGitTransformer(transformer)), 32, seed)

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import torch
-from migbench.backbones.common.imagenet_tokens import imagenet_with_tokens
+from migbench.backbones.common.stacks import checkpoint_stack, tiny_stack
 from migbench.backbones.valeoai.mask_transformer import MaskTransformer, MaskTransformerConfig
 from migbench.backbones.valeoai.taming_vqgan import TamingVQGAN, TamingVQGANConfig
 
 from migbench.api import Stack
-from migbench.checkpoints import CheckpointSpec, load_state, load_strict, record
+from migbench.checkpoints import CheckpointSpec
 
 HUB = "hf:llvictorll/Maskgit-pytorch/pretrained_maskgit"
 LICENCE = "MIT (valeoai/Maskgit-pytorch LICENSE.txt)"
@@ -45,33 +44,11 @@ CHECKPOINTS: tuple[CheckpointSpec, ...] = (
 )
 
 
-def _load_checkpoint(module: torch.nn.Module, name: str, hashes: dict[str, str]) -> None:
-    """Load checkpoint ``name`` strictly into ``module``; record its source and converted sha256."""
-    state, entry = load_state(name)
-    load_strict(module, state, name)
-    hashes[name] = entry["source_sha256"]
-    hashes[f"{name}.safetensors"] = entry["sha256"]
-
-
 def _stack(name: str, image_size: int, checkpoint: str, random_weights: bool, seed: int = 0) -> Stack:
-    """The transformer ``checkpoint`` at ``image_size`` over the VQGAN: the imported files, checked
-    for before anything is built, or seeded random weights."""
-    if not random_weights:
-        for needed in (checkpoint, "valeoai_vqgan"):
-            record(needed)  # not imported: fail now, naming both routes, not after building 250M parameters
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        tokenizer = TamingVQGAN(TamingVQGANConfig(), image_size=image_size)
-        backbone = MaskTransformer(MaskTransformerConfig(img_size=image_size))
-    hashes: dict[str, str] = {}
-    if random_weights:
-        hashes = {checkpoint: f"random-seed{seed}", "valeoai_vqgan": f"random-seed{seed}"}
-    else:
-        _load_checkpoint(backbone, checkpoint, hashes)
-        _load_checkpoint(tokenizer, "valeoai_vqgan", hashes)
-    return Stack(name=name, tokenizer=tokenizer.eval().requires_grad_(False),
-                 backbone=backbone.eval().requires_grad_(False), dataset=imagenet_with_tokens(tokenizer, image_size, 1000),
-                 weight_hashes=hashes)
+    """The transformer ``checkpoint`` at ``image_size`` over the VQGAN (files or random weights)."""
+    return checkpoint_stack(name, lambda: (TamingVQGAN(TamingVQGANConfig(), image_size=image_size),
+                                           MaskTransformer(MaskTransformerConfig(img_size=image_size))),
+                            image_size, (checkpoint, "valeoai_vqgan"), random_weights, seed)
 
 
 def valeoai_maskgit_256(random_weights: bool = False) -> Stack:
@@ -87,13 +64,8 @@ def valeoai_maskgit_512(random_weights: bool = False) -> Stack:
 def valeoai_tiny(seed: int = 0) -> Stack:
     """Both modules at their tiny configurations, random (same seed, same weights): the family's
     contract-test stack. Its data is ImageNet's first classes at the tiny image size."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        vq_config = TamingVQGANConfig.tiny()  # f = 2: 32 px -> 16 x 16 tokens of 64 codes
-        tokenizer = TamingVQGAN(vq_config, image_size=vq_config.resolution)
-        backbone = MaskTransformer(dataclasses.replace(MaskTransformerConfig.tiny(), img_size=vq_config.resolution,
-                                                       downsample=2, codebook_size=vq_config.n_embed))
-    data = imagenet_with_tokens(tokenizer, vq_config.resolution, backbone.layout.num_classes)
-    return Stack(name="valeoai_tiny", tokenizer=tokenizer.eval().requires_grad_(False),
-                 backbone=backbone.eval().requires_grad_(False), dataset=data,
-                 weight_hashes={"valeoai_tiny": f"random-seed{seed}"})
+    vq_config = TamingVQGANConfig.tiny()  # f = 2: 32 px -> 16 x 16 tokens of 64 codes
+    transformer = dataclasses.replace(MaskTransformerConfig.tiny(), img_size=vq_config.resolution, downsample=2,
+                                      codebook_size=vq_config.n_embed)
+    return tiny_stack("valeoai_tiny", lambda: (TamingVQGAN(vq_config, image_size=vq_config.resolution),
+                                               MaskTransformer(transformer)), vq_config.resolution, seed)
