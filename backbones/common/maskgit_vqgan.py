@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from migbench.backbones.common.vq import Quantizer, check_ids, check_images
+from migbench.backbones.common.vq import GridTokenizer, Quantizer, check_ids, check_images
 from torch import nn
 
 
@@ -182,7 +182,7 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-class MaskGitVQGAN(nn.Module):
+class MaskGitVQGAN(GridTokenizer):
     """The tokenizer: ``encode`` images in [0, 1] -> ids, ``decode`` ids -> images in [0, 1].
 
     ``image_size`` is the side of the images it takes and returns (256 for the released weights);
@@ -196,20 +196,6 @@ class MaskGitVQGAN(nn.Module):
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
         self.quantize = Quantizer(config.n_embed, config.z_channels)
-
-    @property
-    def codebook_size(self) -> int:
-        return self.config.n_embed
-
-    @property
-    def token_shape(self) -> tuple[int, int]:
-        """The 2-D grid (h, w) of ids, row-major."""
-        side = self.image_size // self.config.factor
-        return (side, side)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (self.config.out_ch, self.image_size, self.image_size)
 
     def describe(self) -> dict[str, object]:
         return {"kind": "maskgit_vqgan", "image_size": self.image_size, **asdict(self.config)}

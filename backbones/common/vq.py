@@ -3,8 +3,33 @@ and the checks of their inputs (one-line ValueErrors)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+
+
+class GridTokenizer(nn.Module):
+    """What a VQGAN tokenizer of square ``image_size`` images says about its shapes, from its
+    ``config`` (``n_embed`` codes, downsampling ``factor``, ``out_ch`` channels): ``codebook_size``,
+    ``token_shape`` (h, w) row-major and ``image_shape`` (C, H, W)."""
+
+    config: Any
+    image_size: int
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.n_embed
+
+    @property
+    def token_shape(self) -> tuple[int, int]:
+        """The 2-D grid (h, w) of ids, row-major."""
+        side = self.image_size // self.config.factor
+        return (side, side)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.config.out_ch, self.image_size, self.image_size)
 
 
 class Quantizer(nn.Module):

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-from migbench.backbones.common.vq import Quantizer, check_ids, check_images
+from migbench.backbones.common.vq import GridTokenizer, Quantizer, check_ids, check_images
 from torch import nn
 
 
@@ -213,7 +213,7 @@ class Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-class TamingVQGAN(nn.Module):
+class TamingVQGAN(GridTokenizer):
     """The tokenizer: ``encode`` images in [0, 1] -> ids, ``decode`` ids -> images in [0, 1].
 
     ``image_size`` is the side of the images it takes and returns (256 or 512 for the released
@@ -229,20 +229,6 @@ class TamingVQGAN(nn.Module):
         self.quantize = Quantizer(config.n_embed, config.embed_dim)
         self.quant_conv = _conv(config.z_channels, config.embed_dim, 1)
         self.post_quant_conv = _conv(config.embed_dim, config.z_channels, 1)
-
-    @property
-    def codebook_size(self) -> int:
-        return self.config.n_embed
-
-    @property
-    def token_shape(self) -> tuple[int, int]:
-        """The 2-D grid (h, w) of ids, row-major."""
-        side = self.image_size // self.config.factor
-        return (side, side)
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        return (self.config.out_ch, self.image_size, self.image_size)
 
     def describe(self) -> dict[str, object]:
         return {"kind": "taming_vqgan", "image_size": self.image_size, **asdict(self.config)}
