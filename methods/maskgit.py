@@ -73,7 +73,11 @@ from migbench.schedules import (
     masked_after_steps,
     plan_from_counts,
 )
-from migbench.slots import categorical, lowest, masked_positions
+from migbench.slots import categorical, choice_gumbel_max, lowest, masked_positions
+
+CONFIDENCES = ("tempered", "untempered", "logit")
+TOKEN_DRAWS = ("softmax", "choice-gumbel")
+TEMPERATURE_ANNEALS = ("constant", "titok")
 
 
 @dataclass(frozen=True)
@@ -114,10 +118,23 @@ class MaskGITConfig:
         "inf", "confidence of already-decoded tokens: inf (Google, valeoai: never re-masked) or finite "
                "(open-muse, the self-guidance code: log(float32 max) = 88.72 plus tau Gumbel, re-maskable)",
         ("inf", "finite"), described_at_default=False)
-    confidence: str = knob("tempered", "log p of the confidence: tempered (the softmax the token was drawn "
-                                       "from: Google, valeoai) or untempered (log_softmax of the guided "
-                                       "logits before the temperature: AutoNAT)", ("tempered", "untempered"),
-                           described_at_default=False)
+    confidence: str = knob("tempered", "what the confidence scores before its Gumbel: tempered (log p of the "
+                                       "softmax the token was drawn from: Google, valeoai), untempered "
+                                       "(log_softmax of the guided logits before the temperature: AutoNAT) or "
+                                       "logit (the drawn id's logit after guidance and temperature: TiTok)",
+                           CONFIDENCES, described_at_default=False)
+    token_draw: str = knob("softmax", "how tokens are drawn: softmax (categorical over the processed logits) or "
+                                      "choice-gumbel (TiTok: argmax(l + tau_k G) at the step's choice "
+                                      "temperature, greedy at tau_k = 0)", TOKEN_DRAWS, described_at_default=False)
+    temperature_anneal: str = knob("constant", "softmax temperature over steps: constant, or titok (TiTok's "
+                                               "softmax_temperature_annealing: temperature (0.5 + 0.8 (1 - (k+1)/T)))",
+                                   TEMPERATURE_ANNEALS, described_at_default=False)
+    cfg_power: float = knob(3.0, "exponent p of the power-cosine CFG ramp (1 - cos(pi (k/T)^p)) / 2 (TiTok's "
+                                 "guidance_scale_pow)", described_at_default=False)
+    cfg_unguided_pass: str = knob("skip", "a step whose CFG scale leaves the conditional logits alone (0; 1 in the "
+                                          "muse convention): skip (no unconditional pass) or run (the pass runs, "
+                                          "weighed by 0, as TiTok's power-cosine mode from step 0: NFE as upstream)",
+                                  ("skip", "run"), described_at_default=False)
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -130,6 +147,11 @@ class MaskGITConfig:
         if self.count_precision == "float32" and not self.ratios and self.schedule not in FLOAT32_SCHEDULES:
             raise ValueError(f"maskgit.count_precision=float32 takes schedule {', '.join(FLOAT32_SCHEDULES)} "
                              f"(or explicit ratios), got {self.schedule!r}")
+        if self.temperatures and self.temperature_anneal != "constant":
+            raise ValueError("maskgit.temperatures and maskgit.temperature_anneal both set the temperature at each "
+                             "step; keep one")
+        if not 0.0 < self.cfg_power <= 100.0:
+            raise ValueError(f"maskgit.cfg_power must lie in (0, 100], got {self.cfg_power}")
         for name in ("ratios", "choice_temperatures", "temperatures", "cfg_scales"):
             values = getattr(self, name)
             if values and len(values) != self.steps:
@@ -219,6 +241,49 @@ under fp16 autocast (inferred: ``accelerator.prepare`` wraps the forward), with 
 the precision here is the run's, not the preset's."""
 
 
+TITOK_SAMPLER: dict[str, Any] = {
+    "maskgit.schedule": "arccos",
+    "maskgit.choice_anneal": "linear",
+    "maskgit.token_draw": "choice-gumbel",
+    "maskgit.confidence": "logit",
+    "maskgit.temperature": 1.0,
+    "maskgit.temperature_mode": "divisor",
+    "maskgit.temperature_anneal": "titok",
+    "maskgit.decoded_confidence": "inf",
+}
+"""TiTok's ``generate`` (bytedance/1d-tokenizer 942a96f, modeling/maskgit.py ``ImageBert.generate``,
+as ``sample_imagenet_titok.py`` calls it for the released gFIDs): per step k of T, r = (k+1)/T,
+
+- tau_k = tau0 (1 - r) (``randomize_temperature``, ``linear``);
+- logits l = guided / (0.5 + 0.8 (1 - r)) (``softmax_temperature_annealing=True``, ``titok``);
+- token = argmax(l + tau_k G) (``choice-gumbel``), confidence = l[token] + tau_k G' (``logit``),
+  +inf at decoded tokens (``inf``);
+- floor(N arccos(r) / (pi/2)) positions stay masked (``arccos``; upstream clamps to
+  [1, masked - 1], which gives the same counts at the released N and T).
+
+Upstream draws the Gumbel noise of every position and code from torch's global generator, here
+only the masked rows from the batch's generator: the same distributions, not the same bits."""
+
+TITOK_L32: dict[str, Any] = {**TITOK_SAMPLER, "maskgit.steps": 8, "maskgit.choice_temperature": 9.5,
+                             "maskgit.cfg_scale": 4.5, "maskgit.cfg_schedule": "linear",
+                             "maskgit.cfg_convention": "maskgit"}
+"""TiTok-L-32's released setting (configs/infer/TiTok/titok_l32.yaml; gFID 2.77): T = 8, tau0 9.5,
+linear CFG c + w (k/T) (c - u) with w 4.5, so step 0 runs no unconditional pass: 15 passes."""
+
+TITOK_B64: dict[str, Any] = {**TITOK_L32, "maskgit.choice_temperature": 11.0, "maskgit.cfg_scale": 3.0}
+"""TiTok-B-64's released setting (configs/infer/TiTok/titok_b64.yaml; gFID 2.48): T = 8, tau0 11,
+linear CFG with w 3: 15 passes."""
+
+TITOK_S128: dict[str, Any] = {**TITOK_SAMPLER, "maskgit.steps": 64, "maskgit.choice_temperature": 2.8,
+                              "maskgit.cfg_scale": 6.9, "maskgit.cfg_schedule": "power-cosine",
+                              "maskgit.cfg_convention": "muse", "maskgit.cfg_power": 3.0,
+                              "maskgit.cfg_unguided_pass": "run"}
+"""TiTok-S-128's released setting (configs/infer/TiTok/titok_s128.yaml; gFID 1.97): T = 64, tau0 2.8,
+MDT's power-cosine CFG u + w_k (c - u) with w_k = 1 + (6.9 - 1)(1 - cos(pi (k/T)^3)) / 2. Upstream
+runs both passes at every step, step 0 (w_0 = 1) included, so ``cfg_unguided_pass = run``: 128
+passes (fidelity finding F10), the samples the same as with the pass skipped."""
+
+
 @dataclass(frozen=True)
 class RevealSchedule:
     """MaskGIT's schedule slot: reveal counts of the mask schedule on eMIGM's time grid (t_k, s_k),
@@ -237,6 +302,15 @@ def logit_factor(temperature: float, mode: str) -> float:
     """What softmax temperature ``temperature`` multiplies the logits by: 1/T (``divisor``) or T
     (``multiplier``)."""
     return 1.0 / temperature if mode == "divisor" else temperature
+
+
+def annealed_temperature(logits: torch.Tensor, temperature: float, mode: str, info: StepInfo) -> torch.Tensor:
+    """TiTok's softmax temperature annealing (1d-tokenizer ``ImageBert.generate`` with
+    ``softmax_temperature_annealing=True``): T_k = temperature (0.5 + 0.8 (1 - (k+1)/T)), 1.2 at
+    the first step of 8 and 0.5 at the last; logits (B, N, K) / T_k in the divisor mode (divided,
+    as upstream divides), * T_k in the multiplier mode. Upstream has no base temperature (1 here)."""
+    t = temperature * (0.5 + 0.8 * (1.0 - (info.step + 1) / info.num_steps))
+    return logits / t if mode == "divisor" else logits * t
 
 
 def per_step(values: tuple[float, ...], knob_name: str, info: StepInfo) -> float:
@@ -291,9 +365,11 @@ class MaskGIT:
     # knobs that act only while this method holds the slot (a warning says when they do not)
     slot_knobs = {"schedule": ("steps", "schedule", "ratios", "count_precision"),
                   "selector": ("decoded_confidence",),
+                  "token_sampler": ("token_draw",),
                   "scorer": ("choice_temperature", "choice_anneal", "choice_temperatures", "confidence")}
     # named bundles of overrides, expanded before a recipe is resolved (migbench.recipe.expand_preset)
-    presets: dict[str, dict[str, Any]] = {"valeoai": VALEOAI, "autonat_t8": AUTONAT_T8, "unlockmgm": UNLOCKMGM}
+    presets: dict[str, dict[str, Any]] = {"valeoai": VALEOAI, "autonat_t8": AUTONAT_T8, "unlockmgm": UNLOCKMGM,
+                                          "titok_l32": TITOK_L32, "titok_b64": TITOK_B64, "titok_s128": TITOK_S128}
 
     @staticmethod
     def neutral_config() -> MaskGITConfig:
@@ -304,18 +380,26 @@ class MaskGIT:
         name = MaskGIT.name
         schedule = config.ratios if config.ratios else config.schedule
         builder.claim("schedule", RevealSchedule(config.steps, schedule, config.count_precision), name, weak=True)
-        builder.claim("token_sampler", categorical, name, weak=True)
         builder.claim("selector", keep_decoded if config.decoded_confidence == "inf" else remask_decoded, name,
                       weak=True)
+
+        def tau_at(info: StepInfo) -> float:
+            if config.choice_temperatures:
+                return per_step(config.choice_temperatures, "choice_temperatures", info)
+            return choice_temperature(config.choice_temperature, info.step, info.num_steps, config.choice_anneal)
+
+        if config.token_draw == "choice-gumbel":
+            builder.claim("token_sampler", lambda logits, state: choice_gumbel_max(logits, state, tau_at(state.info)),
+                          name, weak=True)
+        else:
+            builder.claim("token_sampler", categorical, name, weak=True)
 
         def confidence(candidates: torch.Tensor, logp: torch.Tensor, state: SampleState) -> torch.Tensor:
             if config.confidence == "untempered":
                 logp = guided_log_p(candidates, state)
-            if config.choice_temperatures:
-                tau = per_step(config.choice_temperatures, "choice_temperatures", state.info)
-            else:
-                tau = choice_temperature(config.choice_temperature, state.info.step,
-                                         state.info.num_steps, config.choice_anneal)
+            elif config.confidence == "logit":
+                logp = state.processed.gather(-1, candidates[..., None]).squeeze(-1)
+            tau = tau_at(state.info)
             if tau == 0.0:
                 return logp
             return logp + tau * gumbel(logp.shape, state.generator, logp.device)
@@ -324,6 +408,9 @@ class MaskGIT:
         if config.temperatures:
             factors = tuple(logit_factor(t, config.temperature_mode) for t in config.temperatures)
             builder.add_processor(lambda logits, state: logits * per_step(factors, "temperatures", state.info), name)
+        elif config.temperature_anneal == "titok":
+            builder.add_processor(lambda logits, state: annealed_temperature(
+                logits, config.temperature, config.temperature_mode, state.info), name)
         elif config.temperature != 1.0:
             scale = logit_factor(config.temperature, config.temperature_mode)
             builder.add_processor(lambda logits, state: logits * scale, name)
@@ -336,6 +423,8 @@ class MaskGIT:
             def scale_at(info: StepInfo) -> float:
                 if config.cfg_scales:
                     return per_step(config.cfg_scales, "cfg_scales", info) - offset
-                return guidance_scale(config.cfg_schedule, config.cfg_scale - offset, info.step, info.num_steps)
+                return guidance_scale(config.cfg_schedule, config.cfg_scale - offset, info.step, info.num_steps,
+                                      config.cfg_power)
 
-            builder.add_guidance(GuidanceTerm(name="cfg", owner=name, inputs=unconditional, scale_at=scale_at))
+            builder.add_guidance(GuidanceTerm(name="cfg", owner=name, inputs=unconditional, scale_at=scale_at,
+                                              run_unguided=config.cfg_unguided_pass == "run"))

@@ -49,7 +49,9 @@ class GuidanceTerm:
 
     An *independent* branch (``inputs`` set) is batched with the main pass: CFG's unconditional
     pass. A *dependent* branch (``dependent`` set) runs after main and may read main's
-    prediction: self-guidance's auxiliary pass. ``scale_at(info)`` may return 0 to skip the pass.
+    prediction: self-guidance's auxiliary pass. ``scale_at(info)`` may return 0 to skip the pass;
+    with ``run_unguided`` the pass runs at scale 0 too and is weighed by 0 (an upstream that
+    always runs it, for its NFE: TiTok's power-cosine CFG from step 0, fidelity finding F10).
     """
 
     name: str
@@ -57,6 +59,7 @@ class GuidanceTerm:
     scale_at: Callable[[StepInfo], float]
     inputs: InputsFn | None = None
     dependent: DependentFn | None = None
+    run_unguided: bool = False
 
     def __post_init__(self) -> None:
         if (self.inputs is None) == (self.dependent is None):

@@ -18,7 +18,8 @@ slot, but two methods claiming one slot is an error naming both. Per step the lo
    backbone call (branches with different hooks are called separately), then dependent branches;
 2. combines them with :func:`migbench.guidance.combine`;
 3. applies the logit processors in install order (``state.guided`` keeps the logits before
-   them, for a scorer that reads the untempered distribution, as AutoNAT's does);
+   them, for a scorer that reads the untempered distribution, as AutoNAT's does;
+   ``state.processed`` those after them, for a scorer that reads the chosen logit, as TiTok's does);
 4. samples tokens, forms the candidate canvas (fresh tokens at masked positions, kept tokens
    elsewhere), scores it, and lets the selector return the canvas after the step.
 
@@ -59,6 +60,7 @@ class SampleState:
     nfe: dict[str, int]
     main: Prediction | None = None
     guided: torch.Tensor | None = None  # (B, N, K) float32: main and guidance combined, before the processors
+    processed: torch.Tensor | None = None  # (B, N, K): ``guided`` after the processors, what tokens are drawn from
     tokens: torch.Tensor | None = None
     memory: dict[str, Any] = field(default_factory=dict)  # persists across the steps of one batch
 
@@ -239,7 +241,7 @@ class Sampler:
             state = SampleState(ids=ids, masked=masked, labels=labels, info=info,
                                 generator=generator, backbone=self.backbone, nfe=passes, memory=memory)
             scales = [(term, term.scale_at(info)) for term in self.terms]
-            active = [(term, s) for term, s in scales if s != 0.0]
+            active = [(term, s) for term, s in scales if s != 0.0 or term.run_unguided]
             preds = self._independent(ids, labels, [t for t, _ in active])
             state.main = preds["main"]
             refs: list[tuple[float, torch.Tensor]] = []
@@ -253,6 +255,7 @@ class Sampler:
             logits = state.guided = combine(state.main.logits.float(), refs)
             for processor in self.processors:
                 logits = processor(logits, state)
+            state.processed = logits
             state.tokens, logp = self.token_sampler(logits, state)
             candidates = torch.where(masked, state.tokens, ids)
             scores = self.scorer(candidates, logp, state)

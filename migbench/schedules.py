@@ -249,14 +249,14 @@ def choice_temperature(tau0: float, step: int, num_steps: int, anneal: str = "li
 GUIDANCE_SCHEDULES = ("constant", "linear", "power-cosine", "linear-valeoai")
 
 
-def guidance_scale(schedule: str, scale: float, step: int, num_steps: int) -> float:
+def guidance_scale(schedule: str, scale: float, step: int, num_steps: int, power: float = 3.0) -> float:
     """CFG scale s_k in the convention l = l_c + s (l_c - l_u), i.e. (1+s) l_c - s l_u.
 
     ``constant``: s. ``linear`` (MUSE/TiTok ramp): s * k / T, so step 0 is unguided and the
     last step gets s (T-1)/T. ``linear-valeoai`` (Maskgit-pytorch v1.0 ``sample`` and KA-MIG's
     ``generate``, ``linspace(0, s, T)``): s * k/(T-1), unguided at step 0 and s at the last step
     (s=3, T=8: 0, 3/7, 6/7, ..., 3). ``power-cosine`` (MDT, TiTok S-128):
-    s * (1 - cos(pi (k/T)^3)) / 2. A scale written in the MUSE/MAR convention u + w (c - u) is
+    s * (1 - cos(pi (k/T)^p)) / 2 with p = ``power`` (3, TiTok's ``guidance_scale_pow``). A scale written in the MUSE/MAR convention u + w (c - u) is
     s = w - 1.
     """
     progress = step / num_steps
@@ -265,7 +265,7 @@ def guidance_scale(schedule: str, scale: float, step: int, num_steps: int) -> fl
     if schedule == "linear":
         return scale * progress
     if schedule == "power-cosine":
-        return scale * (1.0 - math.cos(math.pi * progress**3)) / 2.0
+        return scale * (1.0 - math.cos(math.pi * progress**power)) / 2.0
     if schedule == "linear-valeoai":
         return scale * progress_to_last(step, num_steps)
     raise ValueError(f"unknown guidance schedule {schedule!r}; choose from {', '.join(GUIDANCE_SCHEDULES)}")

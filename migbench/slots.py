@@ -47,6 +47,24 @@ def categorical(logits: torch.Tensor, state: SampleState) -> tuple[torch.Tensor,
     return tokens, torch.zeros((b, n), dtype=logp.dtype, device=logp.device).scatter(1, pos, chosen_logp)
 
 
+def choice_gumbel_max(logits: torch.Tensor, state: SampleState, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """TiTok's token draw at the masked positions: argmax(l + tau G) over logits l (B, N, K), the
+    Gumbel G at the step's choice temperature tau (1d-tokenizer ``ImageBert.generate``:
+    ``add_gumbel_noise(logits, annealed_temp).argmax(-1)``), i.e. a sample of softmax(l / tau),
+    the argmax at tau = 0 (the noise is drawn all the same, so later draws do not depend on tau).
+
+    Returns ids (B, N) (kept ids elsewhere) and log_softmax(l) of each drawn id (B, N) (0 elsewhere),
+    from the same masked rows in the same order as :func:`categorical`."""
+    (b, n, k), m = logits.shape, state.info.masked_before
+    pos = masked_positions(state.masked, m)
+    picked = logits.gather(1, pos[..., None].expand(b, m, k)).reshape(b * m, k)
+    noise = gumbel(picked.shape, state.generator, state.generator.device).to(picked.device)
+    chosen = (picked + tau * noise).argmax(dim=-1)
+    chosen_logp = torch.log_softmax(picked, dim=-1).gather(-1, chosen[:, None]).view(b, m)
+    tokens = state.ids.scatter(1, pos, chosen.view(b, m))
+    return tokens, torch.zeros((b, n), dtype=chosen_logp.dtype, device=logits.device).scatter(1, pos, chosen_logp)
+
+
 def categorical_everywhere(logits: torch.Tensor, state: SampleState) -> tuple[torch.Tensor, torch.Tensor]:
     """Like :func:`categorical` but at every position (for samplers that rewrite revealed tokens)."""
     logp = torch.log_softmax(logits, dim=-1)

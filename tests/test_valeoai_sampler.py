@@ -17,7 +17,15 @@ import pytest
 import torch
 from migbench.backbones.toy import toy
 from migbench.benchmarks.suite import SuiteError, parse_suite
-from migbench.methods.maskgit import AUTONAT_T8, UNLOCKMGM, VALEOAI, MaskGITConfig
+from migbench.methods.maskgit import (
+    AUTONAT_T8,
+    TITOK_B64,
+    TITOK_L32,
+    TITOK_S128,
+    UNLOCKMGM,
+    VALEOAI,
+    MaskGITConfig,
+)
 
 from migbench.cli import main
 from migbench.generate import generate
@@ -125,7 +133,8 @@ def test_scorer_adds_annealed_gumbel_to_log_p(stack) -> None:
 
 
 def test_preset_contents_and_precedence() -> None:
-    assert presets() == {"valeoai": VALEOAI, "autonat_t8": AUTONAT_T8, "unlockmgm": UNLOCKMGM}
+    assert presets() == {"valeoai": VALEOAI, "autonat_t8": AUTONAT_T8, "unlockmgm": UNLOCKMGM,
+                         "titok_l32": TITOK_L32, "titok_b64": TITOK_B64, "titok_s128": TITOK_S128}
     assert VALEOAI == {"maskgit.schedule": "arccos-valeoai", "maskgit.choice_anneal": "linear-valeoai",
                        "maskgit.cfg_schedule": "linear-valeoai", "maskgit.temperature_mode": "multiplier",
                        "maskgit.cfg_convention": "maskgit"}
