@@ -64,7 +64,9 @@ class CheckpointSpec:
     ``container_optional``: the file may also be the bare state dict (taming's ``init_from_ckpt``
     takes ``state_dict`` when it is there); ``fields`` names the items of a file that is a plain pickle of a tensor or a list of tensors
     (KA-MIG's graphs: ``("edge_index", "edge_weight")``), read by :func:`read_tensor_pickle`
-    into the state dict {field: tensor}."""
+    into the state dict {field: tensor}; ``hub_config`` lists (dotted key, value) pairs that the
+    ``config.json`` of a ``PyTorchModelHubMixin`` folder (``config.json`` + ``model.safetensors``)
+    must hold, checked when such a folder is imported (:func:`hub_mixin_weights`)."""
 
     name: str
     source: str
@@ -78,6 +80,7 @@ class CheckpointSpec:
     manual: str = ""
     container_optional: bool = False
     fields: tuple[str, ...] = ()
+    hub_config: tuple[tuple[str, object], ...] = ()
 
     def hub_location(self) -> tuple[str, str, str] | None:
         """(repo id, file, revision) of an ``hf:OWNER/REPO/PATH@REVISION`` source, else None."""
@@ -238,12 +241,41 @@ def extract_state(spec: CheckpointSpec, raw: Mapping[str, Any]) -> dict[str, tor
     return state
 
 
+def hub_mixin_weights(spec: CheckpointSpec, folder: Path) -> tuple[Path, dict[str, str]]:
+    """The weights file of a ``PyTorchModelHubMixin`` folder (``model.safetensors``) and what to
+    record of it; its ``config.json``, where present, must hold every value of ``spec.hub_config``
+    (the folder of another model size is refused before its weights are read)."""
+    weights, config = folder / "model.safetensors", folder / "config.json"
+    if not weights.is_file():
+        raise CheckpointError(f"{spec.name}: folder {folder} holds no model.safetensors (a PyTorchModelHubMixin "
+                              "folder holds config.json and model.safetensors)")
+    info = {"layout": "PyTorchModelHubMixin"}
+    if config.is_file():
+        try:
+            values = json.loads(config.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"{spec.name}: {config} is not readable JSON ({type(err).__name__})") from None
+        for dotted, expected in spec.hub_config:
+            value: object = values
+            for part in dotted.split("."):
+                value = value.get(part) if isinstance(value, dict) else None
+            if value != expected:
+                raise CheckpointError(f"{spec.name}: {config} says {dotted} = {value!r}, this checkpoint's module "
+                                      f"has {expected!r} (the folder of another model?)")
+        info["config_sha256"] = sha256_file(config)
+    return weights, info
+
+
 def import_file(spec: CheckpointSpec, source: Path, origin: Mapping[str, str] | None = None,
                 expected_sha256: str = "") -> Path:
     """Check ``source`` against ``spec`` (size, sha256 where pinned or ``expected_sha256`` where
     the hub states it, the key listing), convert it once to safetensors in
     :func:`checkpoints_dir` and record both hashes (and ``origin``: where it came from, e.g. the
-    hub commit); returns the converted path. Nothing is left behind when it fails."""
+    hub commit); returns the converted path. ``source`` may be a ``PyTorchModelHubMixin`` folder
+    (:func:`hub_mixin_weights`). Nothing is left behind when it fails."""
+    if source.is_dir():
+        source, info = hub_mixin_weights(spec, source)
+        origin = {**(origin or {}), **info}
     if not source.is_file():
         raise CheckpointError(f"{spec.name}: no file {source}")
     before = source.stat()

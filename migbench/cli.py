@@ -369,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", help="import a checkpoint file downloaded by hand (checked, converted once)")
     p.add_argument("name", help="a known checkpoint name (`migbench info` lists them)")
-    p.add_argument("path", help="the downloaded file (.pth, .ckpt, .bin or .safetensors)")
+    p.add_argument("path", help="the downloaded file (.pth, .ckpt, .bin or .safetensors), or a "
+                                "PyTorchModelHubMixin folder (config.json + model.safetensors)")
     p.set_defaults(func=_cmd_import)
 
     p = sub.add_parser("info", help="registered methods with their knobs, backbones, and weights")

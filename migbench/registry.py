@@ -35,6 +35,10 @@ BACKBONES: dict[str, str] = {
     "maskgit_256": "migbench.backbones.openmuse:maskgit_256",
     "maskgit_512": "migbench.backbones.openmuse:maskgit_512",
     "openmuse_tiny": "migbench.backbones.openmuse:openmuse_tiny",
+    "titok_l32": "migbench.backbones.titok:titok_l32",
+    "titok_b64": "migbench.backbones.titok:titok_b64",
+    "titok_s128": "migbench.backbones.titok:titok_s128",
+    "titok_tiny": "migbench.backbones.titok:titok_tiny",
 }
 
 # Known public checkpoint files: family (or method with released parts) -> "module:attr" of its
@@ -44,6 +48,7 @@ CHECKPOINT_TABLES: dict[str, str] = {
     "autonat": "migbench.backbones.autonat:CHECKPOINTS",
     "ka_mig": "migbench.methods.ka_mig.release:CHECKPOINTS",
     "openmuse": "migbench.backbones.openmuse:CHECKPOINTS",
+    "titok": "migbench.backbones.titok:CHECKPOINTS",
     "self_guidance": "migbench.methods.self_guidance.release:CHECKPOINTS",
 }
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 from migbench.checkpoints import (
@@ -280,3 +281,34 @@ def test_cli_fetch_and_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, c
     bad.write_bytes(b"\x00" * 100)
     assert main(["import", "valeoai_vqgan", str(bad)]) == 2
     assert "is not a readable checkpoint" in capsys.readouterr().err
+
+
+HUB_SPEC = CheckpointSpec("tiny", "hf:someone/tiny/model.safetensors@main", "MIT",
+                          hub_config=(("model.generator.hidden_size", 3), ("model.vq_model.codebook_size", 4096)))
+
+
+def hub_folder(folder: Path, model: nn.Module, hidden: int = 3) -> Path:
+    """A ``PyTorchModelHubMixin.save_pretrained`` folder: config.json + model.safetensors."""
+    folder.mkdir()
+    save_file(model.state_dict(), str(folder / "model.safetensors"))
+    (folder / "config.json").write_text(json.dumps({"model": {"generator": {"hidden_size": hidden},
+                                                              "vq_model": {"codebook_size": 4096}}}))
+    return folder
+
+
+def test_a_hub_mixin_folder_imports_with_its_config_checked(tmp_path: Path, cache: Path) -> None:
+    model = tiny()
+    import_file(HUB_SPEC, hub_folder(tmp_path / "good", model))
+    entry = record("tiny")
+    assert entry["layout"] == "PyTorchModelHubMixin"
+    assert entry["config_sha256"] == sha256_file(tmp_path / "good" / "config.json")
+    assert entry["source_sha256"] == sha256_file(tmp_path / "good" / "model.safetensors")
+    state, _ = load_state("tiny")
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    with pytest.raises(CheckpointError, match=r"says model.generator.hidden_size = 4, this checkpoint's module has 3 "):
+        import_file(HUB_SPEC, hub_folder(tmp_path / "other", model, hidden=4))
+    with pytest.raises(CheckpointError, match=r"^tiny: folder .* holds no model.safetensors"):
+        import_file(HUB_SPEC, (tmp_path / "empty").mkdir() or tmp_path / "empty")
+    (tmp_path / "good" / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match=r"config.json is not readable JSON"):
+        import_file(HUB_SPEC, tmp_path / "good")

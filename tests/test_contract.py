@@ -6,8 +6,9 @@ is where the layout says; BLANK_LABEL shows ``layout.blank_id``; ``token_embeddi
 ``value_projection(i)`` are what the forward uses. Tokenizer: shapes and ranges. Methods: every
 neutral config is the base sampler bit for bit; KA-MIG's zero-initialised fusion reproduces the
 backbone; self-guidance at s = 0 adds nothing; samples do not depend on the number of processes;
-Halton and KA-MIG's G_co run exactly where the stack has a 2-D grid and are refused elsewhere by
-name, from ``build_sampler`` and from a suite before any sampling.
+Halton runs exactly where the stack has a 2-D grid and is refused elsewhere by name, from
+``build_sampler`` and from a suite before any sampling; KA-MIG (G_co on sequence neighbours)
+runs on 1-D tokens too.
 
 A family whose stack names trained methods' weights (``fmnist``) samples with them; the others
 with random trained parts (``random_trained_parts`` in conftest.py).
@@ -40,10 +41,10 @@ from migbench.recipe import build_sampler, resolve
 FULL_SIZE = tuple(name for name in registry.BACKBONES
                   if "random_weights" in inspect.signature(registry.backbone(name)).parameters)
 FAMILIES = [pytest.param(name, marks=pytest.mark.slow if name in FULL_SIZE else ()) for name in registry.BACKBONES]
-TINY = ("toy", "toy1d", "valeoai_tiny", "autonat_tiny", "openmuse_tiny")  # random families that sample in a second; the others' sampling tests are slow
+TINY = ("toy", "toy1d", "valeoai_tiny", "autonat_tiny", "openmuse_tiny", "titok_tiny")  # random families that sample in a second; the others' sampling tests are slow
 SAMPLING = [pytest.param(name, marks=() if name in TINY else pytest.mark.slow) for name in registry.BACKBONES]
 OPTIONAL = [m for m in registry.METHODS if m != "maskgit"]
-GRID_METHODS = ("halton", "ka_mig")  # need a 2-D token grid (KA-MIG: for G_co, on by default)
+GRID_METHODS = ("halton",)  # need a 2-D token grid
 
 
 @cache
@@ -247,11 +248,9 @@ def sample(stack: Stack, methods: str | list[str], overrides: dict | None = None
 
 
 def runnable(stack: Stack, methods: list[str]) -> dict[str, object]:
-    """Overrides that let ``methods`` run on ``stack``: KA-MIG without G_co where there is no 2-D
-    grid; a method refused even so is skipped (its refusal is tested below)."""
+    """Overrides that let ``methods`` run on ``stack`` (CFG on); a method refused on it (Halton on
+    1-D tokens) is skipped (its refusal is tested below)."""
     overrides: dict[str, object] = {"maskgit.cfg_scale": 1.0}
-    if "ka_mig" in methods and "grid2d" not in stack.capabilities:
-        overrides["ka_mig.cooccurrence"] = False
     try:
         resolve(methods, overrides).bind(stack)
     except ValueError as err:
@@ -309,9 +308,9 @@ def test_grid_methods_run_exactly_where_the_stack_has_a_2d_grid(sampling_stack: 
 
 
 def test_a_suite_refuses_grid_methods_on_1d_tokens_before_sampling(random_trained_parts) -> None:
-    """Through a suite: :func:`bind` refuses Halton and KA-MIG with G_co on ``toy1d`` (a
-    :class:`SuiteError` naming the run, the method and the stack), and so does the sweep's
-    :func:`validate` of an unbound point; KA-MIG with ``cooccurrence = false`` passes both."""
+    """Through a suite: :func:`bind` refuses Halton on ``toy1d`` (a :class:`SuiteError` naming the
+    run, the method and the stack), and so does the sweep's :func:`validate` of an unbound point;
+    KA-MIG with all three graphs passes both."""
     stack = random_trained_parts(load("toy1d"))
     assert "grid2d" not in stack.capabilities
     for method in GRID_METHODS:
@@ -324,8 +323,7 @@ def test_a_suite_refuses_grid_methods_on_1d_tokens_before_sampling(random_traine
         with pytest.raises(SuiteError, match=r"^run 'grid' at \{\} on toy1d: ") as refused:
             validate(suite.points[1], stack)
         assert_refused(str(refused.value), method, stack)
-    suite = parse_suite({"backbone": "toy1d", "runs": [{"label": "ka", "methods": ["ka_mig"],
-                                                        "set": {"ka_mig.cooccurrence": False}}]})
+    suite = parse_suite({"backbone": "toy1d", "runs": [{"label": "ka", "methods": ["ka_mig"]}]})
     for point in bind(suite, {"toy1d": stack}).points:
         validate(point, stack)
 

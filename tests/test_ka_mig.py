@@ -394,27 +394,41 @@ def test_auto_weights_resolve_per_stack(monkeypatch) -> None:
     build_sampler(resolve("ka_mig", neutral=["ka_mig"]), toy())
 
 
-def test_g_co_is_refused_on_1d_tokens_g_s_and_g_p_are_not(monkeypatch) -> None:
+def test_ka_mig_with_every_graph_runs_on_1d_tokens(monkeypatch) -> None:
     from migbench.methods import ka_mig
 
     from migbench.recipe import build_sampler, resolve
 
-    with pytest.raises(ValueError, match=r"^method ka_mig needs image tokens on a 2-D grid .token_shape of length "
-                                         r"2.; stack toy1d has token_shape \(16,\)$"):
-        build_sampler(resolve("ka_mig"), toy1d())
-    monkeypatch.setattr(ka_mig, "load_module", lambda name, graphs, backbone: ka_mig.KAMIG.random_parts(toy1d()))
-    build_sampler(resolve("ka_mig", {"ka_mig.cooccurrence": False, "ka_mig.weights": "w", "ka_mig.graphs": "g"}),
-                  toy1d())
+    stack = toy1d()
+    monkeypatch.setattr(ka_mig, "load_module", lambda name, graphs, backbone: ka_mig.KAMIG.random_parts(stack))
+    sampler = build_sampler(resolve("ka_mig", {"ka_mig.weights": "w", "ka_mig.graphs": "g"}), stack)
+    ids = sampler(torch.tensor([1, 2]), torch.Generator().manual_seed(0))
+    assert ids.shape == (2, 16) and not (ids == stack.backbone.layout.mask_id).any()
 
 
-def test_1d_graphs_have_no_g_co() -> None:
-    from migbench.methods.ka_mig.graphs import graph_tensors, graphs_from_state
+def test_sequence_cooccurrence_by_hand() -> None:
+    """Sequence (0, 1, 2, 1) with K = 3, window 1: pairs (0,1) (1,0) (1,2) (2,1) (2,1) (1,2);
+    window 2 adds (0,2) (2,0) (1,1) (1,1)."""
+    from migbench.methods.ka_mig.graphs import sequence_cooccurrence_counts
+
+    seq = torch.tensor([[0, 1, 2, 1]])
+    assert sequence_cooccurrence_counts(seq, 3, 1).tolist() == [[0, 1, 0], [1, 0, 2], [0, 2, 0]]
+    assert sequence_cooccurrence_counts(seq, 3, 2).tolist() == [[0, 1, 1], [1, 2, 2], [1, 2, 0]]
+    many = torch.randint(0, 5, (300, 9))
+    counts = sequence_cooccurrence_counts(many, 5, 2)
+    assert torch.equal(counts, counts.t()) and int(counts.sum()) == 300 * 2 * (8 + 7)
+
+
+def test_1d_graphs_link_sequence_neighbours() -> None:
+    from migbench.methods.ka_mig.graphs import cooccurrence_graph, graph_tensors, graphs_from_state
 
     ids, labels = torch.randint(0, 16, (20, 64)), torch.arange(20) % 10
     flat = graph_tensors(ids, labels, 16, 10, (64,), 0.05)
     grid = graph_tensors(ids, labels, 16, 10, (8, 8), 0.05)
-    assert flat["co_edge_index"].shape == (2, 0) and flat["co_edge_weight"].shape == (0,)
-    assert grid["co_edge_weight"].numel() > 0
+    assert flat["co_edge_weight"].numel() > 0 and grid["co_edge_weight"].numel() > 0
+    assert not torch.equal(flat["co_edge_weight"], grid["co_edge_weight"])
+    wide = cooccurrence_graph(ids, 16, 0.05, window=3)
+    assert torch.equal(graph_tensors(ids, labels, 16, 10, (64,), 0.05, window=3)["co_edge_weight"], wide.edge_weight)
     for key in ("s_edge_index", "s_edge_weight", "incompatible"):
         assert torch.equal(flat[key], grid[key])
     co, _, incompatible = graphs_from_state(flat)
@@ -441,9 +455,9 @@ def test_random_parts_fit_the_stack_and_change_the_logits() -> None:
         assert not torch.equal(run(stack, parts, Switches(), ids, labels), stack.backbone(ids, labels).logits)
 
 
-def test_fit_on_1d_tokens_builds_g_s_and_g_p_and_refuses_g_co(tmp_path, monkeypatch) -> None:
-    """A stack of 1-D tokens: fitting with G_co is refused in one line before anything runs; a
-    G_s model fits, on graphs built without G_co, and is recorded with the stack."""
+def test_fit_on_1d_tokens_builds_every_graph(tmp_path, monkeypatch) -> None:
+    """A stack of 1-D tokens: the graphs (G_co over sequence neighbours, recorded as such) are
+    built and a model of all three fits, recorded with the stack."""
     from dataclasses import replace
 
     from migbench.methods.ka_mig import KAMIG
@@ -455,18 +469,16 @@ def test_fit_on_1d_tokens_builds_g_s_and_g_p_and_refuses_g_co(tmp_path, monkeypa
     maps = {"train": (torch.randint(0, 16, (16, 16)), torch.arange(16) % 10),
             "test": (torch.randint(0, 16, (8, 16)), torch.arange(8) % 10)}
     stack = replace(toy1d(), dataset=replace(toy1d().dataset, token_maps=lambda split, device="cpu": maps[split]))
-    training = KAMIGTraining(steps=1, batch_size=8, warmup=1)
-    with pytest.raises(ValueError, match=r"^fit ka_mig: G_co needs a 2-D token grid; stack toy1d has token_shape "
-                                         r"\(16,\) \(fit with only=semantic, incompatibility or head\)$"):
-        KAMIG.fit(tmp_path / "run", "test", stack, training, "fp32")
-    assert not weights.read_manifest()
-    KAMIG.fit(tmp_path / "run", "test", stack, replace(training, only="semantic"), "fp32")
+    KAMIG.fit(tmp_path / "run", "test", stack, KAMIGTraining(steps=1, batch_size=8, warmup=1), "fp32")
     manifest = weights.read_manifest()
-    assert set(manifest) == {"toy1d_ka_mig_graphs", "toy1d_ka_mig_semantic"}
-    assert manifest["toy1d_ka_mig_graphs"]["metrics"]["co_edges"] == 0
-    entry = manifest["toy1d_ka_mig_semantic"]["config"]
-    assert entry["training"]["only"] == "semantic" and entry["training"]["name"] == "toy1d_ka_mig_semantic"
+    assert set(manifest) == {"toy1d_ka_mig_graphs", "toy1d_ka_mig"}
+    graphs = manifest["toy1d_ka_mig_graphs"]
+    assert graphs["metrics"]["co_edges"] > 0 and graphs["config"]["model"]["cooccurrence"] == "sequence offsets 1..2"
+    entry = manifest["toy1d_ka_mig"]["config"]
+    assert entry["training"]["sequence_window"] == 2 and entry["training"]["name"] == "toy1d_ka_mig"
     assert entry["stack"] == "toy1d" and entry["weight_hashes"] == {"toy1d": "seed0"}
+    with pytest.raises(ValueError, match=r"^fit ka_mig.sequence_window must be >= 1, got 0$"):
+        KAMIGTraining(sequence_window=0)
 
 
 def test_training_needs_token_maps() -> None:

@@ -68,6 +68,7 @@ class ImageBertConfig:
     num_classes: int = 1000
     dropout: float = 0.1
     attn_drop: float = 0.1
+    initializer_range: float = INIT_STD
 
     def __post_init__(self) -> None:
         sizes = {"image_seq_len": self.image_seq_len, "hidden_size": self.hidden_size,
@@ -83,6 +84,8 @@ class ImageBertConfig:
         for name in ("dropout", "attn_drop"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"ImageBertConfig: {name} must lie in [0, 1), got {getattr(self, name)}")
+        if self.initializer_range <= 0:
+            raise ValueError(f"ImageBertConfig: initializer_range must be > 0, got {self.initializer_range}")
 
     @classmethod
     def b64(cls) -> ImageBertConfig:
@@ -246,7 +249,7 @@ class ImageBert(nn.Module):
     ``num_hidden_layers`` hooked blocks), ``model.lm_head``. ``head`` is ``model.lm_head`` unless
     a module was assigned to ``head`` (Token-Critic's 1-logit head), which then is a registered
     submodule and replaces it. Initialised as HF BERT's ``_init_weights`` (Linear and Embedding
-    weights N(0, 0.02^2), zero biases, LayerNorms 1 and 0; the head too, as upstream's
+    weights N(0, initializer_range^2), zero biases, LayerNorms 1 and 0; the head too, as upstream's
     ``post_init`` reaches it)."""
 
     def __init__(self, config: ImageBertConfig = ImageBertConfig()) -> None:
@@ -257,7 +260,7 @@ class ImageBert(nn.Module):
         self.model = BertWithHead(config)
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=INIT_STD)
+                nn.init.normal_(module.weight, std=config.initializer_range)
             if isinstance(module, nn.Linear):
                 nn.init.zeros_(module.bias)
 

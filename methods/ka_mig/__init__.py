@@ -11,7 +11,8 @@ ka_mig``, :mod:`.train`); the ``weights`` and ``graphs`` knobs default to ``"aut
 own (``stack.method_weights``). KA-MIG's released AutoNAT-L adapter loads through the same
 knobs (:mod:`.release`): ``weights = ka_mig_autonat_l`` (imported with ``migbench import``) with
 ``graphs`` naming the class-position graph (``ka_mig_graph_p``, the imported G_p, or a graphs
-file of ours); G_co and G_s are then the released ones. G_co needs a 2-D token grid (:meth:`KAMIG.requires`). At
+file of ours); G_co and G_s are then the released ones. On 1-D tokens (TiTok) G_co links sequence
+neighbours (:mod:`.graphs`, our documented choice), so KA-MIG runs on every family. At
 inference C_co, C_s and P^c are constants: ``precompute = true`` (the default) folds them with
 every block's projections into lookup tables once (one step past the paper, which caches the
 features and projects them per pass; a prior too large to fold per block stays the paper's way),
@@ -51,7 +52,8 @@ RELEASED = (ADAPTER,)  # weights names read from the checkpoint cache (KA-MIG's 
 
 @dataclass(frozen=True)
 class KAMIGConfig:
-    cooccurrence: bool = knob(True, "use the co-occurrence graph G_co (needs a 2-D token grid)")
+    cooccurrence: bool = knob(True, "use the co-occurrence graph G_co (8-neighbours on a 2-D grid, sequence "
+                                    "neighbours on 1-D tokens)")
     semantic: bool = knob(True, "use the semantic-similarity graph G_s")
     incompatibility: bool = knob(True, "subtract the class-position incompatibility prior P^c")
     negative_positions: str = knob("masked", "where P^c is subtracted: masked (paper) or all (official code)",
@@ -114,13 +116,6 @@ class KAMIG:
     @staticmethod
     def neutral_config() -> KAMIGConfig:
         return KAMIGConfig(enabled=False)
-
-    @staticmethod
-    def requires(config: KAMIGConfig) -> tuple[str, ...]:
-        """G_co's 8-neighbourhood needs a 2-D token grid; G_s and G_p need only positions. The
-        paper reports TiTok rows but published no graph code for 1-D tokens, so 1-D stacks take
-        KA-MIG with ``cooccurrence = false`` only."""
-        return ("grid2d",) if config.enabled and config.cooccurrence else ()
 
     @staticmethod
     def install(builder: SamplerBuilder, config: KAMIGConfig) -> None:

@@ -16,8 +16,13 @@ Nodes are the K image codes. Following the official KA-MIG graph notebooks and s
 - **class-position incompatibility G_p**: for each class c and position i, the tokens never
   seen there in class c (no construction code is released; this is the paper's definition).
 
-G_co needs a 2-D token grid; on a stack of 1-D tokens only G_s and G_p are built
-(:func:`graph_tensors`).
+On 1-D tokens (TiTok's) G_co counts the pairs at most ``window`` places apart in the sequence
+(:func:`sequence_cooccurrence_counts`; ``window`` 2, so offsets -2, -1, 1 and 2): our choice, since
+the paper reports TiTok rows but KA-MIG published no graph code for 1-D tokens. TiTok's tokens are
+not a raster (each latent token attends to the whole image), so sequence neighbours are not image
+neighbours; nearby tokens still co-occur more than distant ones (the attention's position
+embeddings), and a window of 2 gives each interior token 4 neighbours against the grid's 8. G_s
+and G_p need only positions and are built the same way in 1-D and 2-D.
 
 Edges are (source, target) pairs: a node aggregates from the nodes that list it (PyG's
 source-to-target flow).
@@ -63,6 +68,20 @@ def cooccurrence_counts(grids: torch.Tensor, num_tokens: int) -> torch.Tensor:
     return counts.view(num_tokens, num_tokens)
 
 
+def sequence_cooccurrence_counts(sequences: torch.Tensor, num_tokens: int, window: int) -> torch.Tensor:
+    """(K, K) int64 counts of the pairs (a, b) at most ``window`` places apart (offsets -window..-1
+    and 1..window, in bounds) over 1-D token sequences (M, N): symmetric, diagonal included, as
+    :func:`cooccurrence_counts` on a grid."""
+    m, n = sequences.shape
+    counts = torch.zeros(num_tokens * num_tokens, dtype=torch.int64)
+    for rows in chunks(m):
+        for offset in (*range(-window, 0), *range(1, window + 1)):
+            here, there = slice(max(0, -offset), n - max(0, offset)), slice(max(0, offset), n - max(0, -offset))
+            pairs = sequences[rows, here].reshape(-1).long() * num_tokens + sequences[rows, there].reshape(-1).long()
+            counts += torch.bincount(pairs, minlength=num_tokens * num_tokens)
+    return counts.view(num_tokens, num_tokens)
+
+
 def prune_rows(matrix: torch.Tensor, ratio: float) -> torch.Tensor:
     """Zero the diagonal, then keep per row the top max(1, int(nnz * ratio)) positive entries.
 
@@ -95,8 +114,11 @@ def normalise(matrix: torch.Tensor) -> Graph:
     return Graph(torch.stack([source, target]), weight.float())
 
 
-def cooccurrence_graph(grids: torch.Tensor, num_tokens: int, ratio: float = 0.05) -> Graph:
-    return normalise(prune_rows(cooccurrence_counts(grids, num_tokens), ratio))
+def cooccurrence_graph(maps: torch.Tensor, num_tokens: int, ratio: float = 0.05, window: int = 2) -> Graph:
+    """G_co of token grids (M, h, w) (8-neighbourhood) or token sequences (M, N) (``window``)."""
+    counts = (cooccurrence_counts(maps, num_tokens) if maps.dim() == 3
+              else sequence_cooccurrence_counts(maps, num_tokens, window))
+    return normalise(prune_rows(counts, ratio))
 
 
 def position_histograms(ids: torch.Tensor, num_tokens: int) -> torch.Tensor:
@@ -167,17 +189,13 @@ def incompatibility(ids: torch.Tensor, labels: torch.Tensor, num_classes: int, n
 
 
 def graph_tensors(ids: torch.Tensor, labels: torch.Tensor, num_tokens: int, num_classes: int,
-                  token_shape: tuple[int, ...], prune_ratio: float, semantic: str = "notebook"
-                  ) -> dict[str, torch.Tensor]:
+                  token_shape: tuple[int, ...], prune_ratio: float, semantic: str = "notebook",
+                  window: int = 2) -> dict[str, torch.Tensor]:
     """The three graphs of token maps ids (M, N) with labels (M,), as the named tensors of a graphs
-    file. G_co needs the 8-neighbourhood of a 2-D ``token_shape`` (h, w); for 1-D tokens only G_s
-    and G_p are built and G_co has no edges (no 1-D graph code was published), so a model of
-    those graphs trains and samples with ``cooccurrence`` off (``KAMIG.requires``). ``semantic``
-    picks G_s's definition (:func:`position_distributions`)."""
-    if len(token_shape) == 2:
-        co = cooccurrence_graph(ids.view(-1, *token_shape), num_tokens, prune_ratio)
-    else:
-        co = Graph(torch.zeros(2, 0, dtype=torch.int64), torch.zeros(0))
+    file. G_co takes the 8-neighbourhood of a 2-D ``token_shape`` (h, w), or pairs at most
+    ``window`` apart on 1-D tokens (N,); ``semantic`` picks G_s's definition
+    (:func:`position_distributions`)."""
+    co = cooccurrence_graph(ids.view(-1, *token_shape), num_tokens, prune_ratio, window)
     sem = semantic_graph(ids, num_tokens, definition=semantic)
     return {"co_edge_index": co.edge_index, "co_edge_weight": co.edge_weight,
             "s_edge_index": sem.edge_index, "s_edge_weight": sem.edge_weight,

@@ -9,8 +9,8 @@ that separates what the graphs add from what the extra fine-tuning of the head a
 
 Graphs come from the stack's training token maps (``stack.dataset.token_maps``) laid out as
 ``stack.tokenizer.token_shape`` and are saved (``<stack>_ka_mig_graphs``) with their content
-hash in the manifest; G_co needs a 2-D grid, so a stack of 1-D tokens gets G_s and G_p only and
-trains with ``only`` set to another graph or the head. Fine-tuning (ka_mig.md section 5): the
+hash in the manifest; on 1-D tokens G_co pairs tokens at most ``sequence_window`` places apart
+(:mod:`.graphs`: our choice, no 1-D graph code was published). Fine-tuning (ka_mig.md section 5): the
 stack's backbone is frozen; the GCNs, the negative prior's projection, the zero-initialised
 per-block projections and the head copy train with masked-token cross-entropy (label smoothing
 0.1), class dropout 0.15, AdamW lr 1e-4, weight decay 0, betas (0.99, 0.99), linear warm-up then
@@ -61,6 +61,8 @@ class KAMIGTraining:
     only: str = knob("", "train with one graph, or with none (head: the head-only control); "
                          "empty trains with all three", ("", *ONLY_CHOICES))
     prune_ratio: float = knob(0.05, "G_co keeps this fraction of each row's co-occurrence counts")
+    sequence_window: int = knob(2, "G_co on 1-D tokens: pairs at most this many places apart in the sequence "
+                                   "(our choice; 2-D grids use KA-MIG's 8-neighbourhood)")
     semantic: str = knob("notebook", "G_s's position distributions: notebook (KA-MIG's code and released graph) "
                                      "or paper (counts / sum)", SEMANTIC_DEFINITIONS)
     steps: int = knob(500, "fine-tuning steps")
@@ -78,7 +80,7 @@ class KAMIGTraining:
 
     def __post_init__(self) -> None:
         check_choices(self)
-        check_bounds(self, "fit ka_mig", positive=("lr",), at_least_one=("beta_a", "beta_b"))
+        check_bounds(self, "fit ka_mig", positive=("lr",), at_least_one=("beta_a", "beta_b", "sequence_window"))
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"fit ka_mig.ema must lie in [0, 1), got {self.ema}")
         if self.graphs_only and self.only:
@@ -136,13 +138,15 @@ def build_graphs(stack: Stack, config: KAMIGTraining, command: str) -> dict[str,
     layout, token_shape = stack.backbone.layout, tuple(stack.tokenizer.token_shape)
     ids, labels = stack_token_maps(stack, "train", "cpu", "fit ka_mig")
     tensors = graph_tensors(ids, labels, layout.codebook_size, layout.num_classes, token_shape, config.prune_ratio,
-                            config.semantic)
+                            config.semantic, config.sequence_window)
+    neighbourhood = "8-neighbourhood" if len(token_shape) == 2 else f"sequence offsets 1..{config.sequence_window}"
     weights.save_weights(config.graphs, tensors, half=False)
     metrics = {"co_edges": int(tensors["co_edge_weight"].numel()), "s_edges": int(tensors["s_edge_weight"].numel()),
                "incompatible_fraction": round(int(tensors["incompatible"].count_nonzero()) / tensors["incompatible"].numel(), 4)}
     weights.record(config.graphs, command=command, wall_seconds=time.monotonic() - started, metrics=metrics,
                    config={"model": {"kind": "ka_mig_graphs", "prune_ratio": config.prune_ratio,
-                                     "semantic": config.semantic, "token_shape": list(token_shape)},
+                                     "semantic": config.semantic, "token_shape": list(token_shape),
+                                     "cooccurrence": neighbourhood},
                            "content_sha256": content_hash(tensors), **stack_identity(stack)})
     return tensors
 
@@ -150,13 +154,9 @@ def build_graphs(stack: Stack, config: KAMIGTraining, command: str) -> dict[str,
 def train_ka_mig(run_dir: Path, stack: Stack, config: KAMIGTraining, command: str = "migbench fit ka_mig",
                  stop_after: int | None = None, precision: str = "auto") -> KAMIGModule:
     """Fine-tune KA-MIG's modules on ``stack`` (building the graphs first if the manifest lacks
-    them), then save ``config.name`` (``"auto"`` resolved) with its manifest entry. A config
-    training G_co on a stack of 1-D tokens is refused before anything runs."""
+    them), then save ``config.name`` (``"auto"`` resolved) with its manifest entry."""
     config = config.named(stack.name)
     switches = config.switches()
-    if switches.cooccurrence and "grid2d" not in stack.capabilities:
-        raise ValueError(f"fit ka_mig: G_co needs a 2-D token grid; stack {stack.name} has token_shape "
-                         f"{tuple(stack.tokenizer.token_shape)} (fit with only=semantic, incompatibility or head)")
     started = time.monotonic()
     loop = TrainLoop(name=f"fit {config.name}", total_steps=config.steps, seed=config.seed, run_dir=run_dir,
                      precision=precision, stop_after=stop_after, grad_clip=None,
