@@ -42,6 +42,17 @@ stay masked after step 11, 128 in float64; the paper states only the formula);
 (the self-guidance recipe, tau0 = 25 compound) a decoded token can be re-masked
 (:func:`remask_decoded`); Google's paper and code, and the default, keep decoded tokens.
 
+TiTok's sampler (1d-tokenizer ``ImageBert.generate``; defaults are today's sampler, left out of a
+recipe's description while at them): ``token_draw=choice-gumbel`` draws tokens as argmax(l + tau_k G)
+at the step's choice temperature instead of from softmax(l) (:func:`migbench.slots.choice_gumbel_max`);
+``confidence=logit`` scores the drawn id's logit after guidance and temperature instead of a log p;
+``temperature_anneal=titok`` divides the logits by temperature (0.5 + 0.8 (1 - (k+1)/T))
+(:func:`annealed_temperature`); ``cfg_power`` is the power-cosine exponent (TiTok's
+``guidance_scale_pow``); ``cfg_unguided_pass=run`` runs the unconditional pass also at a step whose
+scale leaves the logits alone, as TiTok's power-cosine mode does from step 0 (the samples are the
+same; the NFE is upstream's, fidelity finding F10). ``presets["titok_l32"|"titok_b64"|"titok_s128"]``
+(:data:`TITOK_L32`, :data:`TITOK_B64`, :data:`TITOK_S128`) are the released settings.
+
 ``presets["valeoai"]`` (:data:`VALEOAI`) bundles valeoai v1.0's conventions; ``migbench sample
 --preset valeoai`` and a suite's ``preset = "valeoai"`` expand it into ordinary overrides
 (:func:`migbench.recipe.expand_preset`).

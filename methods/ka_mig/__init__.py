@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from migbench.methods.ka_mig.fusion import GRAPH_SWITCHES, KAMIGModule, Switches
-from migbench.methods.ka_mig.graphs import graphs_from_state, normalise
+from migbench.methods.ka_mig.graphs import Graph, graphs_from_state, normalise
 from migbench.methods.ka_mig.release import ADAPTER, load_release
 from migbench.methods.ka_mig.train import KAMIGTraining, recorded_training
 
@@ -104,6 +104,22 @@ def check_trained_graphs(name: str, config: KAMIGConfig) -> None:
                          f"switch it on (--set ka_mig.{trained_only}=true)")
 
 
+RANDOM_NEIGHBOURS = 64
+"""Edges per code of a random graph: every code where K <= 64 (the tiny stacks), the 64 largest of
+a row's random weights above (a dense graph over TiTok's 4,096 codes would pass 16.7M edges of
+width d through the GCN: 51 GB at d = 768)."""
+
+
+def random_graph(codes: int) -> Graph:
+    """A random graph over ``codes`` nodes: uniform weights, each row's :data:`RANDOM_NEIGHBOURS`
+    largest kept, normalised like the real graphs (:func:`~.graphs.normalise`)."""
+    weights = torch.rand(codes, codes)
+    if codes > RANDOM_NEIGHBOURS:
+        keep = weights.topk(RANDOM_NEIGHBOURS, dim=1).indices
+        weights = torch.zeros_like(weights).scatter_(1, keep, weights.gather(1, keep))
+    return normalise(weights)
+
+
 class KAMIG:
     """KA-MIG: knowledge-graph token representations fused into a frozen backbone."""
 
@@ -150,8 +166,8 @@ class KAMIG:
     @staticmethod
     def random_parts(stack: Stack, seed: int = 0) -> KAMIGModule:
         """A module as :func:`load_module` returns, randomly initialised to fit ``stack``'s
-        backbone (for contract tests on random families): random dense G_co and G_s over the K
-        codes, a random incompatibility indicator (C, N, K), the zero-initialised projections'
+        backbone (for contract tests on random families): random G_co and G_s over the K codes
+        (:func:`random_graph`), a random incompatibility indicator (C, N, K), the zero-initialised projections'
         weights drawn with std 0.05 so the fusion changes the logits, and the backbone's head
         copied. In eval mode without gradients; the same seed gives the same parts, and the
         global random state is left as it was."""
@@ -160,7 +176,7 @@ class KAMIG:
         k = layout.codebook_size
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            co, sem = normalise(torch.rand(k, k)), normalise(torch.rand(k, k))
+            co, sem = random_graph(k), random_graph(k)
             incompatible = torch.rand(layout.num_classes, backbone.seq_len, k) > 0.5
             module = KAMIGModule(backbone.width, backbone.depth, backbone.head, co, sem, incompatible)
             graph, blocks = module.graph_layer, range(backbone.depth)
