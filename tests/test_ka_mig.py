@@ -643,3 +643,12 @@ def test_legacy_upgrade_maps_names_and_leaves_todays_layout_alone() -> None:
     assert new["graph_layer.pos_neg_codebook_graph_layer.conv1.weight"].shape == (4, 4, 1)
     assert new["graph_layer.re_graph_layer.conv3.lin.weight"].shape == (4, 4)
     assert upgrade_legacy_state(new, depth=3) is new
+
+
+def test_random_graphs_are_dense_on_tiny_stacks_and_sparse_above_64_codes() -> None:
+    from migbench.methods.ka_mig import RANDOM_NEIGHBOURS, random_graph
+
+    assert random_graph(16).edge_index.shape == (2, 256)
+    source = random_graph(300).edge_index[0]
+    degree = torch.bincount(source, minlength=300)
+    assert RANDOM_NEIGHBOURS == 64 and bool(((degree == 64) | (degree == 65)).all())  # + the self loop
