@@ -37,3 +37,8 @@ for methods in maskgit maskgit,ka_mig; do
   python3 -m migbench.benchmarks.stage_speed --backbone autonat_l --methods $methods --preset autonat_t8 --n 2000 \
     --batch-size 125 --out "$OUT/stage_speed_autonat_${methods/,/_}.json" 2>&1 | tee -a "$OUT/stage_speed_autonat.log"
 done
+# issue #20: TiTok B-64 and S-128 at their released settings (random weights): 15 and 128 passes per image
+for variant in b64 s128; do
+  python3 -m migbench.benchmarks.stage_speed --backbone titok_$variant --methods maskgit --preset titok_$variant \
+    --n 1000 --batch-size 125 --out "$OUT/stage_speed_titok_$variant.json" 2>&1 | tee -a "$OUT/stage_speed_titok.log"
+done
