@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from migbench.backbones.common.attention import multi_head_attention
 from torch import nn
 
 from migbench.api import HookContext, HookSet, Prediction, VocabLayout, forward_context
@@ -152,13 +153,9 @@ class Attention(nn.Module):
         return self.qkv.weight[2 * width:], None
 
     def forward(self, u: torch.Tensor, hooks: HookSet, ctx: HookContext, index: int) -> torch.Tensor:
-        b, length, d = u.shape
         w_q, w_k, w_v = self.qkv.weight.chunk(3)
         value = hooks(f"attn_value.{index}", F.linear(u, w_v), ctx)
-        q, k, v = (t.reshape(b, length, self.heads, d // self.heads).transpose(1, 2)
-                   for t in (F.linear(u, w_q), F.linear(u, w_k), value))
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(out.transpose(1, 2).reshape(b, length, d))
+        return self.proj(multi_head_attention(F.linear(u, w_q), F.linear(u, w_k), value, self.heads))
 
 
 class Mlp(nn.Module):
@@ -192,6 +189,27 @@ class Block(nn.Module):
             x = self.skip_linear(torch.cat([x, skip], dim=-1))
         x = x + self.attn(self.norm1(x), hooks, ctx, index)
         return x + self.mlp(self.norm2(x))
+
+
+def run_blocks(in_blocks: nn.ModuleList, mid_block: Block, out_blocks: nn.ModuleList, x: torch.Tensor,
+               hooks: HookSet, ctx: HookContext) -> torch.Tensor:
+    """The U-ViT's blocks in call order (in-blocks, the mid block, out-blocks), each out-block
+    given the matching in-block's output (``skips.pop()``): x (B, L, d) -> the last out-block's
+    output. Block k fires sites ``block_in.k`` before it (before ``skip_linear``, where KA-MIG
+    fuses) and ``block_out.k`` after it."""
+
+    def block(index: int, module: Block, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        x = hooks(f"block_in.{index}", x, ctx)
+        return hooks(f"block_out.{index}", module(x, hooks, ctx, index, skip), ctx)
+
+    skips = []
+    for index, module in enumerate(in_blocks):
+        x = block(index, module, x)
+        skips.append(x)
+    x = block(len(in_blocks), mid_block, x)
+    for j, module in enumerate(out_blocks):
+        x = block(len(in_blocks) + 1 + j, module, x, skips.pop())
+    return x
 
 
 class MlmLayer(nn.Module):
@@ -297,11 +315,6 @@ class UViT(nn.Module):
         """Block ``index``'s (call order) W_v (d, d), a slice of its ``attn.qkv.weight``; no bias."""
         return self.blocks()[index].attn.value_projection()
 
-    def _block(self, index: int, block: Block, x: torch.Tensor, hooks: HookSet, ctx: HookContext,
-               skip: torch.Tensor | None = None) -> torch.Tensor:
-        x = hooks(f"block_in.{index}", x, ctx)
-        return hooks(f"block_out.{index}", block(x, hooks, ctx, index, skip), ctx)
-
     def forward(self, ids: torch.Tensor, labels: torch.Tensor, hooks: HookSet | None = None,
                 branch: str = "main") -> Prediction:
         n = self.seq_len
@@ -309,14 +322,7 @@ class UViT(nn.Module):
         rows = self.layout.class_ids(labels)[:, None] - self.layout.class_offset
         sums = hooks("embed", torch.cat([self.context_embed.sums(rows), self.token_emb.sums(ids)], dim=1), ctx)
         x = torch.cat([self.context_embed(sums[:, :1]), self.token_emb(sums[:, 1:])], dim=1)
-        skips = []
-        for index, block in enumerate(self.in_blocks):
-            x = self._block(index, block, x, hooks, ctx)
-            skips.append(x)
-        x = self._block(len(self.in_blocks), self.mid_block, x, hooks, ctx)
-        for j, block in enumerate(self.out_blocks):
-            x = self._block(len(self.in_blocks) + 1 + j, block, x, hooks, ctx, skips.pop())
-        last_block = x
+        x = last_block = run_blocks(self.in_blocks, self.mid_block, self.out_blocks, x, hooks, ctx)
         x = hooks("final_hidden", self.norm(x), ctx)
         logits = hooks("logits", run_head(hooks.head(self.head), x[:, ctx.token_slice]), ctx)
         return Prediction(logits=logits, last_block=last_block)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
+from migbench.backbones.common.attention import multi_head_attention
 from torch import nn
 
 from migbench.api import HookContext, HookSet, Prediction, VocabLayout, forward_context
@@ -60,12 +60,9 @@ class Block(nn.Module):
                                  nn.Linear(mlp_ratio * width, width))
 
     def forward(self, x: torch.Tensor, hooks: HookSet, ctx: HookContext, index: int) -> torch.Tensor:
-        b, length, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
         v = hooks(f"attn_value.{index}", v, ctx)
-        q, k, v = (t.reshape(b, length, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
-        attn = F.scaled_dot_product_attention(q, k, v)
-        x = x + self.proj(attn.transpose(1, 2).reshape(b, length, d))
+        x = x + self.proj(multi_head_attention(q, k, v, self.heads))
         return x + self.mlp(self.norm2(x))
 
 

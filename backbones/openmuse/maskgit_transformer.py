@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from migbench.backbones.common.attention import multi_head_attention
 from torch import nn
 
 from migbench.api import HookContext, HookSet, Prediction, VocabLayout, forward_context
@@ -157,12 +158,9 @@ class Attention(nn.Module):
         self.out = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor, hooks: HookSet, ctx: HookContext, index: int) -> torch.Tensor:
-        b, length, d = x.shape
         value = hooks(f"attn_value.{index}", self.value(x), ctx)
-        q, k, v = (t.reshape(b, length, self.heads, d // self.heads).transpose(1, 2)
-                   for t in (self.query(x), self.key(x), value))
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        return self.out(out.transpose(1, 2).reshape(b, length, d))
+        return self.out(multi_head_attention(self.query(x), self.key(x), value, self.heads,
+                                             self.dropout if self.training else 0.0))
 
 
 class Mlp(nn.Module):

@@ -56,6 +56,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
+from migbench.backbones.common.attention import multi_head_attention
 from migbench.backbones.common.maskgit_vqgan import (
     Decoder,
     MaskGitVQGANConfig,
@@ -144,10 +145,8 @@ class SelfAttention(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, width = x.shape
-        q, k, v = (t.reshape(b, n, self.heads, width // self.heads).transpose(1, 2)
-                   for t in F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1))
-        return self.out_proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, width))
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        return self.out_proj(multi_head_attention(q, k, v, self.heads))
 
 
 class ResidualAttentionBlock(nn.Module):

@@ -40,10 +40,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-from migbench.backbones.autonat.uvit import Block
+from migbench.backbones.autonat.uvit import Block, run_blocks
 from torch import nn
 
-from migbench.api import HookContext, HookSet, Prediction, VocabLayout, forward_context
+from migbench.api import HookSet, Prediction, VocabLayout, forward_context
 from migbench.precision import run_head
 
 UPSTREAM = "bytedance/1d-tokenizer 942a96fbdd873780179d1b78d5462911528bf8c8 modeling/maskgit.py UViTBert"
@@ -173,26 +173,13 @@ class UViTBert(nn.Module):
         """Block ``index``'s (call order) W_v (d, d), a slice of its ``attn.qkv.weight``; no bias."""
         return self.blocks()[index].attn.value_projection()
 
-    def _block(self, index: int, block: Block, x: torch.Tensor, hooks: HookSet, ctx: HookContext,
-               skip: torch.Tensor | None = None) -> torch.Tensor:
-        x = hooks(f"block_in.{index}", x, ctx)
-        return hooks(f"block_out.{index}", block(x, hooks, ctx, index, skip), ctx)
-
     def forward(self, ids: torch.Tensor, labels: torch.Tensor, hooks: HookSet | None = None,
                 branch: str = "main") -> Prediction:
         n = self.seq_len
         hooks, ctx = forward_context(self, ids, labels, hooks, branch, slice(1, n + 1))
         seq = torch.cat([self.layout.class_ids(labels)[:, None], ids], dim=1)
         x = hooks("embed", self.embeddings(seq) + self.pos_embed[:, : n + 1], ctx)
-        half = len(self.in_blocks)
-        skips = []
-        for index, block in enumerate(self.in_blocks):
-            x = self._block(index, block, x, hooks, ctx)
-            skips.append(x)
-        x = self._block(half, self.mid_block, x, hooks, ctx)
-        for j, block in enumerate(self.out_blocks):
-            x = self._block(half + 1 + j, block, x, hooks, ctx, skips.pop())
-        last_block = x
+        x = last_block = run_blocks(self.in_blocks, self.mid_block, self.out_blocks, x, hooks, ctx)
         x = hooks("final_hidden", self.norm(x), ctx)
         logits = hooks("logits", run_head(hooks.head(self.head), x[:, ctx.token_slice]), ctx)
         return Prediction(logits=logits, last_block=last_block)

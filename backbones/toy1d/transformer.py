@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
+from migbench.backbones.common.attention import multi_head_attention
 from torch import nn
 
 from migbench.api import HookContext, HookSet, Prediction, VocabLayout, forward_context
@@ -64,11 +64,8 @@ class SelfAttention(nn.Module):
         self.output = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor, hooks: HookSet, ctx: HookContext, index: int) -> torch.Tensor:
-        b, length, d = x.shape
         value = hooks(f"attn_value.{index}", self.value(x), ctx)
-        q, k, v = (t.reshape(b, length, self.heads, d // self.heads).transpose(1, 2)
-                   for t in (self.query(x), self.key(x), value))
-        return self.output(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, length, d))
+        return self.output(multi_head_attention(self.query(x), self.key(x), value, self.heads))
 
 
 class Layer(nn.Module):

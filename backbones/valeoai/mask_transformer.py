@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
+from migbench.backbones.common.attention import multi_head_attention
 from torch import nn
 
 from migbench.api import HookContext, HookSet, Prediction, VocabLayout, forward_context
@@ -119,14 +120,11 @@ class MultiheadSelfAttention(nn.Module):
         return self.in_proj_weight[2 * width:], self.in_proj_bias[2 * width:]
 
     def forward(self, u: torch.Tensor, hooks: HookSet, ctx: HookContext, index: int) -> torch.Tensor:
-        b, length, d = u.shape
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3)
         value = hooks(f"attn_value.{index}", F.linear(u, w_v, b_v), ctx)
-        q, k, v = (t.reshape(b, length, self.heads, d // self.heads).transpose(1, 2)
-                   for t in (F.linear(u, w_q, b_q), F.linear(u, w_k, b_k), value))
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
-        return self.out_proj(out.transpose(1, 2).reshape(b, length, d))
+        return self.out_proj(multi_head_attention(F.linear(u, w_q, b_q), F.linear(u, w_k, b_k), value, self.heads,
+                                                  self.dropout if self.training else 0.0))
 
 
 class AttentionBranch(nn.Module):
