@@ -106,6 +106,49 @@ def test_preset_samples_and_nfe_are_upstreams(tiny, name: str) -> None:
     assert [int(FIXTURE[f"{n}.nfe"]) for n in RELEASED] == [15, 15, 128]
 
 
+@pytest.mark.parametrize("name", ["b64", "l32"])
+def test_the_tiny_titok_generator_replays_upstreams_generate(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Upstream's ``generate`` on the tiny ImageBert golden weights with its own random draws
+    (``fixtures/titok_generate_upstream.safetensors``, tests/test_titok_generators.py): our sampler
+    on the same weights, fed upstream's uniforms in place of its Gumbel draws (the token noise of
+    the masked rows, then the confidence noise, at every step; none is drawn for the confidence
+    at the last step, where tau is 0), returns upstream's ids and runs its 15 passes."""
+    from migbench.backbones.titok import titok_tiny
+    from migbench.backbones.titok.image_bert import ImageBert, ImageBertConfig
+    from migbench.methods import maskgit
+
+    from migbench import slots
+    from migbench.api import Stack
+    from migbench.checkpoints import load_strict
+
+    folder = Path(__file__).parent / "fixtures"
+    golden = load_file(str(folder / "titok_image_bert_tiny.safetensors"))
+    record = {k.removeprefix(f"{name}."): v for k, v in
+              load_file(str(folder / "titok_generate_upstream.safetensors")).items() if k.startswith(f"{name}.")}
+    backbone = ImageBert(ImageBertConfig.tiny()).eval()
+    load_strict(backbone, {k.removeprefix("state."): v for k, v in golden.items() if k.startswith("state.")}, "tiny")
+    base = titok_tiny()
+    stack = Stack(name="titok_golden", tokenizer=base.tokenizer, backbone=backbone, dataset=base.dataset,
+                  weight_hashes={"titok_golden": "fixture"})
+    mask = backbone.layout.mask_id
+    before = torch.cat([torch.full((1, *record["ids"].shape), mask), record["ids_per_step"][:-1]])
+    calls: list[torch.Size] = []
+
+    def upstream_gumbel(shape: torch.Size, generator: torch.Generator, device: object) -> torch.Tensor:
+        step, kind = divmod(len(calls), 2)
+        calls.append(torch.Size(shape))
+        u = record["confidence_uniform"][step] if kind else record["token_uniform"][step][before[step] == mask]
+        assert u.shape == shape
+        return -torch.log((-torch.log(u.clamp(min=1e-20))).clamp(min=1e-20))  # upstream's gumbel_noise
+
+    monkeypatch.setattr(slots, "gumbel", upstream_gumbel)
+    monkeypatch.setattr(maskgit, "gumbel", upstream_gumbel)
+    sampler = build_sampler(titok(name), stack)
+    ids = sampler(record["labels"], torch.Generator())
+    assert torch.equal(ids, record["ids"]) and len(calls) == 2 * 8 - 1
+    assert sampler.nfe_per_image()["total"] == float(record["passes"].sum()) == 15.0
+
+
 def test_each_titok_convention_matters(tiny) -> None:
     """Google's draw and confidence in place of TiTok's change the samples; the skipped step-0 pass
     does not (only the NFE: 127)."""
