@@ -47,7 +47,7 @@ KNOB_CASES = [
     ("maskgit", "maskgit.temperatures", "1,1,1,1,1,1,1,1e-9", "maskgit.temperatures[7] = 1e-09 scales logits by 1e+09"),
     ("maskgit", "maskgit.temperatures", "1,1,1,1,1,1,1,nan", "maskgit.temperatures = 'nan': a float knob must be"),
     ("maskgit", "maskgit.cfg_scales", "0,0,0,0,0,0,0,5000", "|maskgit.cfg_scales[7]| must be at most 999"),
-    ("maskgit", "maskgit.confidence", "logit", "MaskGITConfig.confidence = 'logit'; choose from ['tempered', "),
+    ("maskgit", "maskgit.confidence", "logits", "MaskGITConfig.confidence = 'logits'; choose from ['tempered', "),
 ]
 
 
