@@ -53,6 +53,14 @@ LN_EPS = 1e-12  # BertConfig(layer_norm_eps=1e-12): every LayerNorm
 INIT_STD = 0.02  # BertConfig(initializer_range=0.02)
 
 
+def titok_layout(codebook_size: int, num_classes: int) -> VocabLayout:
+    """Both TiTok generators' vocabulary (one word table): codes 0..K-1, [MASK] = K, classes
+    K+1..K+C, the null class K+1+C; the class token first; BLANK_LABEL shows [MASK] in the class slot."""
+    k, c = codebook_size, num_classes
+    return VocabLayout(codebook_size=k, mask_id=k, num_classes=c, class_offset=k + 1, null_class_id=k + 1 + c,
+                       vocab_size=k + c + 2, class_position="first")
+
+
 @dataclass(frozen=True)
 class ImageBertConfig:
     """Architecture in upstream's names (``model.generator.*``; ``num_classes`` is its
@@ -108,7 +116,7 @@ class ImageBertConfig:
     @property
     def vocab_size(self) -> int:
         """K codes, [MASK], C classes and the null class."""
-        return self.codebook_size + self.num_classes + 2
+        return titok_layout(self.codebook_size, self.num_classes).vocab_size
 
     @property
     def max_position_embeddings(self) -> int:
@@ -116,11 +124,7 @@ class ImageBertConfig:
         return self.image_seq_len + 1
 
     def layout(self) -> VocabLayout:
-        """Codes 0..K-1, [MASK] = K, classes K+1..K+C, the null class K+1+C; the class token first;
-        BLANK_LABEL shows [MASK] in the class slot."""
-        k, c = self.codebook_size, self.num_classes
-        return VocabLayout(codebook_size=k, mask_id=k, num_classes=c, class_offset=k + 1, null_class_id=k + 1 + c,
-                           vocab_size=k + c + 2, class_position="first")
+        return titok_layout(self.codebook_size, self.num_classes)
 
 
 class BertEmbeddings(nn.Module):

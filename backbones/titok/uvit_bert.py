@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from migbench.backbones.autonat.uvit import Block, run_blocks
+from migbench.backbones.titok.image_bert import titok_layout
 from torch import nn
 
 from migbench.api import HookSet, Prediction, VocabLayout, forward_context
@@ -91,7 +92,7 @@ class UViTBertConfig:
     @property
     def vocab_size(self) -> int:
         """K codes, [MASK], C classes and the null class."""
-        return self.codebook_size + self.num_classes + 2
+        return titok_layout(self.codebook_size, self.num_classes).vocab_size
 
     @property
     def blocks(self) -> int:
@@ -104,11 +105,7 @@ class UViTBertConfig:
         return int(self.hidden_size * (self.intermediate_size / self.hidden_size))
 
     def layout(self) -> VocabLayout:
-        """Codes 0..K-1, [MASK] = K, classes K+1..K+C, the null class K+1+C; the class token first;
-        BLANK_LABEL shows [MASK] in the class slot."""
-        k, c = self.codebook_size, self.num_classes
-        return VocabLayout(codebook_size=k, mask_id=k, num_classes=c, class_offset=k + 1, null_class_id=k + 1 + c,
-                           vocab_size=k + c + 2, class_position="first")
+        return titok_layout(self.codebook_size, self.num_classes)
 
 
 class UViTBert(nn.Module):
