@@ -96,9 +96,9 @@ def test_precision_is_part_of_the_run_identity() -> None:
 
 
 def test_committed_results_stay_current() -> None:
-    """Every committed bf16 row is still a current point of its suite (no sample-changing edit
+    """Every committed row is still a current point of its suite (no sample-changing edit
     went in without rerunning), and the precision suite holds both precisions."""
-    for suite in ("fmnist_full", "fmnist_ka_ablation", "fmnist_probes", "fmnist_precision"):
+    for suite in ("fmnist_full", "fmnist_ka_ablation", "fmnist_probes", "fmnist_precision", "fmnist_self_guidance"):
         rows = read_rows(results_dir(suite))
         wanted = set(current_hashes(suite))
         stale = [r["label"] for r in rows if r["run_hash"] not in wanted]
