@@ -287,7 +287,8 @@ def relaunch(args: list[str], processes: int, results_root: Path | None = None, 
     processes than GPUs is an error).
 
     This launcher first checks the suite's pending points (:func:`prepare`, so a bad point is
-    one error here, not one per worker), then holds the results folder's lock for the whole
+    one error here, not one per worker, and the same error whatever the machine), then the
+    processes against the GPUs or cores, then holds the results folder's lock for the whole
     launch; the workers inherit it (:data:`~migbench.benchmarks.lock.INHERITED`). Every process of
     the launch dies with this one: ``accelerate`` gets SIGKILL when the launcher exits
     (``PR_SET_PDEATHSIG``, set before it starts) and each worker when ``accelerate`` exits
@@ -295,6 +296,7 @@ def relaunch(args: list[str], processes: int, results_root: Path | None = None, 
     worker running on (``torch.distributed.run`` starts the workers in sessions of their own,
     out of reach of a signal to the group)."""
     gpus = torch.cuda.device_count()
+    plan = prepare(suite or args[0], {}, torch.device("cuda" if gpus else "cpu"), results_root)
     if 0 < gpus < processes:  # process p runs on GPU p
         raise RuntimeError(f"--processes {processes} needs {processes} GPUs, {gpus} visible: use "
                            f"--processes {gpus}, or CPU processes (CUDA_VISIBLE_DEVICES= migbench sweep ...)")
@@ -303,7 +305,6 @@ def relaunch(args: list[str], processes: int, results_root: Path | None = None, 
                            f"--processes {os.cpu_count()}")
     if importlib.util.find_spec("accelerate") is None:
         raise RuntimeError("`accelerate` is not installed; install it (pip install accelerate)")
-    plan = prepare(suite or args[0], {}, torch.device("cuda" if gpus else "cpu"), results_root)
     # accelerate's --cpu launcher starts a single process; its multi-process launcher
     # (torch.distributed.run) works on CPU too: PartialState(cpu=True) then picks gloo. It runs
     # as this interpreter's module: a venv may lack the `accelerate` script on PATH.

@@ -203,6 +203,31 @@ def test_cli_exits_2_with_one_line(command: str, argv: list[str], fragment: str,
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(("gpus", "cores", "processes", "fragment"), [
+    (1, 16, 2, "--processes 2 needs 2 GPUs, 1 visible: use --processes 1, or CPU processes"),
+    (0, 2, 3, "--processes 3 CPU processes on 2 cores: use at most --processes 2"),
+])
+def test_more_processes_than_devices_is_one_line(gpus: int, cores: int, processes: int, fragment: str,
+                                                 tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                 no_work: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checked after the suite (so a bad suite reads the same on any machine) and before any launch."""
+    from migbench.benchmarks import sweep as sweep_module
+
+    suite = tmp_path / "toy_suite.toml"
+    suite.write_text('backbone = "toy"\nn = 16\n[[runs]]\nlabel = "a"\nmethods = ["maskgit"]\n')
+    monkeypatch.setattr(sweep_module.torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(sweep_module.os, "cpu_count", lambda: cores)
+    checked = []
+    if gpus:  # no CUDA here: the suite's check on the GPU is only recorded
+        monkeypatch.setattr(sweep_module, "prepare", lambda suite, overrides, device, root: checked.append(device))
+    monkeypatch.setattr(sweep_module.subprocess, "call", lambda *a, **k: pytest.fail("launched workers"))
+    argv = ["sweep", str(suite), "--results", str(tmp_path / "results"), "--processes", str(processes)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("migbench sweep: error: ") and fragment in err[0], err
+    assert checked == ([torch.device("cuda")] if gpus else [])
+
+
 @pytest.fixture
 def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
     """Sampling or scoring fails the test: the checks must come first."""

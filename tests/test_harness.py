@@ -115,7 +115,7 @@ def test_sweep_survives_sigkill(tmp_path) -> None:
     while time.monotonic() < deadline and proc.poll() is None:
         if lines.exists() and lines.read_text().count("\n") >= 1:
             break
-        time.sleep(0.2)
+        time.sleep(0.02)  # a fast machine may finish a toy point in well under a second
     assert proc.poll() is None, proc.stdout.read()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -240,15 +240,6 @@ def test_grid_subset_of_shards_is_that_of_all() -> None:
     merged = grid_subset(*(np.concatenate(x) for x in zip(*parts, strict=True)))
     for a, b in zip(whole, merged, strict=True):
         np.testing.assert_array_equal(a, b)
-
-
-def test_more_processes_than_gpus_is_refused(monkeypatch) -> None:
-    import torch
-    from migbench.benchmarks.sweep import relaunch
-
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(RuntimeError, match="needs 2 GPUs, 1 visible"):
-        relaunch(["suite"], 2)
 
 
 def fake_row(label, value, seed, fid, is_mean, key="k1"):
