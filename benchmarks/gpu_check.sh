@@ -44,7 +44,7 @@ step() {
   local status=$?
   [ "$status" = 0 ] || FAILED=$((FAILED + 1))
   echo "$name: exit $status after $((SECONDS - start)) s (limit $limit)" | tee -a "$LOGS/summary.txt"
-  tail -n 4 "$LOGS/$name.log" | tr '\r' '\n' | tail -n 4 | cut -c1-240 | sed 's/^/    /' | tee -a "$LOGS/summary.txt"
+  tr '\r' '\n' < "$LOGS/$name.log" | tail -n 4 | cut -c1-240 | sed 's/^/    /' | tee -a "$LOGS/summary.txt"
   pack
 }
 
@@ -64,13 +64,11 @@ spec = importlib.machinery.PathFinder.find_spec(
 if spec is not None:
     spec.loader.exec_module(importlib.util.module_from_spec(spec))
 EOF
+  mkdir -p /tmp/fmnist && cp .gpu/data/t10k-* /tmp/fmnist/ || exit 1
   "$PY" - <<'EOF' || exit 1
-import gzip, os
-os.makedirs("/tmp/fmnist", exist_ok=True)
+import gzip
 for kind, header in (("images-idx3", 16), ("labels-idx1", 8)):
     raw = gzip.open(f".gpu/data/t10k-{kind}-ubyte.gz").read()
-    with open(f"/tmp/fmnist/t10k-{kind}-ubyte.gz", "wb") as f:
-        f.write(gzip.compress(raw, 1))
     head = bytearray(raw[:header])
     head[4:8] = (60000).to_bytes(4, "big")
     with open(f"/tmp/fmnist/train-{kind}-ubyte.gz", "wb") as f:

@@ -24,6 +24,7 @@ from migbench import cli
 from migbench.recipe import build_sampler, resolve
 
 FAKE = ev.Extractor(EXTRACTOR_NAME, FEATURE_LAYER, LOGITS_LAYER, "random-test-weights")
+TOY_SUITE = 'backbone = "toy"\nn = 16\n[[runs]]\nlabel = "a"\nmethods = ["maskgit"]\n'  # one point, valid
 
 KNOB_CASES = [
     ("maskgit", "maskgit.temperature", "nan", "maskgit.temperature = 'nan': a float knob must be a finite"),
@@ -214,7 +215,7 @@ def test_more_processes_than_devices_is_one_line(gpus: int, cores: int, processe
     from migbench.benchmarks import sweep as sweep_module
 
     suite = tmp_path / "toy_suite.toml"
-    suite.write_text('backbone = "toy"\nn = 16\n[[runs]]\nlabel = "a"\nmethods = ["maskgit"]\n')
+    suite.write_text(TOY_SUITE)
     monkeypatch.setattr(sweep_module.torch.cuda, "device_count", lambda: gpus)
     monkeypatch.setattr(sweep_module.os, "cpu_count", lambda: cores)
     checked = []
@@ -312,7 +313,7 @@ def test_bad_path_is_one_line_before_any_work(command: str, argv: list[str], fra
     (work / "folder").mkdir(parents=True)
     (work / "file").write_text("not a folder\n")
     suite = work / "toy_suite.toml"
-    suite.write_text('backbone = "toy"\nn = 16\n[[runs]]\nlabel = "a"\nmethods = ["maskgit"]\n')
+    suite.write_text(TOY_SUITE)
     bad_suite = work / "bad_suite.toml"
     bad_suite.write_text('backbone = "toy"\nn = 16\n[[runs]]\nlabel = "a"\ngrid = { "maskgit.steps" = [8, 65] }\n')
     names = {"file": work / "file", "folder": work / "folder", "samples": samples_file(work, "rgb"),
@@ -337,7 +338,7 @@ def test_read_only_folder_is_refused(argv: list[str], tmp_path: Path, capsys: py
     ro.mkdir()
     samples = samples_file(ro, "rgb")
     suite = tmp_path / "toy_suite.toml"
-    suite.write_text('backbone = "toy"\nn = 16\n[[runs]]\nlabel = "a"\nmethods = ["maskgit"]\n')
+    suite.write_text(TOY_SUITE)
     ro.chmod(0o555)
     try:
         assert cli.main([a.format(ro=ro, samples=samples, suite=suite) for a in argv]) == 2
