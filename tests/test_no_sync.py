@@ -1,31 +1,35 @@
-"""No host sync inside a sampling step, for every registered method.
+"""No host sync inside a sampling step, for every registered method, family and preset.
 
-On CUDA (``gpu`` marker, skipped without it): one batch of each recipe on the ``toy`` stack with
-random trained parts runs under ``torch.cuda.set_sync_debug_mode("error")``, after a warm-up
-batch. On the CPU, a stand-in: no operator that waits on the device when it runs on CUDA
-(reading a value to the host, or a shape that depends on the data) is dispatched inside the
-sampling loop. The schedule's plan is made before the loop: eMIGM draws its counts on the host.
+The cases: every method recipe on the ``toy`` stack; on every other tiny family (its own forward,
+hook sites and class slot) the recipes that act inside the backbone (self-guidance's adapter,
+KA-MIG's fusion with CFG's two passes); every preset of the base sampler (the knob values of
+valeoai, AutoNAT, Unlock-MGM and TiTok) on the ``toy`` stack. Trained methods use random parts.
+
+On CUDA (``gpu`` marker, skipped without it): one batch of each case runs under
+``torch.cuda.set_sync_debug_mode("error")``, after a warm-up batch. On the CPU, a stand-in: no
+operator that waits on the device when it runs on CUDA (reading a value to the host, or a shape
+that depends on the data) is dispatched inside the sampling loop. The schedule's plan is made
+before the loop: eMIGM draws its counts on the host.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
 import torch
-from migbench.backbones.toy import toy
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from migbench import registry
+from migbench.api import NULL_LABEL
 from migbench.guidance import StepInfo
 from migbench.precision import autocast
-from migbench.recipe import build_sampler, resolve
+from migbench.recipe import build_sampler, expand_preset, presets, resolve
 from migbench.rng import batch_generator
 from migbench.sampler import Sampler
 
-pytestmark = pytest.mark.usefixtures("toy_trained_parts")
-
-RECIPES: dict[str, tuple[list[str], dict[str, object]]] = {
+TOY_RECIPES: dict[str, tuple[list[str], dict[str, object]]] = {
     "maskgit+cfg": (["maskgit"], {"maskgit.cfg_scale": 1.0}),
     "halton": (["halton"], {}),
     "halton resample": (["halton"], {"halton.resample_revealed": True}),
@@ -35,7 +39,16 @@ RECIPES: dict[str, tuple[list[str], dict[str, object]]] = {
     "ka_mig": (["ka_mig"], {"maskgit.cfg_scale": 1.0}),
     "ka_mig online": (["ka_mig"], {"ka_mig.precompute": False}),
 }
-LABELS = [0, 3, -1, 9, 5]
+IN_BACKBONE = ("self_guidance", "ka_mig")  # act inside a family's forward; KA-MIG's runs with CFG's passes
+OTHER_TINY = ("toy1d", "valeoai_tiny", "autonat_tiny", "openmuse_tiny", "titok_tiny")
+
+# case id -> (stack, methods, overrides)
+CASES: dict[str, tuple[str, list[str], dict[str, object]]] = {
+    **{recipe: ("toy", *TOY_RECIPES[recipe]) for recipe in TOY_RECIPES},
+    **{f"{family} {recipe}": (family, *TOY_RECIPES[recipe]) for family in OTHER_TINY for recipe in IN_BACKBONE},
+    **{f"preset {preset}": ("toy", ["maskgit"], expand_preset(preset)) for preset in presets()},
+}
+
 
 # operators that read device values on the host: item()/int()/float(), data-dependent shapes
 SYNCING = {"_local_scalar_dense", "item", "is_nonzero", "equal", "nonzero", "masked_select",
@@ -68,20 +81,27 @@ class FixedPlan:
         return self.steps
 
 
-def sampler_on(device: str, recipe: str) -> Sampler:
-    methods, overrides = RECIPES[recipe]
-    stack = toy()
-    stack.backbone.to(device)
-    return build_sampler(resolve(methods, overrides), stack)
+@pytest.fixture
+def sampler_on(random_trained_parts) -> Callable[[str, str], tuple[Sampler, torch.Tensor]]:
+    """``sampler_on(device, case) -> (sampler, labels (5,))``: the case's sampler with its
+    backbone on ``device``, and labels with the first, a middle and the last class and the null label."""
+    def build(device: str, case: str) -> tuple[Sampler, torch.Tensor]:
+        family, methods, overrides = CASES[case]
+        stack = random_trained_parts(registry.stack(family))
+        stack.backbone.to(device)
+        classes = stack.backbone.layout.num_classes
+        labels = torch.tensor([0, classes // 2, NULL_LABEL, classes - 1, 1 % classes], device=device)
+        return build_sampler(resolve(methods, overrides), stack), labels
+    return build
 
 
-@pytest.mark.parametrize("recipe", list(RECIPES))
-def test_no_syncing_operator_inside_the_sampling_loop(recipe: str) -> None:
-    sampler = sampler_on("cpu", recipe)
+@pytest.mark.parametrize("case", list(CASES))
+def test_no_syncing_operator_inside_the_sampling_loop(sampler_on, case: str) -> None:
+    sampler, labels = sampler_on("cpu", case)
     generator = batch_generator(0, 0)
     sampler.schedule = FixedPlan(sampler.schedule.plan(sampler.backbone.seq_len, generator))
     with SyncingOps() as ops:
-        ids = sampler(torch.tensor(LABELS), generator)
+        ids = sampler(labels, generator)
     assert ops.seen == []
     assert (ids != sampler.backbone.layout.mask_id).all()
 
@@ -107,11 +127,10 @@ def sync_errors() -> Iterator[None]:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("recipe", list(RECIPES))
+@pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_no_host_sync_on_cuda(recipe: str, precision: str) -> None:
-    sampler = sampler_on("cuda", recipe)
-    labels = torch.tensor(LABELS, device="cuda")
+def test_no_host_sync_on_cuda(sampler_on, case: str, precision: str) -> None:
+    sampler, labels = sampler_on("cuda", case)
     with autocast(precision, "cuda"):
         sampler(labels, batch_generator(0, 0, "cuda"))  # warm-up: lazy CUDA initialisation may sync
         generator = batch_generator(0, 1, "cuda")
