@@ -1,9 +1,10 @@
 """No host sync inside a sampling step, for every registered method, family and preset.
 
-The cases: every method recipe on the ``toy`` stack; on every other tiny family (its own forward,
-hook sites and class slot) the recipes that act inside the backbone (self-guidance's adapter,
-KA-MIG's fusion with CFG's two passes); every preset of the base sampler (the knob values of
-valeoai, AutoNAT, Unlock-MGM and TiTok) on the ``toy`` stack. Trained methods use random parts.
+The cases: every method recipe on the ``toy`` stack; on every other tiny stack and on a tiny
+UViTBert (each family's own forward, hook sites and class slot), the recipes that act inside the
+backbone (self-guidance's adapter, KA-MIG's fusion with CFG's two passes); every preset of the
+base sampler (the knob values of valeoai, AutoNAT, Unlock-MGM and TiTok) on the ``toy`` stack.
+Trained methods use random parts.
 
 On CUDA (``gpu`` marker, skipped without it): one batch of each case runs under
 ``torch.cuda.set_sync_debug_mode("error")``, after a warm-up batch. On the CPU, a stand-in: no
@@ -14,15 +15,19 @@ before the loop: eMIGM draws its counts on the host.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
 import torch
+from migbench.backbones.titok.uvit_bert import UViTBert, UViTBertConfig
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from migbench import registry
-from migbench.api import NULL_LABEL
+from migbench.api import NULL_LABEL, Stack
 from migbench.guidance import StepInfo
 from migbench.precision import autocast
 from migbench.recipe import build_sampler, expand_preset, presets, resolve
@@ -40,12 +45,29 @@ TOY_RECIPES: dict[str, tuple[list[str], dict[str, object]]] = {
     "ka_mig online": (["ka_mig"], {"ka_mig.precompute": False}),
 }
 IN_BACKBONE = ("self_guidance", "ka_mig")  # act inside a family's forward; KA-MIG's runs with CFG's passes
-OTHER_TINY = ("toy1d", "valeoai_tiny", "autonat_tiny", "openmuse_tiny", "titok_tiny")
+
+
+def titok_tiny_uvit_bert() -> Stack:
+    """``titok_tiny`` with a tiny UViTBert (TiTok-S-128's generator class) in place of its ImageBert."""
+    stack = registry.stack("titok_tiny")
+    config = dataclasses.replace(UViTBertConfig.tiny(), codebook_size=stack.backbone.layout.codebook_size)
+    return dataclasses.replace(stack, backbone=UViTBert(config).eval())
+
+
+# every registered stack but the full-size public checkpoints (their random weights build in
+# minutes) and the Fashion-MNIST ones (the toy stack's backbone class with trained weights), and
+# the one generator class no such stack has
+STACKS: dict[str, Callable[[], Stack]] = {
+    **{name: functools.partial(registry.stack, name) for name in registry.BACKBONES
+       if not name.startswith("fmnist") and "random_weights" not in inspect.signature(registry.backbone(name)).parameters},
+    "titok_tiny uvit_bert": titok_tiny_uvit_bert,
+}
 
 # case id -> (stack, methods, overrides)
 CASES: dict[str, tuple[str, list[str], dict[str, object]]] = {
     **{recipe: ("toy", *TOY_RECIPES[recipe]) for recipe in TOY_RECIPES},
-    **{f"{family} {recipe}": (family, *TOY_RECIPES[recipe]) for family in OTHER_TINY for recipe in IN_BACKBONE},
+    **{f"{family} {recipe}": (family, *TOY_RECIPES[recipe])
+       for family in STACKS if family != "toy" for recipe in IN_BACKBONE},
     **{f"preset {preset}": ("toy", ["maskgit"], expand_preset(preset)) for preset in presets()},
 }
 
@@ -87,12 +109,17 @@ def sampler_on(random_trained_parts) -> Callable[[str, str], tuple[Sampler, torc
     backbone on ``device``, and labels with the first, a middle and the last class and the null label."""
     def build(device: str, case: str) -> tuple[Sampler, torch.Tensor]:
         family, methods, overrides = CASES[case]
-        stack = random_trained_parts(registry.stack(family))
+        stack = random_trained_parts(STACKS[family]())
         stack.backbone.to(device)
         classes = stack.backbone.layout.num_classes
         labels = torch.tensor([0, classes // 2, NULL_LABEL, classes - 1, 1 % classes], device=device)
         return build_sampler(resolve(methods, overrides), stack), labels
     return build
+
+
+def test_every_method_has_a_toy_recipe() -> None:
+    """A new method is checked once it has a recipe here."""
+    assert {method for methods, _ in TOY_RECIPES.values() for method in methods} == set(registry.METHODS)
 
 
 @pytest.mark.parametrize("case", list(CASES))
