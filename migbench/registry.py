@@ -99,13 +99,19 @@ def checkpoint(name: str) -> CheckpointSpec:
     return known[name]
 
 
+def has_random_weights(name: str) -> bool:
+    """Whether stack ``name`` has a random-weights mode: a public-checkpoint stack at full size
+    (the others are committed or random already)."""
+    return "random_weights" in inspect.signature(backbone(name)).parameters
+
+
 def stack(name: str, random_weights: bool = False) -> Any:
     """Load the stack ``name``; ``random_weights`` builds a public-checkpoint stack with seeded
     random weights instead of its files (refused for stacks without that mode)."""
     factory = backbone(name)
     if not random_weights:
         return factory()
-    if "random_weights" not in inspect.signature(factory).parameters:
+    if not has_random_weights(name):
         raise ValueError(f"stack {name} has no random-weights mode (its weights are committed or it is random already)")
     return factory(random_weights=True)
 

@@ -17,7 +17,6 @@ with random trained parts (``random_trained_parts`` in conftest.py).
 from __future__ import annotations
 
 import copy
-import inspect
 from collections import Counter
 from functools import cache
 
@@ -38,8 +37,7 @@ from migbench.images import save_grid
 from migbench.recipe import build_sampler, resolve
 
 # public-checkpoint stacks at full size run the contract on seeded random weights, marked slow
-FULL_SIZE = tuple(name for name in registry.BACKBONES
-                  if "random_weights" in inspect.signature(registry.backbone(name)).parameters)
+FULL_SIZE = tuple(name for name in registry.BACKBONES if registry.has_random_weights(name))
 FAMILIES = [pytest.param(name, marks=pytest.mark.slow if name in FULL_SIZE else ()) for name in registry.BACKBONES]
 TINY = ("toy", "toy1d", "valeoai_tiny", "autonat_tiny", "openmuse_tiny", "titok_tiny")  # random families that sample in a second; the others' sampling tests are slow
 SAMPLING = [pytest.param(name, marks=() if name in TINY else pytest.mark.slow) for name in registry.BACKBONES]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -59,7 +58,7 @@ def titok_tiny_uvit_bert() -> Stack:
 # the one generator class no such stack has
 STACKS: dict[str, Callable[[], Stack]] = {
     **{name: functools.partial(registry.stack, name) for name in registry.BACKBONES
-       if not name.startswith("fmnist") and "random_weights" not in inspect.signature(registry.backbone(name)).parameters},
+       if not name.startswith("fmnist") and not registry.has_random_weights(name)},
     "titok_tiny uvit_bert": titok_tiny_uvit_bert,
 }
 
